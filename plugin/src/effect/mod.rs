@@ -1,0 +1,1 @@
+//! The OpenFX effect: identity, parameters, action handlers and the `extern "C"` entry points.

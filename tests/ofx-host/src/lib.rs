@@ -1,0 +1,1 @@
+//! A minimal OpenFX host that loads `.ofx.bundle`s with `libloading`.
