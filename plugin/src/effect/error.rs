@@ -1,0 +1,170 @@
+//! Errors of the effect layer, with the exact texts shown to people through the message suite.
+//!
+//! Every text says what is wrong and what to do about it. The host test suite asserts these
+//! texts: change them together with `tests/ofx-host`.
+use anchor_ofx::{MessageType, Status};
+use std::path::PathBuf;
+
+/// Why an action failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EffectError {
+    /// The Source clip has nothing connected.
+    #[error("The Source clip is not connected: connect the mesh-render track to the Source input of Make Your Anchor")]
+    SourceNotConnected,
+    /// `clipGetImage` on Source gave nothing.
+    #[error("The host returned no Source image at frame {time}: check that the mesh-render track has a frame there")]
+    NoSourceImage {
+        /// Frame asked for.
+        time: f64,
+    },
+    /// `clipGetImage` on Output gave nothing.
+    #[error("The host returned no Output image at frame {time}: the host could not provide an image to render into")]
+    NoOutputImage {
+        /// Frame asked for.
+        time: f64,
+    },
+    /// `modelFolder` (or `MAKE_YOUR_ANCHOR_MODEL`) names something that is not a directory.
+    #[error("Model folder {} does not exist: set modelFolder to a Make-Your-Anchor model folder", path.display())]
+    ModelFolderMissing {
+        /// The folder named.
+        path: PathBuf,
+    },
+    /// An image with no pixels.
+    #[error("The {clip} image at frame {time} is empty ({width}x{height} pixels): give Make Your Anchor a {clip} clip with a non-empty image")]
+    EmptyImage {
+        /// Clip name.
+        clip: &'static str,
+        /// Frame.
+        time: f64,
+        /// Width in pixels.
+        width: usize,
+        /// Height in pixels.
+        height: usize,
+    },
+    /// A depth or components value we do not read or write.
+    #[error("The {clip} image at frame {time} has an unsupported pixel format (depth {depth}, components {components}): use Byte, Short, Half or Float images with RGBA, RGB or Alpha components")]
+    UnsupportedPixels {
+        /// Clip name.
+        clip: &'static str,
+        /// Frame.
+        time: f64,
+        /// Depth as the host named it.
+        depth: String,
+        /// Components as the host named them.
+        components: String,
+    },
+    /// Image memory whose geometry is inconsistent (e.g. rowBytes shorter than a row).
+    #[error("The {clip} image at frame {time} has an invalid memory layout ({detail}): this is a host bug, please report it")]
+    BadImage {
+        /// Clip name.
+        clip: &'static str,
+        /// Frame.
+        time: f64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The host's `abort()` returned true.
+    #[error("Rendering frame {time} was aborted by the host")]
+    Aborted {
+        /// Frame.
+        time: f64,
+    },
+    /// DescribeInContext for a context we never declared.
+    #[error(
+        "Make Your Anchor does not support the {0} context: use it as a Filter or General effect"
+    )]
+    UnsupportedContext(String),
+    /// A host call failed.
+    #[error("An OpenFX host call failed: {0}")]
+    Ofx(#[from] anchor_ofx::Error),
+    /// A panic was caught at the ABI boundary.
+    #[error("Internal error in {action}: {message}. Please report this with the log file (set MAKE_YOUR_ANCHOR_LOG)")]
+    Panic {
+        /// The action running.
+        action: String,
+        /// The panic payload.
+        message: String,
+    },
+}
+
+impl EffectError {
+    /// The status the action returns.
+    pub fn status(&self) -> Status {
+        match self {
+            Self::Ofx(e) => e.status(),
+            Self::UnsupportedContext(_) => Status::ErrUnsupported,
+            _ => Status::Failed,
+        }
+    }
+
+    /// How the message is posted: an abort is the host's (or user's) own request, so it is only
+    /// logged by the host rather than shown as an error dialog.
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            Self::Aborted { .. } => MessageType::Log,
+            _ => MessageType::Error,
+        }
+    }
+
+    /// Message id passed to the message suite, stable per kind of error.
+    pub fn message_id(&self) -> &'static str {
+        match self {
+            Self::SourceNotConnected => "org.makeyouranchor.Anchor.sourceNotConnected",
+            Self::NoSourceImage { .. } => "org.makeyouranchor.Anchor.noSourceImage",
+            Self::NoOutputImage { .. } => "org.makeyouranchor.Anchor.noOutputImage",
+            Self::ModelFolderMissing { .. } => "org.makeyouranchor.Anchor.modelFolderMissing",
+            Self::EmptyImage { .. } => "org.makeyouranchor.Anchor.emptyImage",
+            Self::UnsupportedPixels { .. } => "org.makeyouranchor.Anchor.unsupportedPixels",
+            Self::BadImage { .. } => "org.makeyouranchor.Anchor.badImage",
+            Self::Aborted { .. } => "org.makeyouranchor.Anchor.aborted",
+            Self::UnsupportedContext(_) => "org.makeyouranchor.Anchor.unsupportedContext",
+            Self::Ofx(_) => "org.makeyouranchor.Anchor.hostCall",
+            Self::Panic { .. } => "org.makeyouranchor.Anchor.internal",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_are_exact() {
+        assert_eq!(
+            EffectError::SourceNotConnected.to_string(),
+            "The Source clip is not connected: connect the mesh-render track to the Source input of Make Your Anchor"
+        );
+        assert_eq!(
+            EffectError::NoSourceImage { time: 3.0 }.to_string(),
+            "The host returned no Source image at frame 3: check that the mesh-render track has a frame there"
+        );
+        assert_eq!(
+            EffectError::EmptyImage { clip: "Source", time: 0.0, width: 0, height: 4 }.to_string(),
+            "The Source image at frame 0 is empty (0x4 pixels): give Make Your Anchor a Source clip with a non-empty image"
+        );
+        assert_eq!(
+            EffectError::UnsupportedPixels {
+                clip: "Source",
+                time: 1.5,
+                depth: "OfxBitDepthNone".into(),
+                components: "OfxImageComponentRGBA".into()
+            }
+            .to_string(),
+            "The Source image at frame 1.5 has an unsupported pixel format (depth OfxBitDepthNone, components OfxImageComponentRGBA): use Byte, Short, Half or Float images with RGBA, RGB or Alpha components"
+        );
+        assert_eq!(
+            EffectError::Aborted { time: 12.0 }.to_string(),
+            "Rendering frame 12 was aborted by the host"
+        );
+        assert_eq!(
+            EffectError::Aborted { time: 1.0 }.message_type(),
+            MessageType::Log
+        );
+        assert_eq!(EffectError::SourceNotConnected.status(), Status::Failed);
+        assert_eq!(
+            EffectError::UnsupportedContext("x".into()).status(),
+            Status::ErrUnsupported
+        );
+    }
+}

@@ -1,0 +1,712 @@
+//! The effect's parameters, declared once as data ([`PARAMS`]), defined from that table in
+//! DescribeInContext, and read back at render time into a typed [`Settings`].
+//!
+//! Script names are camelCase and **frozen**: saved projects, host scripts and farm job files
+//! store them. Change a label or hint freely; never rename a script name.
+use super::error::EffectError;
+use anchor_ofx::{ParamSet, ParamType, StringMode};
+use std::path::PathBuf;
+
+/// `modelFolder`: the Make-Your-Anchor model folder.
+pub const MODEL_FOLDER: &str = "modelFolder";
+/// `seed`: the noise seed.
+pub const SEED: &str = "seed";
+/// `steps`: DDIM steps.
+pub const STEPS: &str = "steps";
+/// `guidance`: classifier-free guidance scale.
+pub const GUIDANCE: &str = "guidance";
+/// `controlScale`: ControlNet conditioning scale.
+pub const CONTROL_SCALE: &str = "controlScale";
+/// `window`: frames per temporal window.
+pub const WINDOW: &str = "window";
+/// `overlap`: frames shared by neighbouring windows.
+pub const OVERLAP: &str = "overlap";
+/// `fusion`: how overlapping windows are blended.
+pub const FUSION: &str = "fusion";
+/// `tail`: how the last, partial windows are handled.
+pub const TAIL: &str = "tail";
+/// `resolution`: working resolution in pixels.
+pub const RESOLUTION: &str = "resolution";
+/// `faceEnhance`: run the face inpainting pass.
+pub const FACE_ENHANCE: &str = "faceEnhance";
+/// `faceModelFolder`: the face model folder.
+pub const FACE_MODEL_FOLDER: &str = "faceModelFolder";
+/// `device`: where the engine runs.
+pub const DEVICE: &str = "device";
+/// `precision`: floating-point precision of the networks.
+pub const PRECISION: &str = "precision";
+/// `cacheMiB`: the process-wide cache budget.
+pub const CACHE_MIB: &str = "cacheMiB";
+
+/// Environment variable giving the model folder when `modelFolder` is empty (hosts without a
+/// parameter UI, farm nodes).
+pub const ENV_MODEL_FOLDER: &str = "MAKE_YOUR_ANCHOR_MODEL";
+
+/// Options of `fusion`, in index order.
+pub const FUSION_OPTIONS: &[&str] = &["flat", "pyramid", "overlap-linear"];
+/// Options of `tail`, in index order.
+pub const TAIL_OPTIONS: &[&str] = &["paper", "full"];
+/// Options of `device`, in index order.
+pub const DEVICE_OPTIONS: &[&str] = &["auto", "CPU", "CUDA 0", "CUDA 1", "CUDA 2", "CUDA 3"];
+/// Options of `precision`, in index order.
+pub const PRECISION_OPTIONS: &[&str] = &["f32", "f16", "bf16"];
+
+/// A parameter page, mirrored by a group of the same content for hosts that ignore pages
+/// (Resolve shows groups, Natron shows pages as tabs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// Page script name (frozen).
+    pub page: &'static str,
+    /// Group script name (frozen).
+    pub group: &'static str,
+    /// Label shown to people.
+    pub label: &'static str,
+    /// Hint for the group.
+    pub hint: &'static str,
+}
+
+/// The "Model" page.
+pub const PAGE_MODEL: Page = Page {
+    page: "modelPage",
+    group: "modelGroup",
+    label: "Model",
+    hint: "Where the model comes from and where it runs.",
+};
+/// The "Sampling" page.
+pub const PAGE_SAMPLING: Page = Page {
+    page: "samplingPage",
+    group: "samplingGroup",
+    label: "Sampling",
+    hint: "How each frame is denoised.",
+};
+/// The "Temporal" page.
+pub const PAGE_TEMPORAL: Page = Page {
+    page: "temporalPage",
+    group: "temporalGroup",
+    label: "Temporal",
+    hint: "How frames are batched into windows and blended over time.",
+};
+/// The "Face" page.
+pub const PAGE_FACE: Page = Page {
+    page: "facePage",
+    group: "faceGroup",
+    label: "Face",
+    hint: "The optional face enhancement pass.",
+};
+/// All pages, in display order.
+pub const PAGES: &[Page] = &[PAGE_MODEL, PAGE_SAMPLING, PAGE_TEMPORAL, PAGE_FACE];
+
+/// Type, default and ranges of one parameter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// An integer with hard and slider ranges.
+    Int {
+        /// Default value.
+        default: i32,
+        /// Hard minimum.
+        min: i32,
+        /// Hard maximum.
+        max: i32,
+        /// Slider minimum.
+        display_min: i32,
+        /// Slider maximum.
+        display_max: i32,
+    },
+    /// A double with hard and slider ranges.
+    Double {
+        /// Default value.
+        default: f64,
+        /// Hard minimum.
+        min: f64,
+        /// Hard maximum.
+        max: f64,
+        /// Slider minimum.
+        display_min: f64,
+        /// Slider maximum.
+        display_max: f64,
+    },
+    /// A checkbox.
+    Bool {
+        /// Default value.
+        default: bool,
+    },
+    /// A menu.
+    Choice {
+        /// Options, in index order.
+        options: &'static [&'static str],
+        /// Default option index.
+        default: i32,
+    },
+    /// A directory path with a folder browser; empty by default.
+    Directory,
+}
+
+/// One parameter: script name, label, hint (a full sentence), page, and kind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ParamSpec {
+    /// Script name (frozen).
+    pub name: &'static str,
+    /// Label shown to people.
+    pub label: &'static str,
+    /// Tooltip: a full sentence.
+    pub hint: &'static str,
+    /// The page (and group) holding it.
+    pub page: Page,
+    /// Type, default and ranges.
+    pub kind: Kind,
+}
+
+const fn int(default: i32, min: i32, max: i32, display_min: i32, display_max: i32) -> Kind {
+    Kind::Int {
+        default,
+        min,
+        max,
+        display_min,
+        display_max,
+    }
+}
+
+const fn double(default: f64, min: f64, max: f64, display_min: f64, display_max: f64) -> Kind {
+    Kind::Double {
+        default,
+        min,
+        max,
+        display_min,
+        display_max,
+    }
+}
+
+/// Every parameter of the effect, in display order.
+pub const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: MODEL_FOLDER,
+        label: "Model Folder",
+        hint: "Folder holding a Make-Your-Anchor model (UNet, ControlNet, VAE and CLIP weights); when empty, the MAKE_YOUR_ANCHOR_MODEL environment variable is used, and without either the Source passes through unchanged.",
+        page: PAGE_MODEL,
+        kind: Kind::Directory,
+    },
+    ParamSpec {
+        name: DEVICE,
+        label: "Device",
+        hint: "Where the networks run: auto picks the first CUDA GPU when there is one and the CPU otherwise.",
+        page: PAGE_MODEL,
+        kind: Kind::Choice {
+            options: DEVICE_OPTIONS,
+            default: 0,
+        },
+    },
+    ParamSpec {
+        name: PRECISION,
+        label: "Precision",
+        hint: "Floating-point precision of the networks: f16 and bf16 halve memory and are faster on GPUs, f32 is the reference.",
+        page: PAGE_MODEL,
+        kind: Kind::Choice {
+            options: PRECISION_OPTIONS,
+            default: 0,
+        },
+    },
+    ParamSpec {
+        name: CACHE_MIB,
+        label: "Cache (MiB)",
+        hint: "Memory in MiB that the process-wide frame cache may use, shared by every instance of the effect.",
+        page: PAGE_MODEL,
+        kind: int(4096, 0, 1 << 20, 0, 32768),
+    },
+    ParamSpec {
+        name: SEED,
+        label: "Seed",
+        hint: "Seed of the initial noise: the same seed and inputs give the same frames.",
+        page: PAGE_SAMPLING,
+        kind: int(42, 0, i32::MAX, 0, 1000),
+    },
+    ParamSpec {
+        name: STEPS,
+        label: "Steps",
+        hint: "Number of DDIM denoising steps: more steps are slower and usually cleaner.",
+        page: PAGE_SAMPLING,
+        kind: int(20, 1, 1000, 1, 100),
+    },
+    ParamSpec {
+        name: GUIDANCE,
+        label: "Guidance",
+        hint: "Classifier-free guidance scale: higher values follow the appearance more strictly.",
+        page: PAGE_SAMPLING,
+        kind: double(7.5, 0.0, 50.0, 1.0, 15.0),
+    },
+    ParamSpec {
+        name: CONTROL_SCALE,
+        label: "Control Scale",
+        hint: "Strength of the ControlNet conditioning on the mesh render.",
+        page: PAGE_SAMPLING,
+        kind: double(2.0, 0.0, 10.0, 0.0, 4.0),
+    },
+    ParamSpec {
+        name: RESOLUTION,
+        label: "Resolution",
+        hint: "Working resolution in pixels of the square the frames are resized to before diffusion.",
+        page: PAGE_SAMPLING,
+        kind: int(512, 64, 2048, 256, 1024),
+    },
+    ParamSpec {
+        name: WINDOW,
+        label: "Window",
+        hint: "Number of frames denoised together in one temporal window.",
+        page: PAGE_TEMPORAL,
+        kind: int(16, 1, 256, 2, 32),
+    },
+    ParamSpec {
+        name: OVERLAP,
+        label: "Overlap",
+        hint: "Number of frames shared by neighbouring windows; it must be smaller than the window.",
+        page: PAGE_TEMPORAL,
+        kind: int(4, 0, 255, 0, 16),
+    },
+    ParamSpec {
+        name: FUSION,
+        label: "Fusion",
+        hint: "How the noise predictions of overlapping windows are blended: flat averages them as the paper does, pyramid and overlap-linear weight frames by their position in the window.",
+        page: PAGE_TEMPORAL,
+        kind: Kind::Choice {
+            options: FUSION_OPTIONS,
+            default: 0,
+        },
+    },
+    ParamSpec {
+        name: TAIL,
+        label: "Tail",
+        hint: "How the end of the clip is windowed: paper reproduces the reference implementation, full also denoises the last frames with complete windows.",
+        page: PAGE_TEMPORAL,
+        kind: Kind::Choice {
+            options: TAIL_OPTIONS,
+            default: 0,
+        },
+    },
+    ParamSpec {
+        name: FACE_ENHANCE,
+        label: "Face Enhance",
+        hint: "Run the face inpainting pass after the body pass, using the face model folder.",
+        page: PAGE_FACE,
+        kind: Kind::Bool { default: false },
+    },
+    ParamSpec {
+        name: FACE_MODEL_FOLDER,
+        label: "Face Model Folder",
+        hint: "Folder holding the Make-Your-Anchor face model used when Face Enhance is on.",
+        page: PAGE_FACE,
+        kind: Kind::Directory,
+    },
+];
+
+/// Define every page, group and parameter of [`PARAMS`] on a context descriptor's parameter set.
+pub fn define_all(params: ParamSet) -> anchor_ofx::Result<()> {
+    for page in PAGES {
+        params
+            .define(ParamType::Group, page.group)?
+            .label(page.label)?
+            .hint(page.hint)?
+            .script_name(page.group)?
+            .group_open(true)?;
+    }
+    for spec in PARAMS {
+        define(params, spec)?;
+    }
+    for page in PAGES {
+        // Natron and openfx-misc list both the group and the parameters inside it as children.
+        let mut children = vec![page.group];
+        children.extend(PARAMS.iter().filter(|p| p.page == *page).map(|p| p.name));
+        params
+            .define(ParamType::Page, page.page)?
+            .label(page.label)?
+            .page_children(&children)?;
+    }
+    Ok(())
+}
+
+fn define(params: ParamSet, spec: &ParamSpec) -> anchor_ofx::Result<()> {
+    let kind = match spec.kind {
+        Kind::Int { .. } => ParamType::Int,
+        Kind::Double { .. } => ParamType::Double,
+        Kind::Bool { .. } => ParamType::Bool,
+        Kind::Choice { .. } => ParamType::Choice,
+        Kind::Directory => ParamType::String,
+    };
+    let def = params.define(kind, spec.name)?;
+    def.label(spec.label)?
+        .hint(spec.hint)?
+        .script_name(spec.name)?
+        .parent(spec.page.group)?;
+    // A temporal model needs the same settings across a window: nothing animates.
+    def.animates(false)?;
+    match spec.kind {
+        Kind::Int {
+            default,
+            min,
+            max,
+            display_min,
+            display_max,
+        } => {
+            def.default_int(default)?
+                .range_int(min, max, display_min, display_max)?;
+        }
+        Kind::Double {
+            default,
+            min,
+            max,
+            display_min,
+            display_max,
+        } => {
+            def.default_double(default)?
+                .range_double(min, max, display_min, display_max)?
+                .increment(0.1, 2)?;
+        }
+        Kind::Bool { default } => {
+            def.default_bool(default)?;
+        }
+        Kind::Choice { options, default } => {
+            def.choice_options(options)?.default_int(default)?;
+        }
+        Kind::Directory => {
+            def.string_mode(StringMode::DirectoryPath)?
+                .default_string("")?;
+        }
+    }
+    Ok(())
+}
+
+/// `fusion` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fusion {
+    /// Plain mean of overlapping predictions (the paper).
+    Flat,
+    /// Pyramid weights, highest at the window centre.
+    Pyramid,
+    /// Linear ramps over the overlap.
+    OverlapLinear,
+}
+
+/// `tail` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// As the reference implementation (spec §7 item 11).
+    Paper,
+    /// Complete windows up to the last frame.
+    Full,
+}
+
+/// `device` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// First CUDA GPU if any, else CPU.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// A CUDA GPU by ordinal.
+    Cuda(u8),
+}
+
+/// `precision` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+/// An option index from the host, checked against the table; out-of-range indices (a project
+/// saved by a newer version) fall back to the default, with a warning.
+fn option(name: &str, index: i32, options: &[&str]) -> usize {
+    match usize::try_from(index) {
+        Ok(i) if i < options.len() => i,
+        _ => {
+            log::warn!(
+                "{name}: option index {index} is out of range, using {}",
+                options[0]
+            );
+            0
+        }
+    }
+}
+
+impl Fusion {
+    fn from_index(i: i32) -> Self {
+        match option(FUSION, i, FUSION_OPTIONS) {
+            1 => Self::Pyramid,
+            2 => Self::OverlapLinear,
+            _ => Self::Flat,
+        }
+    }
+}
+
+impl Tail {
+    fn from_index(i: i32) -> Self {
+        match option(TAIL, i, TAIL_OPTIONS) {
+            1 => Self::Full,
+            _ => Self::Paper,
+        }
+    }
+}
+
+impl Device {
+    fn from_index(i: i32) -> Self {
+        match option(DEVICE, i, DEVICE_OPTIONS) {
+            0 => Self::Auto,
+            1 => Self::Cpu,
+            n => Self::Cuda((n - 2) as u8),
+        }
+    }
+}
+
+impl Precision {
+    fn from_index(i: i32) -> Self {
+        match option(PRECISION, i, PRECISION_OPTIONS) {
+            1 => Self::F16,
+            2 => Self::Bf16,
+            _ => Self::F32,
+        }
+    }
+}
+
+/// Every parameter's value at one time, read at render time (OFX does not promise an
+/// InstanceChanged after a project load, and the UI may change values while we render).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `modelFolder` as typed (may be empty).
+    pub model_folder: String,
+    /// `seed`.
+    pub seed: i32,
+    /// `steps`.
+    pub steps: i32,
+    /// `guidance`.
+    pub guidance: f64,
+    /// `controlScale`.
+    pub control_scale: f64,
+    /// `window`.
+    pub window: i32,
+    /// `overlap`.
+    pub overlap: i32,
+    /// `fusion`.
+    pub fusion: Fusion,
+    /// `tail`.
+    pub tail: Tail,
+    /// `resolution`.
+    pub resolution: i32,
+    /// `faceEnhance`.
+    pub face_enhance: bool,
+    /// `faceModelFolder`.
+    pub face_model_folder: String,
+    /// `device`.
+    pub device: Device,
+    /// `precision`.
+    pub precision: Precision,
+    /// `cacheMiB`.
+    pub cache_mib: i32,
+}
+
+impl Settings {
+    /// Read every parameter at `time`.
+    pub fn read(params: ParamSet, time: f64) -> anchor_ofx::Result<Self> {
+        let int = |name: &str| params.param(name)?.int_at(time);
+        let double = |name: &str| params.param(name)?.double_at(time);
+        let string = |name: &str| params.param(name)?.string_at(time);
+        Ok(Self {
+            model_folder: string(MODEL_FOLDER)?,
+            seed: int(SEED)?,
+            steps: int(STEPS)?,
+            guidance: double(GUIDANCE)?,
+            control_scale: double(CONTROL_SCALE)?,
+            window: int(WINDOW)?,
+            overlap: int(OVERLAP)?,
+            fusion: Fusion::from_index(int(FUSION)?),
+            tail: Tail::from_index(int(TAIL)?),
+            resolution: int(RESOLUTION)?,
+            face_enhance: int(FACE_ENHANCE)? != 0,
+            face_model_folder: string(FACE_MODEL_FOLDER)?,
+            device: Device::from_index(int(DEVICE)?),
+            precision: Precision::from_index(int(PRECISION)?),
+            cache_mib: int(CACHE_MIB)?,
+        })
+    }
+}
+
+/// The model folder to use: the parameter if set, else `env` (the value of
+/// `MAKE_YOUR_ANCHOR_MODEL`), else `None` (pass-through). A named folder that is not an existing
+/// directory is an error.
+pub fn resolve_model_folder(
+    param: &str,
+    env: Option<&str>,
+) -> Result<Option<PathBuf>, EffectError> {
+    let param = param.trim();
+    let (chosen, from) = if !param.is_empty() {
+        (param, MODEL_FOLDER)
+    } else {
+        match env.map(str::trim) {
+            Some(e) if !e.is_empty() => (e, ENV_MODEL_FOLDER),
+            _ => return Ok(None),
+        }
+    };
+    let path = PathBuf::from(chosen);
+    if path.is_dir() {
+        log::debug!("model folder {} (from {from})", path.display());
+        Ok(Some(path))
+    } else {
+        log::debug!(
+            "model folder {} (from {from}) is not a directory",
+            path.display()
+        );
+        Err(EffectError::ModelFolderMissing { path })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_the_frozen_script_names_and_defaults() {
+        let names: Vec<&str> = PARAMS.iter().map(|p| p.name).collect();
+        let mut expected = vec![
+            "modelFolder",
+            "seed",
+            "steps",
+            "guidance",
+            "controlScale",
+            "window",
+            "overlap",
+            "fusion",
+            "tail",
+            "resolution",
+            "faceEnhance",
+            "faceModelFolder",
+            "device",
+            "precision",
+            "cacheMiB",
+        ];
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(sorted, expected);
+        let kind = |n: &str| PARAMS.iter().find(|p| p.name == n).map(|p| p.kind);
+        assert!(matches!(kind(SEED), Some(Kind::Int { default: 42, .. })));
+        assert!(matches!(kind(STEPS), Some(Kind::Int { default: 20, .. })));
+        assert!(matches!(kind(WINDOW), Some(Kind::Int { default: 16, .. })));
+        assert!(matches!(kind(OVERLAP), Some(Kind::Int { default: 4, .. })));
+        assert!(matches!(
+            kind(RESOLUTION),
+            Some(Kind::Int { default: 512, .. })
+        ));
+        assert!(matches!(
+            kind(CACHE_MIB),
+            Some(Kind::Int { default: 4096, .. })
+        ));
+        assert_eq!(
+            kind(GUIDANCE).map(|k| matches!(k, Kind::Double { default, .. } if default == 7.5)),
+            Some(true)
+        );
+        assert_eq!(
+            kind(CONTROL_SCALE)
+                .map(|k| matches!(k, Kind::Double { default, .. } if default == 2.0)),
+            Some(true)
+        );
+        assert_eq!(kind(FACE_ENHANCE), Some(Kind::Bool { default: false }));
+        assert_eq!(kind(MODEL_FOLDER), Some(Kind::Directory));
+        assert_eq!(kind(FACE_MODEL_FOLDER), Some(Kind::Directory));
+        assert_eq!(FUSION_OPTIONS, &["flat", "pyramid", "overlap-linear"]);
+        assert_eq!(TAIL_OPTIONS, &["paper", "full"]);
+        assert_eq!(PRECISION_OPTIONS, &["f32", "f16", "bf16"]);
+        assert_eq!(DEVICE_OPTIONS.len(), 6);
+    }
+
+    #[test]
+    fn every_entry_is_well_formed() {
+        for p in PARAMS {
+            assert!(p.hint.ends_with('.'), "{}: hint is a full sentence", p.name);
+            assert!(p
+                .name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase()));
+            assert!(
+                p.name.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{}",
+                p.name
+            );
+            match p.kind {
+                Kind::Int {
+                    default,
+                    min,
+                    max,
+                    display_min,
+                    display_max,
+                } => {
+                    assert!(min <= default && default <= max, "{}", p.name);
+                    assert!(min <= display_min && display_max <= max, "{}", p.name);
+                }
+                Kind::Double {
+                    default,
+                    min,
+                    max,
+                    display_min,
+                    display_max,
+                } => {
+                    assert!(min <= default && default <= max, "{}", p.name);
+                    assert!(min <= display_min && display_max <= max, "{}", p.name);
+                }
+                Kind::Choice { options, default } => {
+                    assert!((default as usize) < options.len(), "{}", p.name);
+                }
+                _ => {}
+            }
+        }
+        for page in PAGES {
+            assert!(
+                PARAMS.iter().any(|p| p.page == *page),
+                "{} is not empty",
+                page.page
+            );
+        }
+    }
+
+    #[test]
+    fn choices_map_and_fall_back() {
+        assert_eq!(Fusion::from_index(2), Fusion::OverlapLinear);
+        assert_eq!(Fusion::from_index(9), Fusion::Flat);
+        assert_eq!(Tail::from_index(1), Tail::Full);
+        assert_eq!(Device::from_index(0), Device::Auto);
+        assert_eq!(Device::from_index(1), Device::Cpu);
+        assert_eq!(Device::from_index(5), Device::Cuda(3));
+        assert_eq!(Device::from_index(-1), Device::Auto);
+        assert_eq!(Precision::from_index(2), Precision::Bf16);
+    }
+
+    #[test]
+    fn model_folder_resolution() {
+        let dir = std::env::temp_dir();
+        let dir_s = dir.to_str().unwrap_or_default().to_owned();
+        assert_eq!(resolve_model_folder("", None).ok(), Some(None));
+        assert_eq!(resolve_model_folder("  ", Some("")).ok(), Some(None));
+        assert_eq!(
+            resolve_model_folder(&dir_s, None).ok(),
+            Some(Some(dir.clone()))
+        );
+        assert_eq!(
+            resolve_model_folder("", Some(&dir_s)).ok(),
+            Some(Some(dir.clone()))
+        );
+        let missing = "/no/such/make-your-anchor-model";
+        let err = resolve_model_folder("", Some(missing))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("Model folder /no/such/make-your-anchor-model does not exist: set modelFolder to a Make-Your-Anchor model folder")
+        );
+        // The parameter wins over the environment.
+        let err = resolve_model_folder(missing, Some(&dir_s))
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.starts_with("Model folder /no/such/")));
+    }
+}

@@ -1,0 +1,293 @@
+//! Render: read the Source into a plain RGBA `f32` [`Frame`], process it, write it to Output.
+//!
+//! The three steps are kept apart on purpose: the diffusion engine (issue 5) slots in as
+//! [`process`], between "read source as RGBA f32" and "write output", without touching pixel I/O.
+//! Until then [`process`] passes the frame through, so this path converts depth and layout only
+//! (e.g. Byte RGB in → Float RGBA out, alpha 1 where the Source has none).
+//!
+//! Pixel I/O honours the bounds the host returns (not what we asked for), negative rowBytes and
+//! any supported depth/layout, through `anchor_ofx::pixels`. `abort()` is checked on every row.
+use super::error::EffectError;
+use super::params::{resolve_model_folder, Settings, ENV_MODEL_FOLDER};
+use super::{OUTPUT_CLIP, SOURCE_CLIP};
+use anchor_ofx::{Image, ImageEffect, PixelView, PixelViewMut, Rect, Status};
+use std::path::Path;
+
+/// A plain RGBA `f32` frame: 4 floats per pixel, rows from `bounds.y1` (bottom) upwards, in the
+/// host's pixel coordinates. No OFX types: this is what the engine will consume and produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// The pixels held (the render window).
+    pub bounds: Rect,
+    /// `bounds.width() * bounds.height() * 4` floats.
+    pub rgba: Vec<f32>,
+}
+
+impl Frame {
+    /// A transparent-black frame.
+    pub fn new(bounds: Rect) -> Self {
+        Self {
+            bounds,
+            rgba: vec![0.0; bounds.width() * bounds.height() * 4],
+        }
+    }
+
+    /// Floats per row.
+    fn stride(&self) -> usize {
+        self.bounds.width() * 4
+    }
+}
+
+/// The Render action: time `time`, render window `window` (pixel coordinates).
+pub fn render(effect: ImageEffect, time: f64, window: Rect) -> Result<Status, EffectError> {
+    let settings = Settings::read(effect.param_set()?, time)?;
+    let env = std::env::var(ENV_MODEL_FOLDER).ok();
+    let model = resolve_model_folder(&settings.model_folder, env.as_deref())?;
+
+    let source_clip = effect.clip(SOURCE_CLIP)?;
+    if !source_clip.is_connected()? {
+        return Err(EffectError::SourceNotConnected);
+    }
+    let source = source_clip
+        .image(time, None)?
+        .ok_or(EffectError::NoSourceImage { time })?;
+    let source_view = checked_view(&source, SOURCE_CLIP, time)?;
+    let source_layout = source_view.layout();
+    let frame = read_frame(effect, &source_view, window, time)?;
+    drop(source);
+
+    let frame = process(frame, &settings, model.as_deref());
+
+    let output_clip = effect.clip(OUTPUT_CLIP)?;
+    let mut output = output_clip
+        .image(time, None)?
+        .ok_or(EffectError::NoOutputImage { time })?;
+    let mut output_view = checked_view_mut(&mut output, OUTPUT_CLIP, time)?;
+    write_frame(effect, &frame, &mut output_view, time)?;
+    log::debug!(
+        "rendered frame {time}: window {window:?}, Source {source_layout:?} to Output {:?}",
+        output_view.layout()
+    );
+    Ok(Status::Ok)
+}
+
+/// Check an image's format and size, and view its pixels.
+fn checked_view<'a>(
+    image: &'a Image,
+    clip: &'static str,
+    time: f64,
+) -> Result<PixelView<'a>, EffectError> {
+    check_image(image, clip, time)?;
+    image.view().map_err(|e| bad_image(e, clip, time))
+}
+
+fn checked_view_mut<'a>(
+    image: &'a mut Image,
+    clip: &'static str,
+    time: f64,
+) -> Result<PixelViewMut<'a>, EffectError> {
+    check_image(image, clip, time)?;
+    image.view_mut().map_err(|e| bad_image(e, clip, time))
+}
+
+fn bad_image(e: anchor_ofx::Error, clip: &'static str, time: f64) -> EffectError {
+    match e {
+        anchor_ofx::Error::Pixels(p) => EffectError::BadImage {
+            clip,
+            time,
+            detail: p.to_string(),
+        },
+        other => EffectError::Ofx(other),
+    }
+}
+
+/// Reject unsupported depth/components, then empty bounds.
+fn check_image(image: &Image, clip: &'static str, time: f64) -> Result<(), EffectError> {
+    let depth = image.depth_name()?;
+    let components = image.components_name()?;
+    if anchor_ofx::BitDepth::from_ofx_name(&depth).is_err()
+        || anchor_ofx::Components::from_ofx_name(&components).is_err()
+    {
+        return Err(EffectError::UnsupportedPixels {
+            clip,
+            time,
+            depth,
+            components,
+        });
+    }
+    let bounds = image.bounds()?;
+    if bounds.is_empty() {
+        return Err(EffectError::EmptyImage {
+            clip,
+            time,
+            width: bounds.width(),
+            height: bounds.height(),
+        });
+    }
+    Ok(())
+}
+
+/// Something that can say "stop": the host's `abort()`, or a stub in tests.
+pub trait Abort {
+    /// Whether to stop now.
+    fn should_abort(&self) -> bool;
+}
+
+impl Abort for ImageEffect {
+    fn should_abort(&self) -> bool {
+        self.abort()
+    }
+}
+
+/// Read `window` of `view` into a frame (transparent black outside the image's bounds), checking
+/// `abort` before every row.
+pub fn read_frame(
+    abort: impl Abort,
+    view: &PixelView<'_>,
+    window: Rect,
+    time: f64,
+) -> Result<Frame, EffectError> {
+    let mut frame = Frame::new(window);
+    let stride = frame.stride();
+    if stride == 0 {
+        return Ok(frame);
+    }
+    for (row, y) in frame
+        .rgba
+        .chunks_exact_mut(stride)
+        .zip(window.y1..window.y2)
+    {
+        if abort.should_abort() {
+            return Err(EffectError::Aborted { time });
+        }
+        view.read_row(y, window.x1, row);
+    }
+    Ok(frame)
+}
+
+/// Write a frame into `view` at the frame's bounds (clipped to the image), checking `abort`
+/// before every row.
+pub fn write_frame(
+    abort: impl Abort,
+    frame: &Frame,
+    view: &mut PixelViewMut<'_>,
+    time: f64,
+) -> Result<(), EffectError> {
+    let stride = frame.stride();
+    if stride == 0 {
+        return Ok(());
+    }
+    for (row, y) in frame
+        .rgba
+        .chunks_exact(stride)
+        .zip(frame.bounds.y1..frame.bounds.y2)
+    {
+        if abort.should_abort() {
+            return Err(EffectError::Aborted { time });
+        }
+        view.write_row(y, frame.bounds.x1, row);
+    }
+    Ok(())
+}
+
+/// The processing step between reading and writing. Pass-through until the engine lands; the
+/// model folder is resolved and checked already, so that errors surface now.
+pub fn process(frame: Frame, settings: &Settings, model: Option<&Path>) -> Frame {
+    if let Some(model) = model {
+        log::debug!(
+            "model folder {} with {settings:?}: engine not built in yet, passing through",
+            model.display()
+        );
+    }
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anchor_ofx::{BitDepth, Components, PixelLayout};
+    use std::cell::Cell;
+
+    struct Never;
+    impl Abort for Never {
+        fn should_abort(&self) -> bool {
+            false
+        }
+    }
+
+    /// Aborts on the `n`-th check.
+    struct After(Cell<u32>);
+    impl Abort for &After {
+        fn should_abort(&self) -> bool {
+            let left = self.0.get();
+            self.0.set(left.saturating_sub(1));
+            left == 0
+        }
+    }
+
+    #[test]
+    fn byte_rgb_negative_rows_to_float_rgba_with_offset_window() {
+        // Source: 2x2 Byte RGB at (10, 20), rows stored top-down (negative rowBytes, padded to 8).
+        let mut src = vec![0u8; 16];
+        src[0..6].copy_from_slice(&[1, 2, 3, 4, 5, 6]); // row y=21
+        src[8..14].copy_from_slice(&[255, 0, 51, 0, 255, 102]); // row y=20
+        let rgb8 = PixelLayout::new(BitDepth::Byte, Components::Rgb);
+        let view = PixelView::new(&src, 8, Rect::new(10, 20, 12, 22), -8, rgb8).unwrap();
+        // The host asks for a window one pixel wider on the left than the Source bounds.
+        let window = Rect::new(9, 20, 12, 22);
+        let frame = read_frame(Never, &view, window, 0.0).unwrap();
+        assert_eq!(
+            &frame.rgba[0..4],
+            &[0.0, 0.0, 0.0, 0.0],
+            "outside Source: transparent"
+        );
+        assert_eq!(
+            &frame.rgba[4..8],
+            &[1.0, 0.0, 0.2, 1.0],
+            "alpha 1 where Source has none"
+        );
+        assert_eq!(&frame.rgba[8..12], &[0.0, 1.0, 0.4, 1.0]);
+        assert_eq!(
+            &frame.rgba[16..20],
+            &[1.0 / 255.0, 2.0 / 255.0, 3.0 / 255.0, 1.0]
+        );
+
+        let mut out = vec![0u8; 3 * 2 * 16];
+        let rgbaf = PixelLayout::new(BitDepth::Float, Components::Rgba);
+        let mut out_view = PixelViewMut::new(&mut out, 0, window, 48, rgbaf).unwrap();
+        write_frame(Never, &frame, &mut out_view, 0.0).unwrap();
+        let floats: Vec<f32> = out
+            .chunks_exact(4)
+            .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(
+            floats, frame.rgba,
+            "Float RGBA output holds the frame exactly"
+        );
+    }
+
+    #[test]
+    fn abort_stops_reading_and_writing() {
+        let mem = vec![0u8; 4 * 4 * 4];
+        let rgba8 = PixelLayout::new(BitDepth::Byte, Components::Rgba);
+        let view = PixelView::new(&mem, 0, Rect::new(0, 0, 4, 4), 16, rgba8).unwrap();
+        let after_two = After(Cell::new(2));
+        let err = read_frame(&after_two, &view, Rect::new(0, 0, 4, 4), 7.0).err();
+        assert_eq!(
+            err.map(|e| e.to_string()).as_deref(),
+            Some("Rendering frame 7 was aborted by the host")
+        );
+        let frame = Frame::new(Rect::new(0, 0, 4, 4));
+        let mut out = vec![9u8; 64];
+        let mut out_view =
+            PixelViewMut::new(&mut out, 0, Rect::new(0, 0, 4, 4), 16, rgba8).unwrap();
+        let after_one = After(Cell::new(1));
+        assert!(write_frame(&after_one, &frame, &mut out_view, 7.0).is_err());
+        assert_eq!(
+            &out[0..16],
+            &[0u8; 16],
+            "first row written before the abort"
+        );
+        assert_eq!(&out[16..32], &[9u8; 16], "later rows untouched");
+    }
+}
