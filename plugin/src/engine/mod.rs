@@ -3,8 +3,12 @@
 //! Make-Your-Anchor (CVPR 2024, arXiv 2403.16510); semantics in `shared/spec/reference-pipeline.md`.
 pub mod device;
 pub mod error;
+pub mod model;
+pub mod pipeline;
 pub mod networks;
+pub mod resample;
 pub mod sampler;
+pub mod temporal;
 pub mod weights;
 
 pub use error::{EngineError, Result};
