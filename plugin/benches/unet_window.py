@@ -1,0 +1,119 @@
+"""Full-size benchmark companion: an SD1.5-config UNet with random weights, and PyTorch timing.
+
+1. Creates (once) a diffusers `UNet2DConditionModel` with the Stable Diffusion 1.5 config
+   (cross_attention_dim 768) and random weights, saved with `save_pretrained` as safetensors into
+   `--out` (3.4 GB at f32; not committed).
+2. Runs one inflated 3D window (`--frames` frames at `--latent`² latents; spec §2: full-frame attn1,
+   GroupNorm over the window) on the CPU in f32, with the same inflation as the parity fixtures
+   but SDPA (memory-efficient) attention, and prints wall time and peak RSS.
+3. Writes the inputs and the output to `--out/window_{frames}x{latent}.safetensors`, which the Rust
+   benchmark (`cargo bench --bench unet_window`) reuses and compares against.
+
+Usage: python3 plugin/benches/unet_window.py --out /tmp/sd15-unet --frames 16 --latent 64
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures"))
+import fixtures_unet  # noqa: E402  (the inflation helpers)
+
+from diffusers import UNet2DConditionModel  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+
+class SdpaFullFrameAttnProcessor(fixtures_unet.FullFrameAttnProcessor):
+    """Same joint attention as the fixture reference, through torch's fused SDPA so that the
+    65,536-token window does not build its score matrix."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        bf, n, _ = hidden_states.shape
+        f = self.frames
+        b = bf // f
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        inner = q.shape[-1]
+        heads = attn.heads
+        d = inner // heads
+
+        def split(t):
+            return t.reshape(b, f * n, heads, d).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+        out = out.transpose(1, 2).reshape(bf, n, inner)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def vm_status(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return -1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="/tmp/sd15-unet")
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--latent", type=int, default=64)
+    ap.add_argument("--timestep", type=int, default=501)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+
+    if not os.path.exists(os.path.join(args.out, "diffusion_pytorch_model.safetensors")):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(cross_attention_dim=768)  # every other default is SD1.5's
+        unet.save_pretrained(args.out, safe_serialization=True)
+        del unet
+    t0 = time.perf_counter()
+    # Read the weights into anonymous memory (as the Rust engine does) rather than keeping the file
+    # mmapped, so that RSS counts them once and the timed forward does not fault pages in.
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(args.out)).eval()
+    state = load_file(os.path.join(args.out, "diffusion_pytorch_model.safetensors"))
+    unet.load_state_dict(state, strict=True)
+    del state
+    load_s = time.perf_counter() - t0
+
+    f, lat = args.frames, args.latent
+    unet = fixtures_unet.inflate(unet, f, full_frame_attention=False)
+    for name, module in unet.named_modules():
+        if name.endswith("attn1"):
+            module.set_processor(SdpaFullFrameAttnProcessor(f))
+    gen = torch.Generator().manual_seed(1)
+    sample = torch.randn(f, 4, lat, lat, generator=gen)
+    ehs = torch.randn(1, 50, 768, generator=gen).expand(f, 50, 768).contiguous()
+    rss_loaded = vm_status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
+        fh.write("5")
+    t0 = time.perf_counter()
+    out = unet(sample, torch.tensor(args.timestep), encoder_hidden_states=ehs).sample
+    run_s = time.perf_counter() - t0
+    report = {
+        "engine": "pytorch",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "frames": f,
+        "latent": lat,
+        "load_s": round(load_s, 2),
+        "window_s": round(run_s, 2),
+        "rss_after_load_gib": round(rss_loaded / 2**30, 3),
+        "peak_rss_during_window_gib": round(vm_status("VmHWM") / 2**30, 3),
+        "peak_rss_process_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }
+    save_file(
+        {"sample": sample, "encoder_hidden_states": ehs[:1].contiguous(), "out": out.contiguous()},
+        os.path.join(args.out, f"window_{f}x{lat}.safetensors"),
+        metadata={"timestep": str(args.timestep)},
+    )
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

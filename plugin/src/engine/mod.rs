@@ -1,0 +1,14 @@
+//! The diffusion engine: networks, sampler, weight loading. No OFX types, no host calls.
+//!
+//! Make-Your-Anchor (CVPR 2024, arXiv 2403.16510); semantics in `shared/spec/reference-pipeline.md`.
+pub mod device;
+pub mod error;
+pub mod model;
+pub mod pipeline;
+pub mod networks;
+pub mod resample;
+pub mod sampler;
+pub mod temporal;
+pub mod weights;
+
+pub use error::{EngineError, Result};

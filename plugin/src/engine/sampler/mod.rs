@@ -1,0 +1,2 @@
+//! Weight-free sampling math: schedulers.
+pub mod ddim;

@@ -1,0 +1,363 @@
+//! Bad inputs give named errors (issue 3, "Done when"): a missing folder, a missing `config.json`, a
+//! truncated or corrupt weights file, a wrong shape, a config from another architecture, a
+//! cross-attention width that differs from the appearance-token width, an unexpected key and a
+//! missing key. Also the model-folder rules (`body/`, `anchor.json`) and a whole tiny body model.
+//! Every message is printed.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use make_your_anchor::engine::model::{inspect_model, BodyModel, ModelLayout};
+use make_your_anchor::engine::networks::clip::{ClipTextEncoder, ClipVisionEncoder};
+use make_your_anchor::engine::networks::vae::AutoencoderKl;
+use make_your_anchor::engine::weights::StrictWeights;
+use make_your_anchor::engine::EngineError;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn tiny(c: &str) -> PathBuf {
+    fixtures().join("tiny").join(c)
+}
+
+/// A fresh temporary folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mya-werr-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
+    d
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{e}"));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{e}")) {
+        let entry = entry.unwrap_or_else(|e| panic!("{e}"));
+        let p = entry.path();
+        if p.is_file() {
+            std::fs::copy(&p, to.join(entry.file_name())).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+fn err_text<T>(r: Result<T, EngineError>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn vae_err(dir: &Path) -> String {
+    let e = err_text(AutoencoderKl::load(dir, DType::F32, &Device::Cpu));
+    println!("{e}");
+    e
+}
+
+fn vae_tensors() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        tiny("vae").join("diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn write_vae(dir: &Path, tensors: &HashMap<String, Tensor>) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(tiny("vae").join("config.json"), dir.join("config.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    candle_core::safetensors::save(tensors, dir.join("diffusion_pytorch_model.safetensors"))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn missing_folder_and_missing_config() {
+    let d = scratch("missing");
+    let e = vae_err(&d.join("nope"));
+    assert!(e.contains("nope") && e.contains("does not exist"));
+
+    let v = d.join("vae");
+    copy_dir(&tiny("vae"), &v);
+    std::fs::remove_file(v.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
+    let e = vae_err(&v);
+    assert!(e.contains("config.json") && e.contains("has no config.json"));
+
+    let e = err_text(BodyModel::load(
+        &d.join("no-model"),
+        DType::F32,
+        &Device::Cpu,
+    ));
+    println!("{e}");
+    assert!(e.contains("no-model") && e.contains("does not exist"));
+
+    // A model folder without unet/config.json says so in those words.
+    let m = d.join("model");
+    std::fs::create_dir_all(m.join("unet")).unwrap_or_else(|e| panic!("{e}"));
+    let e = err_text(BodyModel::load(&m, DType::F32, &Device::Cpu));
+    println!("{e}");
+    assert!(e.contains("has no unet/config.json"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn truncated_and_corrupt_weights_are_named() {
+    let d = scratch("corrupt");
+    // Truncated safetensors.
+    let v = d.join("vae_trunc");
+    copy_dir(&tiny("vae"), &v);
+    let f = v.join("diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap_or_else(|e| panic!("{e}"));
+    let e = vae_err(&v);
+    assert!(
+        e.contains("diffusion_pytorch_model.safetensors") && e.contains("truncated or corrupt")
+    );
+    // Garbage safetensors.
+    std::fs::write(&f, b"this is not a safetensors file at all").unwrap_or_else(|e| panic!("{e}"));
+    let e = vae_err(&v);
+    assert!(e.contains("truncated or corrupt"));
+    // Truncated PyTorch .bin (zip).
+    let b = d.join("vae_bin");
+    copy_dir(&tiny("vae_legacy"), &b);
+    let f = b.join("diffusion_pytorch_model.bin");
+    let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&f, &bytes[..bytes.len() * 2 / 3]).unwrap_or_else(|e| panic!("{e}"));
+    let e = vae_err(&b);
+    assert!(e.contains("diffusion_pytorch_model.bin"));
+    // Garbage .bin.
+    std::fs::write(&f, vec![0x50u8; 4096]).unwrap_or_else(|e| panic!("{e}"));
+    let e = vae_err(&b);
+    assert!(e.contains("diffusion_pytorch_model.bin") && e.contains("truncated or corrupt"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn missing_unexpected_and_misshapen_keys_are_named() {
+    let d = scratch("keys");
+    // Missing key.
+    let mut t = vae_tensors();
+    t.remove("decoder.conv_out.bias");
+    write_vae(&d.join("missing"), &t);
+    let e = vae_err(&d.join("missing"));
+    assert!(
+        e.contains("missing key 'decoder.conv_out.bias'")
+            && e.contains("diffusion_pytorch_model.safetensors")
+    );
+    // Unexpected key.
+    let mut t = vae_tensors();
+    t.insert(
+        "encoder.extra_layer.weight".into(),
+        Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{e}")),
+    );
+    write_vae(&d.join("unexpected"), &t);
+    let e = vae_err(&d.join("unexpected"));
+    assert!(e.contains("unexpected key 'encoder.extra_layer.weight'"));
+    // Wrong shape.
+    let mut t = vae_tensors();
+    t.insert(
+        "quant_conv.weight".into(),
+        Tensor::zeros((8, 8, 3, 3), DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{e}")),
+    );
+    write_vae(&d.join("shape"), &t);
+    let e = vae_err(&d.join("shape"));
+    assert!(e.contains("shape mismatch for key 'quant_conv.weight'") && e.contains("[8, 8, 3, 3]"));
+    // A config that does not match the weights (wrong width) is also a named shape error.
+    let v = d.join("cfg");
+    copy_dir(&tiny("vae"), &v);
+    let cfg = std::fs::read_to_string(v.join("config.json")).unwrap_or_default();
+    std::fs::write(
+        v.join("config.json"),
+        cfg.replace("\"latent_channels\": 4", "\"latent_channels\": 8"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let e = vae_err(&v);
+    assert!(e.contains("shape mismatch for key"));
+    // CLIP: a missing class_embedding is an error, not a random draw (issue 3).
+    let c = d.join("clip");
+    copy_dir(&tiny("image_encoder"), &c);
+    let mut t = candle_core::safetensors::load(c.join("model.safetensors"), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{e}"));
+    t.remove("vision_model.embeddings.class_embedding");
+    candle_core::safetensors::save(&t, c.join("model.safetensors"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = err_text(ClipVisionEncoder::load(&c, DType::F32, &Device::Cpu));
+    println!("{e}");
+    assert!(e.contains("missing key 'vision_model.embeddings.class_embedding'"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn config_from_another_architecture_is_named() {
+    let d = scratch("arch");
+    let v = d.join("vae");
+    copy_dir(&tiny("vae"), &v);
+    std::fs::copy(tiny("unet").join("config.json"), v.join("config.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = vae_err(&v);
+    assert!(e.contains("UNet2DConditionModel") && e.contains("AutoencoderKL"));
+    // A VAE config given to the text tower.
+    let t = d.join("text");
+    copy_dir(&tiny("text_encoder"), &t);
+    std::fs::copy(tiny("vae").join("config.json"), t.join("config.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = err_text(ClipTextEncoder::load(&t, DType::F32, &Device::Cpu));
+    println!("{e}");
+    assert!(e.contains("AutoencoderKL") && e.contains("clip_text_model"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A body model assembled from the tiny fixtures: `body/{unet,controlnet}` plus an anchor.json
+/// mapping the rest (relative and absolute paths).
+fn tiny_model(d: &Path) -> PathBuf {
+    let m = d.join("model");
+    copy_dir(&tiny("unet"), &m.join("body/unet"));
+    copy_dir(&tiny("controlnet"), &m.join("body/controlnet"));
+    copy_dir(&tiny("vae"), &m.join("vae"));
+    let anchor = format!(
+        r#"{{
+  "components": {{
+    "scheduler": "{}",
+    "text_encoder": "{}",
+    "image_encoder": "{}"
+  }},
+  "defaults": {{ "steps": 25, "seed": 7 }}
+}}"#,
+        tiny("scheduler").display(),
+        tiny("text_encoder").display(),
+        tiny("image_encoder").display()
+    );
+    std::fs::write(m.join("anchor.json"), anchor).unwrap_or_else(|e| panic!("{e}"));
+    m
+}
+
+#[test]
+fn tiny_body_model_loads_and_inspects() {
+    let d = scratch("model");
+    let m = tiny_model(&d);
+    let layout = ModelLayout::resolve(&m).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        layout.component("unet").ok(),
+        Some(m.join("body/unet").as_path())
+    );
+    assert_eq!(layout.component("vae").ok(), Some(m.join("vae").as_path()));
+    assert_eq!(layout.defaults.steps, 25);
+    assert_eq!(layout.defaults.window, 16);
+
+    let info = inspect_model(&m, true).unwrap_or_else(|e| panic!("{e}"));
+    println!("{info}");
+    assert!(info.is_ok());
+    assert!(info
+        .components
+        .iter()
+        .filter(|c| c.name != "scheduler")
+        .all(|c| c.keys_checked));
+
+    let model = BodyModel::load(&m, DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(model.negative_embedding.dims(), &[1, 50, 32]);
+    let want =
+        candle_core::safetensors::load(fixtures().join("vae_clip.safetensors"), &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{e}"));
+    let r = want
+        .get("text.negative_embedding")
+        .unwrap_or_else(|| panic!("fixture missing"));
+    let err = (&model.negative_embedding - r)
+        .and_then(|x| x.abs())
+        .and_then(|x| x.flatten_all())
+        .and_then(|x| x.max(0))
+        .and_then(|x| x.to_scalar::<f32>())
+        .unwrap_or(f32::INFINITY);
+    println!("model negative embedding: max abs err {err:e}");
+    assert!(err < 1e-5);
+    for (name, r) in &model.reports {
+        println!(
+            "{name}: {} tensors, {} parameters, {:?}",
+            r.used, r.parameters, r.dtypes
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn cross_attention_width_mismatch_is_named() {
+    let d = scratch("width");
+    let m = tiny_model(&d);
+    let cfg_path = m.join("body/unet/config.json");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap_or_default();
+    let cfg = cfg.replace("\"cross_attention_dim\": 32", "\"cross_attention_dim\": 48");
+    std::fs::write(&cfg_path, cfg).unwrap_or_else(|e| panic!("{e}"));
+    let e = err_text(BodyModel::load(&m, DType::F32, &Device::Cpu));
+    println!("{e}");
+    assert!(
+        e.contains("32")
+            && e.contains("48")
+            && e.contains("cross_attention_dim")
+            && e.contains("unet")
+    );
+    let info = inspect_model(&m, false).unwrap_or_else(|e| panic!("{e}"));
+    println!("{info}");
+    assert!(!info.is_ok());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn anchor_json_errors_are_named() {
+    let d = scratch("anchor");
+    let m = tiny_model(&d);
+    std::fs::write(
+        m.join("anchor.json"),
+        r#"{"components": {"vae": "../elsewhere/vae"}}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let e = err_text(ModelLayout::resolve(&m));
+    println!("{e}");
+    assert!(e.contains("elsewhere") && e.contains("does not exist") && e.contains("maps vae"));
+    std::fs::write(m.join("anchor.json"), r#"{"components": {"vea": "vae"}}"#)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = err_text(ModelLayout::resolve(&m));
+    println!("{e}");
+    assert!(e.contains("vea"));
+    std::fs::write(m.join("anchor.json"), r#"{"defaults": {"stepz": 3}}"#)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = err_text(ModelLayout::resolve(&m));
+    println!("{e}");
+    assert!(e.contains("stepz"));
+    std::fs::write(
+        m.join("anchor.json"),
+        r#"{"defaults": {"window": 4, "overlap": 4}}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let e = err_text(ModelLayout::resolve(&m));
+    println!("{e}");
+    assert!(e.contains("overlap"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn strict_weights_reports_counts() {
+    let w = StrictWeights::open_dir(&tiny("vae")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(w.index().len(), 180);
+    assert_eq!(w.parameter_count(), 261_079);
+}
+
+#[test]
+fn inspect_finds_key_problems_without_loading() {
+    let d = scratch("inspect");
+    let m = tiny_model(&d);
+    let mut t = vae_tensors();
+    t.remove("encoder.mid_block.attentions.0.to_k.weight");
+    std::fs::remove_dir_all(m.join("vae")).unwrap_or_else(|e| panic!("{e}"));
+    write_vae(&m.join("vae"), &t);
+    let info = inspect_model(&m, true).unwrap_or_else(|e| panic!("{e}"));
+    println!("{info}");
+    assert!(!info.is_ok());
+    let vae = info
+        .components
+        .iter()
+        .find(|c| c.name == "vae")
+        .unwrap_or_else(|| panic!("no vae entry"));
+    assert!(!vae.keys_checked);
+    assert!(vae
+        .problems
+        .iter()
+        .any(|p| p.contains("encoder.mid_block.attentions.0.to_k.weight")));
+    let _ = std::fs::remove_dir_all(&d);
+}
