@@ -1,0 +1,551 @@
+//! The effect drives the engine (issue 5): `ofx-render` renders a 30-frame mesh clip with the
+//! tiny test model through the bundle, and every frame is bit-identical to the engine's CLI path
+//! (`anchor render`: `BodyModel::load` → `PoseSequence` → `TemporalDenoiser` → floor to 8 bits,
+//! run here in-process with the same calls) under every host pattern of `ofx-hosts.md`; the
+//! network-call count of a whole pass, read from the plugin's debug log, equals the sequential
+//! count; errors arrive as host messages with a failed status.
+//!
+//! Settings: 64×64 working resolution, 4 DDIM steps, window 4, overlap 1 (10 windows, so a full
+//! sequential pass makes 40 network batches), seed 42, guidance 7.5, control scale 2.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use common::{bundle, TempDir, PLUGIN_ID};
+use image::{Rgb, RgbImage};
+use make_your_anchor::engine::device;
+use make_your_anchor::engine::model::BodyModel;
+use make_your_anchor::engine::pipeline::{self, BodyNetworks, DdimStep, PoseSequence};
+use make_your_anchor::engine::sampler::ddim::DdimScheduler;
+use make_your_anchor::engine::temporal::{
+    Cache, Counters, Fusion, NoProgress, SamplingParams, Tail, WindowPlan,
+};
+
+/// Frames in the clip.
+const LEN: usize = 30;
+/// Working resolution (and the poses' size, so no resize happens on either side).
+const RES: u32 = 64;
+const STEPS: usize = 4;
+const WINDOW: usize = 4;
+const OVERLAP: usize = 1;
+const SEED: u64 = 42;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+fn tiny() -> PathBuf {
+    fixtures().join("tiny")
+}
+
+fn photo() -> PathBuf {
+    fixtures().join("photo.png")
+}
+
+/// Mesh-render-like frame `n`: a dark background, a moving body blob and limbs, with some
+/// texture so that every frame differs.
+fn pose_frame(n: usize) -> RgbImage {
+    let n = n as f32;
+    RgbImage::from_fn(RES, RES, |x, y| {
+        let (xf, yf) = (x as f32, y as f32);
+        let cx = 24.0 + 10.0 * (n * 0.21).sin();
+        let cy = 30.0 + 4.0 * (n * 0.13).cos();
+        let d = ((xf - cx).powi(2) + ((yf - cy) * 0.6).powi(2)).sqrt();
+        if d < 14.0 {
+            let shade = (200.0 - d * 6.0) as u8;
+            Rgb([shade, (shade as f32 * 0.8) as u8, (120.0 + n * 3.0) as u8])
+        } else if (yf - cy - 0.5 * (xf - cx)).abs() < 2.5 && xf > cx {
+            Rgb([90, 160, (40 + (n as u32 * 7) % 100) as u8])
+        } else {
+            Rgb([(x * 2 % 32) as u8, (y % 16) as u8, 20])
+        }
+    })
+}
+
+/// The 30 pose frames as `pose_0000.png` … (the CLI and `ofx-render` both read them).
+struct Poses {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+fn poses() -> &'static Poses {
+    static P: OnceLock<Poses> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = TempDir::new("poses");
+        for n in 0..LEN {
+            pose_frame(n)
+                .save(dir.join(&format!("pose_{n:04}.png")))
+                .expect("write pose");
+        }
+        let path = dir.path().to_path_buf();
+        Poses { _dir: dir, path }
+    })
+}
+
+/// What `anchor render --model tiny --poses P --appearance photo.png --resolution 64 --steps 4
+/// --window W --overlap O` computes, with the CLI's own calls: frames (8-bit RGB, 64×64) and
+/// the network-call count of the sequential pass.
+struct Reference {
+    frames: Vec<Vec<u8>>,
+    network_calls: u64,
+}
+
+fn reference_render(window: usize, overlap: usize) -> Reference {
+    let (dev, dtype) = device::select("cpu", "f32").expect("cpu f32");
+    let model = BodyModel::load(&tiny(), dtype, &dev).expect("load tiny model");
+    let (res, _) = pipeline::check_resolution(RES as usize).expect("resolution");
+    let poses = PoseSequence::open(&poses().path, (res, res), dtype, &dev).expect("poses");
+    let len = poses.paths().len();
+    assert_eq!(len, LEN);
+    let plan = WindowPlan::new(len, window, overlap, Tail::Paper, Fusion::Flat).expect("plan");
+    let appearance = pipeline::encode_appearance(&model, &photo()).expect("appearance");
+    let key = pipeline::model_identity(&model).expect("identity");
+    let nets = BodyNetworks::new(&model, &appearance, key).expect("networks");
+    let scheduler = DdimStep(
+        DdimScheduler::new(model.configs.scheduler.clone(), STEPS).expect("scheduler"),
+    );
+    let ch = model.unet.architecture().in_channels();
+    let f = model.vae.config().downsample_factor();
+    let noise = pipeline::initial_noise(SEED, None, (ch, res / f, res / f)).expect("noise");
+    let cache = Cache::new(4096 << 20);
+    let counters = Counters::default();
+    let params = SamplingParams {
+        guidance: 7.5,
+        control_scale: 2.0,
+    };
+    let d = pipeline::denoiser(
+        &nets, &scheduler, &poses, &cache, &counters, plan, params, noise,
+    )
+    .expect("denoiser");
+    let frames = (0..len)
+        .map(|i| {
+            let img = d.image(i, &NoProgress).expect("frame");
+            pipeline::image_to_rgb8(&img).expect("rgb8").0
+        })
+        .collect();
+    Reference {
+        frames,
+        network_calls: counters
+            .network_calls
+            .load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+/// The reference for (window, overlap), computed once per test process.
+fn reference(window: usize, overlap: usize) -> &'static Reference {
+    static R: OnceLock<Mutex<BTreeMap<(usize, usize), &'static Reference>>> = OnceLock::new();
+    let map = R.get_or_init(|| Mutex::new(BTreeMap::new()));
+    let mut m = map.lock().expect("reference lock");
+    m.entry((window, overlap))
+        .or_insert_with(|| Box::leak(Box::new(reference_render(window, overlap))))
+}
+
+/// One `ofx-render` run with the plugin's debug log captured.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    log: String,
+    seconds: f64,
+}
+
+impl Run {
+    /// The per-render network-call counts the plugin logged, summed over the run.
+    fn network_calls(&self) -> u64 {
+        self.log
+            .lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once(": ")?;
+                let rest = rest.split_once("frame ")?.1;
+                let (_, rest) = rest.split_once(": ")?;
+                let (n, _) = rest.split_once(" network call(s) by this render")?;
+                n.trim().parse::<u64>().ok()
+            })
+            .sum()
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "exit {:?}\nstdout: {}\nstderr: {}\nplugin log (tail): {}",
+            self.code,
+            self.stdout,
+            self.stderr,
+            self.log
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    }
+}
+
+/// Standard anchor parameters for `ofx-render`.
+fn anchor_params(model: &Path) -> Vec<String> {
+    [
+        format!("modelFolder={}", model.display()),
+        format!("resolution={RES}"),
+        format!("steps={STEPS}"),
+        format!("window={WINDOW}"),
+        format!("overlap={OVERLAP}"),
+        format!("seed={SEED}"),
+        "guidance=7.5".into(),
+        "controlScale=2.0".into(),
+        "device=CPU".into(),
+    ]
+    .into_iter()
+    .flat_map(|p| ["--param".to_string(), p])
+    .collect()
+}
+
+fn ofx_render(args: &[String]) -> Run {
+    let logdir = TempDir::new("log");
+    let log = logdir.join("plugin.log");
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ofx-render"))
+        .args(["--bundle", bundle().to_str().expect("utf-8"), "--plugin", PLUGIN_ID])
+        .args(args)
+        .env_remove("MAKE_YOUR_ANCHOR_MODEL")
+        .env("MAKE_YOUR_ANCHOR_LOG", &log)
+        .env("MAKE_YOUR_ANCHOR_LOG_LEVEL", "debug")
+        .output()
+        .expect("spawn ofx-render");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        log: std::fs::read_to_string(&log).unwrap_or_default(),
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// Render the clip (general context, photo as Appearance) with `extra` arguments into `out`.
+fn render_into(out: &Path, extra: &[&str]) -> Run {
+    let mut args: Vec<String> = vec![
+        "--input".into(),
+        poses().path.display().to_string(),
+        "--output".into(),
+        out.display().to_string(),
+        "--appearance".into(),
+        photo().display().to_string(),
+    ];
+    args.extend(anchor_params(&tiny()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    ofx_render(&args)
+}
+
+/// Compare the written frames `names[i]` (RGBA PNG) with the reference's RGB frames.
+fn compare(out: &Path, frames: std::ops::Range<usize>, reference: &Reference) -> Result<(), String> {
+    for n in frames {
+        let path = out.join(format!("pose_{n:04}.png"));
+        compare_file(&path, &reference.frames[n]).map_err(|e| format!("frame {n}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn compare_file(path: &Path, want: &[u8]) -> Result<(), String> {
+    let got = image::open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .to_rgba8();
+    if got.dimensions() != (RES, RES) {
+        return Err(format!("size {:?}", got.dimensions()));
+    }
+    for (i, (px, w)) in got.pixels().zip(want.chunks_exact(3)).enumerate() {
+        if px.0[..3] != *w || px.0[3] != 255 {
+            return Err(format!(
+                "pixel ({}, {}) is {:?}, expected {:?} with alpha 255",
+                i % RES as usize,
+                i / RES as usize,
+                px.0,
+                w
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Run a whole pass with `extra` host options; assert bit-identity and the exact call count.
+fn whole_pass(extra: &[&str]) {
+    let reference = reference(WINDOW, OVERLAP);
+    assert_eq!(reference.network_calls, 40, "10 windows × 4 steps");
+    let out = TempDir::new("anchor-out");
+    let run = render_into(out.path(), extra);
+    assert_eq!(run.code, Some(0), "{extra:?}: {}", run.explain());
+    assert!(
+        run.stdout.contains(&format!("rendered {LEN} frame(s) (0-29)")),
+        "{extra:?}: {}",
+        run.stdout
+    );
+    if let Err(e) = compare(out.path(), 0..LEN, reference) {
+        panic!("{extra:?}: {e}\n{}", run.explain());
+    }
+    assert_eq!(
+        run.network_calls(),
+        reference.network_calls,
+        "{extra:?}: network calls across the pass (plugin log) vs the sequential pass"
+    );
+    eprintln!(
+        "{extra:?}: 30 frames bit-identical, {} network calls, {:.1} s",
+        run.network_calls(),
+        run.seconds
+    );
+}
+
+#[test]
+fn four_threads_random_order_is_bit_identical_with_sequential_call_count() {
+    whole_pass(&["--threads", "4", "--order", "random", "--seed", "3"]);
+}
+
+#[test]
+fn render_clones_are_bit_identical() {
+    whole_pass(&["--clones", "3", "--threads", "3", "--order", "reverse"]);
+}
+
+#[test]
+fn per_frame_instances_are_bit_identical() {
+    // Natron-style Begin/End around each frame plus MLT-style instance per frame, with temporal
+    // access granted, negative rowBytes and float images.
+    whole_pass(&[
+        "--instance-per-frame",
+        "--threads",
+        "2",
+        "--order",
+        "random",
+        "--negative-rowbytes",
+        "--depth",
+        "float",
+    ]);
+}
+
+#[test]
+fn farm_split_on_timeline_frames_is_bit_identical() {
+    // Resolve-style timeline frames: the clip is frames 86400-86429, so the windows are anchored
+    // at 86400 (index 0) on both farm nodes, whatever range each renders.
+    let reference = reference(WINDOW, OVERLAP);
+    let input = TempDir::new("timeline");
+    for n in 0..LEN {
+        std::fs::copy(
+            poses().path.join(format!("pose_{n:04}.png")),
+            input.join(&format!("shot.{:06}.png", 86400 + n)),
+        )
+        .expect("copy pose");
+    }
+    let out = TempDir::new("farm-out");
+    let pattern_in = input.join("shot.%06d.png").display().to_string();
+    let pattern_out = out.join("shot.%06d.png").display().to_string();
+    let mut calls = 0;
+    for range in ["86400-86414", "86415-86429"] {
+        let mut args: Vec<String> = vec![
+            "--input".into(),
+            pattern_in.clone(),
+            "--output".into(),
+            pattern_out.clone(),
+            "--appearance".into(),
+            photo().display().to_string(),
+            "--frames".into(),
+            range.into(),
+        ];
+        args.extend(anchor_params(&tiny()));
+        let run = ofx_render(&args);
+        assert_eq!(run.code, Some(0), "{range}: {}", run.explain());
+        calls += run.network_calls();
+        eprintln!(
+            "farm node {range}: {} network calls, {:.1} s",
+            run.network_calls(),
+            run.seconds
+        );
+    }
+    for n in 0..LEN {
+        let path = out.join(&format!("shot.{:06}.png", 86400 + n));
+        if let Err(e) = compare_file(&path, &reference.frames[n]) {
+            panic!("timeline frame {}: {e}", 86400 + n);
+        }
+    }
+    // Each node computes its own cone: more than one pass, fewer than two.
+    assert!(
+        calls > reference.network_calls && calls < 2 * reference.network_calls,
+        "farm calls {calls}"
+    );
+}
+
+#[test]
+fn without_temporal_access_renders_one_frame_windows_and_warns_once() {
+    // MLT: no temporal access, a new instance per frame, bottom-up rows. The effect must never
+    // use the wrong frames: it denoises each frame alone, which equals the CLI with window 1.
+    let reference = reference(1, 0);
+    assert_eq!(reference.network_calls, (LEN * STEPS) as u64);
+    let out = TempDir::new("mlt-out");
+    let run = render_into(
+        out.path(),
+        &[
+            "--no-temporal",
+            "--instance-per-frame",
+            "--negative-rowbytes",
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.explain());
+    compare(out.path(), 0..LEN, reference).unwrap_or_else(|e| panic!("{e}"));
+    let warning = "ofx-render: plugin warning: The host gives Make Your Anchor no temporal clip access, so it cannot read the neighbouring frames a window needs: every frame is denoised on its own (window 1), which flickers more. Use a host with temporal clip access (Natron, Resolve) for the temporally consistent result";
+    assert_eq!(
+        run.stderr.matches(warning).count(),
+        1,
+        "the warning is posted exactly once: {}",
+        run.stderr
+    );
+    assert_eq!(run.network_calls(), reference.network_calls);
+}
+
+/// Render frame 0 only, with `params` replacing the standard ones; the run must fail.
+fn failing_run(params: Vec<String>, extra: &[&str]) -> Run {
+    let out = TempDir::new("err-out");
+    let mut args: Vec<String> = vec![
+        "--input".into(),
+        poses().path.display().to_string(),
+        "--output".into(),
+        out.path().display().to_string(),
+        "--frames".into(),
+        "0".into(),
+    ];
+    args.extend(params);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let run = ofx_render(&args);
+    assert_eq!(run.code, Some(1), "{}", run.explain());
+    assert!(
+        crate::common::pngs(out.path()).is_empty(),
+        "no frame is written on failure"
+    );
+    run
+}
+
+#[test]
+fn missing_model_folder_fails_with_its_message() {
+    let mut params = anchor_params(Path::new("/no/such/anchor-model"));
+    params.extend(["--appearance".into(), photo().display().to_string()]);
+    let run = failing_run(params, &[]);
+    let text = "Model folder /no/such/anchor-model does not exist: set modelFolder to a Make-Your-Anchor model folder";
+    assert!(
+        run.stderr
+            .contains(&format!("ofx-render: plugin error: {text}")),
+        "{}",
+        run.explain()
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "OfxImageEffectActionRender failed with kOfxStatFailed at frame 0 (plugin says: {text})"
+        )),
+        "{}",
+        run.explain()
+    );
+}
+
+#[test]
+fn incompatible_model_fails_with_its_message() {
+    let bad = TempDir::new("bad-model");
+    std::fs::create_dir_all(bad.join("unet")).expect("mkdir");
+    std::fs::write(bad.join("unet/config.json"), "{ not json").expect("write");
+    let mut params = anchor_params(bad.path());
+    params.extend(["--appearance".into(), photo().display().to_string()]);
+    let run = failing_run(params, &[]);
+    let head = format!(
+        "ofx-render: plugin error: The model folder {} is not a usable Make-Your-Anchor model (",
+        bad.path().display()
+    );
+    let tail = "): choose a folder holding unet/, controlnet/, vae/, scheduler/, text_encoder/ and image_encoder/ (check it with `anchor inspect --model`)";
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with(&head))
+        .unwrap_or_else(|| panic!("no incompatible-model message: {}", run.explain()));
+    assert!(line.ends_with(tail), "{line}");
+    assert!(
+        run.stderr
+            .contains("OfxImageEffectActionRender failed with kOfxStatFailed at frame 0"),
+        "{}",
+        run.explain()
+    );
+}
+
+#[test]
+fn no_appearance_fails_with_its_message() {
+    // Filter context, and the tiny model folder has no appearance.png.
+    let run = failing_run(anchor_params(&tiny()), &[]);
+    let head = "ofx-render: plugin error: Make Your Anchor has no appearance image at frame 0 (";
+    let tail = "): connect a reference still to the Appearance input, or put the person's photo in the model folder as appearance.png";
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with(head))
+        .unwrap_or_else(|| panic!("no appearance message: {}", run.explain()));
+    assert!(line.ends_with(tail), "{line}");
+    assert!(line.contains("appearance.png"), "{line}");
+    assert!(
+        run.stderr
+            .contains("OfxImageEffectActionRender failed with kOfxStatFailed at frame 0"),
+        "{}",
+        run.explain()
+    );
+}
+
+#[test]
+fn model_default_appearance_is_used_in_the_filter_context() {
+    // A model folder whose appearance.png is the photo renders in the Filter context exactly as
+    // the CLI with --appearance photo.png.
+    let reference = reference(WINDOW, OVERLAP);
+    let model = TempDir::new("model-with-photo");
+    for entry in std::fs::read_dir(tiny()).expect("list tiny") {
+        let entry = entry.expect("entry");
+        std::os::unix::fs::symlink(entry.path(), model.join(&entry.file_name().to_string_lossy()))
+            .expect("symlink");
+    }
+    std::fs::copy(photo(), model.join("appearance.png")).expect("copy photo");
+    let out = TempDir::new("filter-out");
+    let mut args: Vec<String> = vec![
+        "--input".into(),
+        poses().path.display().to_string(),
+        "--output".into(),
+        out.path().display().to_string(),
+        "--frames".into(),
+        "10-13".into(),
+    ];
+    args.extend(anchor_params(model.path()));
+    let run = ofx_render(&args);
+    assert_eq!(run.code, Some(0), "{}", run.explain());
+    compare(out.path(), 10..14, reference).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn without_a_model_the_source_passes_through_and_says_so() {
+    let out = TempDir::new("pass-out");
+    let args: Vec<String> = vec![
+        "--input".into(),
+        poses().path.display().to_string(),
+        "--output".into(),
+        out.path().display().to_string(),
+        "--frames".into(),
+        "0-1".into(),
+    ];
+    let run = ofx_render(&args);
+    assert_eq!(run.code, Some(0), "{}", run.explain());
+    for n in 0..2 {
+        let got = image::open(out.join(&format!("pose_{n:04}.png")))
+            .expect("read")
+            .to_rgb8();
+        assert_eq!(got, pose_frame(n), "frame {n} passes through");
+    }
+    let text = "No model folder is set, so Make Your Anchor passes the Source through unchanged: set modelFolder (or the MAKE_YOUR_ANCHOR_MODEL environment variable) to a Make-Your-Anchor model folder";
+    assert!(
+        run.stderr
+            .contains(&format!("ofx-render: plugin persistent warning: {text}")),
+        "{}",
+        run.explain()
+    );
+    assert_eq!(run.log.matches(text).count(), 1, "logged once: {}", run.log);
+}
