@@ -7,7 +7,7 @@ use super::error::EffectError;
 use super::params::{self, FACE_ENHANCE, FACE_MODEL_FOLDER, MODEL_FOLDER};
 use super::state::{self, HostInfo};
 use super::{
-    logging, render, APPEARANCE_CLIP, OUTPUT_CLIP, PLUGIN_DESCRIPTION, PLUGIN_GROUPING,
+    anchor, logging, render, APPEARANCE_CLIP, OUTPUT_CLIP, PLUGIN_DESCRIPTION, PLUGIN_GROUPING,
     PLUGIN_LABEL, SOURCE_CLIP, SUPPORTS_MULTI_RESOLUTION, SUPPORTS_TILES, VERSION_LABEL,
     VERSION_MAJOR, VERSION_MINOR,
 };
@@ -145,7 +145,7 @@ pub fn dispatch(
         Action::InstanceChanged => instance_changed(effect, in_args),
         Action::GetRegionOfDefinition => region_of_definition(effect, in_args, out_args),
         Action::GetRegionsOfInterest => regions_of_interest(effect, in_args, out_args),
-        Action::GetFramesNeeded => frames_needed(in_args, out_args),
+        Action::GetFramesNeeded => frames_needed(effect, in_args, out_args),
         Action::GetClipPreferences => clip_preferences(out_args),
         // The effect is never an identity: with a model it generates new frames, and without
         // one it still converts depth and layout, which the host cannot do for us everywhere.
@@ -161,6 +161,10 @@ pub fn dispatch(
         }
         Action::PurgeCaches => {
             state::with(|g| g.caches.clear());
+            log::debug!(
+                "PurgeCaches: {} network call(s) in this process",
+                crate::engine::service::global().network_calls()
+            );
             Ok(Status::Ok)
         }
     }
@@ -400,12 +404,41 @@ fn regions_of_interest(
     })
 }
 
-fn frames_needed(in_args: PropertySet, out_args: PropertySet) -> Result<Status, EffectError> {
+fn frames_needed(
+    effect: ImageEffect,
+    in_args: PropertySet,
+    out_args: PropertySet,
+) -> Result<Status, EffectError> {
     let time = in_args.get_double(kOfxPropTime, 0)?;
-    // For now each frame needs only itself; the engine (issue 5) widens this to its window.
+    // Exactly the engine's dependency cone of `time` (one range); the frame itself without a
+    // model or temporal access. Never fail here: Resolve rejects failed statuses, and Render
+    // reports any problem with the settings anyway.
+    let range = (|| -> Result<Option<(f64, f64)>, EffectError> {
+        let settings = params::Settings::read(effect.param_set()?, time)?;
+        let env = std::env::var(params::ENV_MODEL_FOLDER).ok();
+        let Some(folder) = params::resolve_model_folder(&settings.model_folder, env.as_deref())?
+        else {
+            return Ok(None);
+        };
+        let source = effect.clip(SOURCE_CLIP)?;
+        if !source.is_connected()? {
+            return Ok(None);
+        }
+        let clip = anchor::ClipFrames::of(&source)?;
+        let temporal = state::with(|g| g.host.temporal_clip_access);
+        Ok(anchor::frames_needed(
+            &settings, &folder, temporal, &clip, time,
+        ))
+    })()
+    .unwrap_or_else(|e| {
+        log::debug!("GetFramesNeeded at {time}: {e}; answering the frame itself");
+        None
+    });
+    let (a, b) = range.unwrap_or((time, time));
+    log::debug!("GetFramesNeeded at {time}: Source {a}-{b}");
     out_args.set_double_n(
         &clip_prop("OfxImageClipPropFrameRange_", SOURCE_CLIP)?,
-        &[time, time],
+        &[a, b],
     )?;
     Ok(Status::Ok)
 }

@@ -70,6 +70,48 @@ pub enum EffectError {
         /// Frame.
         time: f64,
     },
+    /// The model folder exists but does not hold a model we can load.
+    #[error("The model folder {} is not a usable Make-Your-Anchor model ({detail}): choose a folder holding unet/, controlnet/, vae/, scheduler/, text_encoder/ and image_encoder/ (check it with `anchor inspect --model`)", path.display())]
+    IncompatibleModel {
+        /// The folder.
+        path: PathBuf,
+        /// What the loader found wrong.
+        detail: String,
+    },
+    /// No appearance image: no Appearance clip and no default photo in the model folder.
+    #[error("Make Your Anchor has no appearance image at frame {time} ({detail}): connect a reference still to the Appearance input, or put the person's photo in the model folder as appearance.png")]
+    NoAppearance {
+        /// Frame.
+        time: f64,
+        /// The loader's message.
+        detail: String,
+    },
+    /// The device ran out of memory.
+    #[error("Out of memory while rendering frame {time} ({detail}): lower resolution or window, choose f16 precision, or lower cacheMiB")]
+    OutOfMemory {
+        /// Frame.
+        time: f64,
+        /// The allocator's message.
+        detail: String,
+    },
+    /// A render time that is not a frame of the Source clip's range.
+    #[error("Frame {time} is outside the Source clip's frame range {first}-{last}: Make Your Anchor renders only frames of the mesh-render track")]
+    FrameOutsideClip {
+        /// Frame asked for.
+        time: f64,
+        /// First frame of the range.
+        first: f64,
+        /// Last frame of the range.
+        last: f64,
+    },
+    /// Any other failure inside the engine (bad settings, device, pixels).
+    #[error("Make Your Anchor could not render frame {time}: {detail}")]
+    Engine {
+        /// Frame.
+        time: f64,
+        /// The engine's message.
+        detail: String,
+    },
     /// DescribeInContext for a context we never declared.
     #[error(
         "Make Your Anchor does not support the {0} context: use it as a Filter or General effect"
@@ -94,6 +136,7 @@ impl EffectError {
         match self {
             Self::Ofx(e) => e.status(),
             Self::UnsupportedContext(_) => Status::ErrUnsupported,
+            Self::OutOfMemory { .. } => Status::ErrMemory,
             _ => Status::Failed,
         }
     }
@@ -119,6 +162,11 @@ impl EffectError {
             Self::BadImage { .. } => "org.makeyouranchor.Anchor.badImage",
             Self::Aborted { .. } => "org.makeyouranchor.Anchor.aborted",
             Self::UnsupportedContext(_) => "org.makeyouranchor.Anchor.unsupportedContext",
+            Self::IncompatibleModel { .. } => "org.makeyouranchor.Anchor.incompatibleModel",
+            Self::NoAppearance { .. } => "org.makeyouranchor.Anchor.noAppearance",
+            Self::OutOfMemory { .. } => "org.makeyouranchor.Anchor.outOfMemory",
+            Self::FrameOutsideClip { .. } => "org.makeyouranchor.Anchor.frameOutsideClip",
+            Self::Engine { .. } => "org.makeyouranchor.Anchor.engine",
             Self::Ofx(_) => "org.makeyouranchor.Anchor.hostCall",
             Self::Panic { .. } => "org.makeyouranchor.Anchor.internal",
         }

@@ -6,9 +6,12 @@
 //! gyroflow-ofx#18).
 //!
 //! Files: `params.rs` (the parameter table), `actions.rs` (one handler per action), `render.rs`
-//! (pixel I/O around the engine), `state.rs` (process-global state), `logging.rs` (file logger),
-//! `error.rs` (errors and their message texts).
+//! (pixel I/O and the pass-through), `anchor.rs` (the engine behind Render and GetFramesNeeded),
+//! `colour.rs` (the `colorspace` choice and sRGB transfer), `state.rs` (process-global state),
+//! `logging.rs` (file logger), `error.rs` (errors and their message texts).
 pub mod actions;
+pub mod anchor;
+pub mod colour;
 pub mod error;
 pub mod logging;
 pub mod params;
@@ -48,9 +51,11 @@ pub const APPEARANCE_CLIP: &str = "Appearance";
 
 /// No tiles: diffusion needs the whole frame at once.
 pub const SUPPORTS_TILES: bool = false;
-/// No render scale: we always render at full resolution, because the networks work at a fixed
-/// working resolution and the frame cache is keyed by full-resolution content; a proxy render
-/// would otherwise need its own cache entries and give a different picture (ofx-hosts.md).
+/// No render scale: we always render at full resolution. The networks work at a fixed working
+/// resolution whatever the input size, so a proxy render would cost the same diffusion work; its
+/// control frames (downscaled by the host) would hash differently and give a different picture
+/// with its own cache entries, and scrubbing at proxy scale would then show frames that differ
+/// from the final render (ofx-hosts.md, render scale).
 pub const SUPPORTS_MULTI_RESOLUTION: bool = false;
 
 /// The plug-in as handed to the host. `OfxPlugin` is `Sync` in `openfx` (it holds only

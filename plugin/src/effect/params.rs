@@ -3,6 +3,7 @@
 //!
 //! Script names are camelCase and **frozen**: saved projects, host scripts and farm job files
 //! store them. Change a label or hint freely; never rename a script name.
+use super::colour::ColourChoice;
 use super::error::EffectError;
 use anchor_ofx::{ParamSet, ParamType, StringMode};
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ pub const DEVICE: &str = "device";
 pub const PRECISION: &str = "precision";
 /// `cacheMiB`: the process-wide cache budget.
 pub const CACHE_MIB: &str = "cacheMiB";
+/// `colorspace`: the encoding of the host's pixels.
+pub const COLORSPACE: &str = "colorspace";
 
 /// Environment variable giving the model folder when `modelFolder` is empty (hosts without a
 /// parameter UI, farm nodes).
@@ -50,6 +53,8 @@ pub const TAIL_OPTIONS: &[&str] = &["paper", "full"];
 pub const DEVICE_OPTIONS: &[&str] = &["auto", "CPU", "CUDA 0", "CUDA 1", "CUDA 2", "CUDA 3"];
 /// Options of `precision`, in index order.
 pub const PRECISION_OPTIONS: &[&str] = &["f32", "f16", "bf16"];
+/// Options of `colorspace`, in index order.
+pub const COLORSPACE_OPTIONS: &[&str] = &["auto", "linear", "sRGB"];
 
 /// A parameter page, mirrored by a group of the same content for hosts that ignore pages
 /// (Resolve shows groups, Natron shows pages as tabs).
@@ -211,6 +216,16 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Memory in MiB that the process-wide frame cache may use, shared by every instance of the effect.",
         page: PAGE_MODEL,
         kind: int(4096, 0, 1 << 20, 0, 32768),
+    },
+    ParamSpec {
+        name: COLORSPACE,
+        label: "Colorspace",
+        hint: "Encoding of the Source, Appearance and Output pixels: auto reads the host's OFX colour-management properties, else assumes linear light for Natron and Nuke float images and sRGB otherwise; the model always sees sRGB-encoded pictures.",
+        page: PAGE_MODEL,
+        kind: Kind::Choice {
+            options: COLORSPACE_OPTIONS,
+            default: 0,
+        },
     },
     ParamSpec {
         name: SEED,
@@ -430,6 +445,14 @@ fn option(name: &str, index: i32, options: &[&str]) -> usize {
     }
 }
 
+fn colour_from_index(i: i32) -> ColourChoice {
+    match option(COLORSPACE, i, COLORSPACE_OPTIONS) {
+        1 => ColourChoice::Linear,
+        2 => ColourChoice::Srgb,
+        _ => ColourChoice::Auto,
+    }
+}
+
 impl Fusion {
     fn from_index(i: i32) -> Self {
         match option(FUSION, i, FUSION_OPTIONS) {
@@ -503,14 +526,53 @@ pub struct Settings {
     pub precision: Precision,
     /// `cacheMiB`.
     pub cache_mib: i32,
+    /// `colorspace`.
+    pub colour: ColourChoice,
 }
 
 impl Settings {
     /// Read every parameter at `time`.
     pub fn read(params: ParamSet, time: f64) -> anchor_ofx::Result<Self> {
-        let int = |name: &str| params.param(name)?.int_at(time);
-        let double = |name: &str| params.param(name)?.double_at(time);
-        let string = |name: &str| params.param(name)?.string_at(time);
+        // Hosts with partial parameter support (the official demo host has no string params and
+        // fails integer reads) get the declared default, logged, rather than a failed render.
+        let fallback = |name: &str, err: &anchor_ofx::Error| {
+            log::warn!("parameter {name} unreadable ({err}); using its default");
+        };
+        let default_of = |name: &str| PARAMS.iter().find(|p| p.name == name).map(|p| p.kind);
+        let int = |name: &str| -> anchor_ofx::Result<i32> {
+            match params.param(name).and_then(|p| p.int_at(time)) {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    fallback(name, &e);
+                    Ok(match default_of(name) {
+                        Some(Kind::Int { default, .. } | Kind::Choice { default, .. }) => default,
+                        Some(Kind::Bool { default }) => default as i32,
+                        _ => 0,
+                    })
+                }
+            }
+        };
+        let double = |name: &str| -> anchor_ofx::Result<f64> {
+            match params.param(name).and_then(|p| p.double_at(time)) {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    fallback(name, &e);
+                    Ok(match default_of(name) {
+                        Some(Kind::Double { default, .. }) => default,
+                        _ => 0.0,
+                    })
+                }
+            }
+        };
+        let string = |name: &str| -> anchor_ofx::Result<String> {
+            match params.param(name).and_then(|p| p.string_at(time)) {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    fallback(name, &e);
+                    Ok(String::new())
+                }
+            }
+        };
         Ok(Self {
             model_folder: string(MODEL_FOLDER)?,
             seed: int(SEED)?,
@@ -527,6 +589,7 @@ impl Settings {
             device: Device::from_index(int(DEVICE)?),
             precision: Precision::from_index(int(PRECISION)?),
             cache_mib: int(CACHE_MIB)?,
+            colour: colour_from_index(int(COLORSPACE)?),
         })
     }
 }
@@ -583,6 +646,7 @@ mod tests {
             "device",
             "precision",
             "cacheMiB",
+            "colorspace",
         ];
         let mut sorted = names.clone();
         sorted.sort_unstable();
@@ -679,6 +743,10 @@ mod tests {
         assert_eq!(Device::from_index(5), Device::Cuda(3));
         assert_eq!(Device::from_index(-1), Device::Auto);
         assert_eq!(Precision::from_index(2), Precision::Bf16);
+        assert_eq!(colour_from_index(0), ColourChoice::Auto);
+        assert_eq!(colour_from_index(1), ColourChoice::Linear);
+        assert_eq!(colour_from_index(2), ColourChoice::Srgb);
+        assert_eq!(COLORSPACE_OPTIONS, &["auto", "linear", "sRGB"]);
     }
 
     #[test]

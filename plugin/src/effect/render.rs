@@ -1,9 +1,6 @@
-//! Render: read the Source into a plain RGBA `f32` [`Frame`], process it, write it to Output.
-//!
-//! The three steps are kept apart on purpose: the diffusion engine (issue 5) slots in as
-//! [`process`], between "read source as RGBA f32" and "write output", without touching pixel I/O.
-//! Until then [`process`] passes the frame through, so this path converts depth and layout only
-//! (e.g. Byte RGB in → Float RGBA out, alpha 1 where the Source has none).
+//! Render: with a model folder, the engine path (`anchor.rs`); without one, the Source passes
+//! through as a plain RGBA `f32` [`Frame`], converting depth and layout only (e.g. Byte RGB in →
+//! Float RGBA out, alpha 1 where the Source has none).
 //!
 //! Pixel I/O honours the bounds the host returns (not what we asked for), negative rowBytes and
 //! any supported depth/layout, through `anchor_ofx::pixels`. `abort()` is checked on every row.
@@ -11,7 +8,7 @@ use super::error::EffectError;
 use super::params::{resolve_model_folder, Settings, ENV_MODEL_FOLDER};
 use super::{OUTPUT_CLIP, SOURCE_CLIP};
 use anchor_ofx::{Image, ImageEffect, PixelView, PixelViewMut, Rect, Status};
-use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A plain RGBA `f32` frame: 4 floats per pixel, rows from `bounds.y1` (bottom) upwards, in the
 /// host's pixel coordinates. No OFX types: this is what the engine will consume and produce.
@@ -38,12 +35,42 @@ impl Frame {
     }
 }
 
-/// The Render action: time `time`, render window `window` (pixel coordinates).
+/// The Render action: time `time`, render window `window` (pixel coordinates). With a model
+/// folder the engine renders the anchor frame ([`super::anchor::render`]); without one (neither
+/// `modelFolder` nor `MAKE_YOUR_ANCHOR_MODEL`) the Source passes through, and the user is told.
 pub fn render(effect: ImageEffect, time: f64, window: Rect) -> Result<Status, EffectError> {
     let settings = Settings::read(effect.param_set()?, time)?;
     let env = std::env::var(ENV_MODEL_FOLDER).ok();
-    let model = resolve_model_folder(&settings.model_folder, env.as_deref())?;
+    match resolve_model_folder(&settings.model_folder, env.as_deref())? {
+        Some(folder) => super::anchor::render(effect, time, window, &settings, &folder),
+        None => {
+            tell_pass_through(effect);
+            pass_through(effect, time, window)
+        }
+    }
+}
 
+/// The text shown while no model folder is set.
+pub const NO_MODEL_TEXT: &str = "No model folder is set, so Make Your Anchor passes the Source through unchanged: set modelFolder (or the MAKE_YOUR_ANCHOR_MODEL environment variable) to a Make-Your-Anchor model folder";
+
+/// Log once per process, and show a persistent message on the instance, that we pass through.
+fn tell_pass_through(effect: ImageEffect) {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if !LOGGED.swap(true, Ordering::SeqCst) {
+        log::info!("{NO_MODEL_TEXT}");
+    }
+    if let Err(e) = anchor_ofx::message::set_persistent_message(
+        effect,
+        anchor_ofx::MessageType::Warning,
+        "org.makeyouranchor.Anchor.noModel",
+        NO_MODEL_TEXT,
+    ) {
+        log::debug!("could not set the persistent message: {e}");
+    }
+}
+
+/// Copy the Source to the Output, converting depth and layout (alpha 1 where Source has none).
+fn pass_through(effect: ImageEffect, time: f64, window: Rect) -> Result<Status, EffectError> {
     let source_clip = effect.clip(SOURCE_CLIP)?;
     if !source_clip.is_connected()? {
         return Err(EffectError::SourceNotConnected);
@@ -56,8 +83,6 @@ pub fn render(effect: ImageEffect, time: f64, window: Rect) -> Result<Status, Ef
     let frame = read_frame(effect, &source_view, window, time)?;
     drop(source);
 
-    let frame = process(frame, &settings, model.as_deref());
-
     let output_clip = effect.clip(OUTPUT_CLIP)?;
     let mut output = output_clip
         .image(time, None)?
@@ -65,7 +90,7 @@ pub fn render(effect: ImageEffect, time: f64, window: Rect) -> Result<Status, Ef
     let mut output_view = checked_view_mut(&mut output, OUTPUT_CLIP, time)?;
     write_frame(effect, &frame, &mut output_view, time)?;
     log::debug!(
-        "rendered frame {time}: window {window:?}, Source {source_layout:?} to Output {:?}",
+        "passed frame {time} through: window {window:?}, Source {source_layout:?} to Output {:?}",
         output_view.layout()
     );
     Ok(Status::Ok)
@@ -188,18 +213,6 @@ pub fn write_frame(
         view.write_row(y, frame.bounds.x1, row);
     }
     Ok(())
-}
-
-/// The processing step between reading and writing. Pass-through until the engine lands; the
-/// model folder is resolved and checked already, so that errors surface now.
-pub fn process(frame: Frame, settings: &Settings, model: Option<&Path>) -> Frame {
-    if let Some(model) = model {
-        log::debug!(
-            "model folder {} with {settings:?}: engine not built in yet, passing through",
-            model.display()
-        );
-    }
-    frame
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ pub struct Global {
     pub loads: u32,
     /// The host, as seen on the last Load.
     pub host: HostInfo,
-    /// Process-wide caches (empty until the engine lands: issue 5 keeps models and frames here).
+    /// Process-wide caches: the engine's models and frames live in `engine::service`.
     pub caches: Caches,
 }
 
@@ -35,9 +35,11 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Drop everything cached.
+    /// Drop everything cached: the engine's frame cache, and its models when no render is
+    /// running (`engine::service`).
     pub fn clear(&mut self) {
         self.purges += 1;
+        crate::engine::service::global().purge();
     }
 }
 

@@ -8,6 +8,7 @@ pub mod pipeline;
 pub mod networks;
 pub mod resample;
 pub mod sampler;
+pub mod service;
 pub mod temporal;
 pub mod weights;
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
 
-use super::model::BodyModel;
+use super::model::{BodyModel, ModelLayout};
 use super::networks::controlnet::ControlNetOutput;
 use super::networks::unet_blocks::Temporal;
 use super::resample::{resize_rgb8, Filter};
@@ -47,6 +47,15 @@ pub fn read_rgb8(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
     let rgb = img.to_rgb8();
     let (w, h) = rgb.dimensions();
     Ok((rgb.into_raw(), w as usize, h as usize))
+}
+
+/// The model folder's default reference photo, used when no appearance image is given (the
+/// OpenFX effect without an Appearance clip): `appearance.png` in the model folder.
+pub const DEFAULT_APPEARANCE: &str = "appearance.png";
+
+/// The path of the default reference photo of `layout` ([`DEFAULT_APPEARANCE`]).
+pub fn default_appearance(layout: &ModelLayout) -> PathBuf {
+    layout.root.join(DEFAULT_APPEARANCE)
 }
 
 /// Appearance tokens `(1, N, D)` of a reference photo, in the run dtype (spec §1.5).
@@ -330,8 +339,14 @@ pub fn image_to_rgb8(img: &Tensor) -> Result<(Vec<u8>, usize, usize)> {
 
 /// A stable identity of a model folder: its configs' bytes and its weights' sizes and mtimes.
 pub fn model_identity(model: &BodyModel) -> Result<Key> {
+    folder_identity(&model.layout)
+}
+
+/// [`model_identity`] of a resolved layout, without loading any weights: cheap enough to run on
+/// every render to detect an edited or replaced model folder.
+pub fn folder_identity(layout: &ModelLayout) -> Result<Key> {
     let mut h = KeyHasher::tagged("model");
-    for (name, dir) in &model.layout.components {
+    for (name, dir) in &layout.components {
         h.str(name);
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| EngineError::Io {

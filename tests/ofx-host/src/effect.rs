@@ -64,6 +64,12 @@ pub struct Session {
     pub range: (i32, i32),
     /// Emulate the OpenFX demo host's minimal parameter support (`ParamSet::instance_of`).
     pub minimal_params: bool,
+    /// Raise `abort` on this progress update (1-based), if set.
+    pub abort_after_updates: Option<usize>,
+    /// Progress updates received so far.
+    pub progress_updates: AtomicUsize,
+    /// Half/float images carry linear light (see `RenderOptions::linear`).
+    pub linear: bool,
 }
 
 thread_local! {
@@ -259,6 +265,13 @@ impl Effect {
                 c.props
                     .cstr(kOfxImageClipPropFieldOrder, &[kOfxImageFieldNone]);
                 c.props.int(kOfxImageClipPropContinuousSamples, &[0]);
+                if session.linear {
+                    // OFX 1.5 colour management: the clip's pixels are scene-linear.
+                    c.props.str(
+                        openfx::sys::image_effect_v1::colour::kOfxImageClipPropColourspace,
+                        &["ofx_scene_linear"],
+                    );
+                }
                 c
             })
             .collect();
@@ -694,7 +707,7 @@ fn source_image(e: &Effect, c: &Clip, s: &Session, time: f64) -> Option<OfxPrope
             return None;
         }
     };
-    buf.fill_from_rgba8(&img);
+    buf.fill_from_rgba8_as(&img, s.linear);
     Some(make_image(
         e,
         Arc::new(buf),

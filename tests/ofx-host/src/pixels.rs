@@ -237,6 +237,12 @@ impl PixelBuffer {
     /// Fill from an 8-bit RGBA image whose top-left pixel is OFX pixel (x1, y2 - 1):
     /// file rows run top-down while OFX rows run bottom-up.
     pub fn fill_from_rgba8(&self, img: &RgbaImage) {
+        self.fill_from_rgba8_as(img, false)
+    }
+
+    /// [`Self::fill_from_rgba8`]; with `linear`, half and float images get the sRGB-decoded
+    /// (linear-light) values of the colour channels, as Natron and Nuke hand them over.
+    pub fn fill_from_rgba8_as(&self, img: &RgbaImage, linear: bool) {
         let (w, h) = rect_size(&self.bounds);
         if self.origin.is_null() {
             return;
@@ -258,8 +264,8 @@ impl PixelBuffer {
                             Depth::Short => (p as *mut u16).add(k).write(v as u16 * 257),
                             Depth::Half => (p as *mut u16)
                                 .add(k)
-                                .write(half::f16::from_f32(v as f32 / 255.0).to_bits()),
-                            Depth::Float => (p as *mut f32).add(k).write(v as f32 / 255.0),
+                                .write(half::f16::from_f32(float_of(v, c, linear)).to_bits()),
+                            Depth::Float => (p as *mut f32).add(k).write(float_of(v, c, linear)),
                             Depth::Other(_) => {}
                         }
                     }
@@ -271,6 +277,11 @@ impl PixelBuffer {
     /// Read the buffer back as an 8-bit RGBA image (top row first). RGB gets alpha 255;
     /// Alpha is written as grey with alpha 255 so a mask is visible in any viewer.
     pub fn to_rgba8(&self) -> RgbaImage {
+        self.to_rgba8_as(false)
+    }
+
+    /// [`Self::to_rgba8`]; with `linear`, half and float colour channels are sRGB-encoded.
+    pub fn to_rgba8_as(&self, linear: bool) -> RgbaImage {
         let (w, h) = rect_size(&self.bounds);
         let mut img = RgbaImage::new(w as u32, h as u32);
         if self.origin.is_null() {
@@ -283,6 +294,8 @@ impl PixelBuffer {
                 let p = self.pixel_ptr(self.bounds.x1 + col as i32, y);
                 let mut v = [0u8; 4];
                 for (k, slot) in v.iter_mut().enumerate().take(n) {
+                    let colour = linear && self.comps.channels()[k] < 3;
+                    let enc = |x: f32| if colour { srgb_encode(x) } else { x };
                     // SAFETY: inside the pixel, k < comps.count().
                     *slot = unsafe {
                         match self.depth {
@@ -291,10 +304,10 @@ impl PixelBuffer {
                                 let x = (p as *const u16).add(k).read() as u32;
                                 ((x * 255 + 32767) / 65535) as u8
                             }
-                            Depth::Half => float_to_u8(
+                            Depth::Half => float_to_u8(enc(
                                 half::f16::from_bits((p as *const u16).add(k).read()).to_f32(),
-                            ),
-                            Depth::Float => float_to_u8((p as *const f32).add(k).read()),
+                            )),
+                            Depth::Float => float_to_u8(enc((p as *const f32).add(k).read())),
                             Depth::Other(_) => 0,
                         }
                     };
@@ -308,6 +321,28 @@ impl PixelBuffer {
             }
         }
         img
+    }
+}
+
+/// The float value of 8-bit file value `v` on channel `c` (0-2 colour, 3 alpha): `v/255`, or
+/// with `linear` its sRGB-decoded (IEC 61966-2-1) linear light for colour channels.
+fn float_of(v: u8, c: usize, linear: bool) -> f32 {
+    let e = v as f32 / 255.0;
+    if !linear || c >= 3 {
+        e
+    } else if e <= 0.040_45 {
+        e / 12.92
+    } else {
+        ((e + 0.055) / 1.055).powf(2.4)
+    }
+}
+
+/// Linear light to sRGB encoding (IEC 61966-2-1).
+fn srgb_encode(x: f32) -> f32 {
+    if x <= 0.003_130_8 {
+        x * 12.92
+    } else {
+        1.055 * x.max(0.0).powf(1.0 / 2.4) - 0.055
     }
 }
 

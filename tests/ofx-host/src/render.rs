@@ -110,6 +110,12 @@ pub struct RenderOptions {
     /// Emulate the OpenFX demo host's parameters: no string parameters, integer and choice
     /// values unreadable.
     pub minimal_params: bool,
+    /// Raise the abort flag during the plugin's N-th progress update (a user pressing cancel
+    /// mid-frame); the update itself already answers "cancel".
+    pub abort_after_updates: Option<usize>,
+    /// Half/float images carry linear light (sRGB-decoded file values, encoded again on
+    /// output) and every clip says so with the OFX 1.5 colourspace `ofx_scene_linear`.
+    pub linear: bool,
 }
 
 impl Default for RenderOptions {
@@ -137,6 +143,8 @@ impl Default for RenderOptions {
             source_mode: SourceMode::Normal,
             extra_loads: 0,
             minimal_params: false,
+            abort_after_updates: None,
+            linear: false,
         }
     }
 }
@@ -626,7 +634,7 @@ impl Run<'_> {
                 }
             }
         }
-        Ok(FrameImage::Rendered(buf.to_rgba8()))
+        Ok(FrameImage::Rendered(buf.to_rgba8_as(self.session.linear)))
     }
 }
 
@@ -851,6 +859,9 @@ fn describe_and_render(
         project,
         range,
         minimal_params: opts.minimal_params,
+        abort_after_updates: opts.abort_after_updates,
+        progress_updates: AtomicUsize::new(0),
+        linear: opts.linear,
     });
     let run = Run {
         plugin,

@@ -565,6 +565,14 @@ unsafe extern "C" fn progress_start_v2(
 
 unsafe extern "C" fn progress_update(h: *mut c_void, p: f64) -> OfxStatus {
     log::trace!("progress {p}");
+    // --abort-after-updates N: the user presses cancel during the N-th update.
+    // SAFETY: checked by magic.
+    if let Some(s) = unsafe { Effect::from_handle(h) }.and_then(|e| e.session()) {
+        let n = s.progress_updates.fetch_add(1, Ordering::SeqCst) + 1;
+        if s.abort_after_updates.is_some_and(|limit| n >= limit) {
+            s.abort.store(true, Ordering::SeqCst);
+        }
+    }
     if aborted(h) {
         // "kOfxStatReplyNo if the progress should be cancelled".
         kOfxStatReplyNo

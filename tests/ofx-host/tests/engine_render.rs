@@ -106,9 +106,8 @@ fn reference_render(window: usize, overlap: usize) -> Reference {
     let appearance = pipeline::encode_appearance(&model, &photo()).expect("appearance");
     let key = pipeline::model_identity(&model).expect("identity");
     let nets = BodyNetworks::new(&model, &appearance, key).expect("networks");
-    let scheduler = DdimStep(
-        DdimScheduler::new(model.configs.scheduler.clone(), STEPS).expect("scheduler"),
-    );
+    let scheduler =
+        DdimStep(DdimScheduler::new(model.configs.scheduler.clone(), STEPS).expect("scheduler"));
     let ch = model.unet.architecture().in_channels();
     let f = model.vae.config().downsample_factor();
     let noise = pipeline::initial_noise(SEED, None, (ch, res / f, res / f)).expect("noise");
@@ -211,7 +210,12 @@ fn ofx_render(args: &[String]) -> Run {
     let log = logdir.join("plugin.log");
     let start = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_ofx-render"))
-        .args(["--bundle", bundle().to_str().expect("utf-8"), "--plugin", PLUGIN_ID])
+        .args([
+            "--bundle",
+            bundle().to_str().expect("utf-8"),
+            "--plugin",
+            PLUGIN_ID,
+        ])
         .args(args)
         .env_remove("MAKE_YOUR_ANCHOR_MODEL")
         .env("MAKE_YOUR_ANCHOR_LOG", &log)
@@ -243,7 +247,11 @@ fn render_into(out: &Path, extra: &[&str]) -> Run {
 }
 
 /// Compare the written frames `names[i]` (RGBA PNG) with the reference's RGB frames.
-fn compare(out: &Path, frames: std::ops::Range<usize>, reference: &Reference) -> Result<(), String> {
+fn compare(
+    out: &Path,
+    frames: std::ops::Range<usize>,
+    reference: &Reference,
+) -> Result<(), String> {
     for n in frames {
         let path = out.join(format!("pose_{n:04}.png"));
         compare_file(&path, &reference.frames[n]).map_err(|e| format!("frame {n}: {e}"))?;
@@ -280,7 +288,8 @@ fn whole_pass(extra: &[&str]) {
     let run = render_into(out.path(), extra);
     assert_eq!(run.code, Some(0), "{extra:?}: {}", run.explain());
     assert!(
-        run.stdout.contains(&format!("rendered {LEN} frame(s) (0-29)")),
+        run.stdout
+            .contains(&format!("rendered {LEN} frame(s) (0-29)")),
         "{extra:?}: {}",
         run.stdout
     );
@@ -502,8 +511,11 @@ fn model_default_appearance_is_used_in_the_filter_context() {
     let model = TempDir::new("model-with-photo");
     for entry in std::fs::read_dir(tiny()).expect("list tiny") {
         let entry = entry.expect("entry");
-        std::os::unix::fs::symlink(entry.path(), model.join(&entry.file_name().to_string_lossy()))
-            .expect("symlink");
+        std::os::unix::fs::symlink(
+            entry.path(),
+            model.join(&entry.file_name().to_string_lossy()),
+        )
+        .expect("symlink");
     }
     std::fs::copy(photo(), model.join("appearance.png")).expect("copy photo");
     let out = TempDir::new("filter-out");

@@ -1,0 +1,440 @@
+//! The effect's bridge to the engine: the Source clip as the engine's lazily fetched control
+//! frames, the Appearance clip (or the model's default photo), host progress and abort as the
+//! engine's [`Progress`], and the anchor frame written back at the Source's RoD.
+//!
+//! - **Frames and windows.** The Source clip's frame range (`kOfxImageEffectPropFrameRange`) is
+//!   the clip: index `i` is time `range.min + i`, so windows are anchored to the clip whatever
+//!   frames a host (or a farm node) asks for, and Resolve's timeline frames (e.g. 86400…) map to
+//!   indices 0…. GetFramesNeeded answers with the engine's dependency cone as one range.
+//! - **Pixels in.** Any depth/layout is read through `anchor_ofx::pixels`, top row first, converted
+//!   to 8-bit sRGB (see `colour`), then resized to the working resolution with PIL LANCZOS by the
+//!   engine exactly as `anchor render` resizes PNG frames; for 8-bit sRGB input the control
+//!   frames are therefore bit-identical to the CLI's. Higher depths are quantised to 8 bits first,
+//!   as the reference only ever sees 8-bit PNGs.
+//! - **Pixels out.** The 8-bit frame (the reference's floor quantisation) is resized from the
+//!   working square to the Source RoD with the same Pillow LANCZOS filter (no resize when the
+//!   sizes agree), decoded to the host's encoding and written in the Output depth with alpha 1.
+//! - **No temporal access** (MLT): windows of one frame (window 1, overlap 0), so only frame `t`
+//!   is ever read; the user is warned once per process.
+use super::colour::{self, Encoding};
+use super::error::EffectError;
+use super::params::{self, Settings};
+use super::render::{write_frame, Frame};
+use super::state;
+use super::{APPEARANCE_CLIP, OUTPUT_CLIP, SOURCE_CLIP};
+use crate::engine::device::DeviceChoice;
+use crate::engine::resample::{resize_rgb8, Filter};
+use crate::engine::service::{self, Appearance, ControlSource, RenderSettings, ServiceError};
+use crate::engine::temporal::{Fusion, Progress, Tail};
+use crate::engine::{EngineError, Result as EngineResult};
+use anchor_ofx::message::{self, MessageType};
+use anchor_ofx::names::kOfxImageEffectContextGeneral;
+use anchor_ofx::{Clip, ImageEffect, Rect, Status};
+use candle_core::DType;
+use parking_lot::Mutex;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// The text of the one-time warning for hosts without temporal clip access.
+pub const NO_TEMPORAL_WARNING: &str = "The host gives Make Your Anchor no temporal clip access, so it cannot read the neighbouring frames a window needs: every frame is denoised on its own (window 1), which flickers more. Use a host with temporal clip access (Natron, Resolve) for the temporally consistent result";
+
+/// The engine settings of `settings` for a host with (or without) temporal clip access.
+pub fn render_settings(settings: &Settings, folder: &Path, temporal: bool) -> RenderSettings {
+    let pos = |v: i32| usize::try_from(v).unwrap_or(0);
+    let (window, overlap) = if temporal {
+        (pos(settings.window), pos(settings.overlap))
+    } else {
+        (1, 0)
+    };
+    RenderSettings {
+        folder: folder.to_path_buf(),
+        device: match settings.device {
+            params::Device::Auto => DeviceChoice::Auto,
+            params::Device::Cpu => DeviceChoice::Cpu,
+            params::Device::Cuda(n) => DeviceChoice::Cuda(n as usize),
+        },
+        dtype: match settings.precision {
+            params::Precision::F32 => DType::F32,
+            params::Precision::F16 => DType::F16,
+            params::Precision::Bf16 => DType::BF16,
+        },
+        steps: pos(settings.steps).max(1),
+        guidance: settings.guidance,
+        control_scale: settings.control_scale,
+        window,
+        overlap,
+        fusion: match settings.fusion {
+            params::Fusion::Flat => Fusion::Flat,
+            params::Fusion::Pyramid => Fusion::Pyramid,
+            params::Fusion::OverlapLinear => Fusion::OverlapLinear,
+        },
+        tail: match settings.tail {
+            params::Tail::Paper => Tail::Paper,
+            params::Tail::Full => Tail::Full,
+        },
+        resolution: pos(settings.resolution),
+        seed: settings.seed.max(0) as u64,
+        cache_bytes: pos(settings.cache_mib).saturating_mul(1 << 20),
+    }
+}
+
+/// The Source clip's frames: first frame and count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipFrames {
+    /// `kOfxImageEffectPropFrameRange` min.
+    pub first: f64,
+    /// `kOfxImageEffectPropFrameRange` max.
+    pub last: f64,
+}
+
+impl ClipFrames {
+    /// The Source clip's range.
+    pub fn of(clip: &Clip) -> Result<Self, EffectError> {
+        let r = clip.frame_range()?;
+        Ok(Self {
+            first: r.min,
+            last: r.max,
+        })
+    }
+
+    /// Frames in the clip.
+    pub fn len(&self) -> usize {
+        let n = (self.last - self.first).round() + 1.0;
+        if n.is_finite() && n >= 1.0 {
+            n as usize
+        } else {
+            0
+        }
+    }
+
+    /// The clip index of `time`, when `time` is one of the clip's frames.
+    pub fn index(&self, time: f64) -> Result<usize, EffectError> {
+        let i = time - self.first;
+        let r = i.round();
+        if (i - r).abs() > 1e-6 || r < 0.0 || r as usize >= self.len() {
+            return Err(EffectError::FrameOutsideClip {
+                time,
+                first: self.first,
+                last: self.last,
+            });
+        }
+        Ok(r as usize)
+    }
+
+    /// The time of clip index `i`.
+    pub fn time(&self, i: usize) -> f64 {
+        self.first + i as f64
+    }
+}
+
+/// GetFramesNeeded: the Source frames (as one inclusive range of times) that a render at `time`
+/// reads, or `None` when only `time` itself is read.
+pub fn frames_needed(
+    settings: &Settings,
+    folder: &Path,
+    temporal: bool,
+    clip: &ClipFrames,
+    time: f64,
+) -> Option<(f64, f64)> {
+    if !temporal {
+        return None;
+    }
+    let i = clip.index(time).ok()?;
+    let rs = render_settings(settings, folder, temporal);
+    let Range { start, end } = rs.frames_needed(clip.len(), i).ok()?;
+    Some((clip.time(start), clip.time(end.saturating_sub(1))))
+}
+
+/// An image as interleaved 8-bit sRGB, top row first.
+fn image_rgb8(
+    clip: &Clip,
+    time: f64,
+    name: &'static str,
+    encoding: Encoding,
+) -> EngineResult<Option<(Vec<u8>, usize, usize)>> {
+    let host = |e: anchor_ofx::Error| EngineError::Input(format!("{name} at frame {time}: {e}"));
+    let Some(img) = clip.image(time, None).map_err(host)? else {
+        return Ok(None);
+    };
+    let view = img.view().map_err(host)?;
+    let b = view.bounds();
+    let (w, h) = (b.width(), b.height());
+    if w == 0 || h == 0 {
+        return Err(EngineError::Input(format!(
+            "the {name} image at frame {time} is empty ({w}x{h} pixels)"
+        )));
+    }
+    let mut row = vec![0f32; w * 4];
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for y in (b.y1..b.y2).rev() {
+        view.read_row(y, b.x1, &mut row);
+        for px in row.chunks_exact(4) {
+            for &v in &px[..3] {
+                rgb.push(colour::to_srgb8(v, encoding));
+            }
+        }
+    }
+    Ok(Some((rgb, w, h)))
+}
+
+/// The Source clip as the engine's control frames.
+struct SourceFrames {
+    clip: Clip,
+    frames: ClipFrames,
+    encoding: Encoding,
+}
+
+impl ControlSource for SourceFrames {
+    fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn rgb8(&self, f: usize) -> EngineResult<(Vec<u8>, usize, usize)> {
+        let t = self.frames.time(f);
+        image_rgb8(&self.clip, t, SOURCE_CLIP, self.encoding)?.ok_or_else(|| {
+            EngineError::Input(format!(
+                "the host returned no Source image at frame {t}, which the temporal window needs"
+            ))
+        })
+    }
+}
+
+/// Host progress bar and abort as the engine's progress.
+struct HostProgress {
+    effect: ImageEffect,
+    bar: Option<Mutex<anchor_ofx::Progress>>,
+    total: usize,
+    done: AtomicUsize,
+    cancelled: AtomicBool,
+}
+
+// SAFETY: the progress suite is called from the render thread that owns this value, and OFX
+// allows suite calls on an instance from render threads; the mutex serialises them.
+unsafe impl Send for HostProgress {}
+unsafe impl Sync for HostProgress {}
+
+impl Progress for HostProgress {
+    fn window_done(&self, _step: usize, _steps: usize, _window: usize) {
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(bar) = &self.bar {
+            let fraction = done as f64 / self.total.max(done) as f64;
+            match bar.lock().update(fraction) {
+                Ok(true) => {}
+                Ok(false) => {
+                    log::info!("progress: the host asked to cancel");
+                    self.cancelled.store(true, Ordering::SeqCst);
+                }
+                Err(e) => log::debug!("progress update failed: {e}"),
+            }
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst) || self.effect.abort()
+    }
+}
+
+/// Post the no-temporal-access warning once per process.
+fn warn_no_temporal(effect: ImageEffect) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if WARNED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    log::warn!("{NO_TEMPORAL_WARNING}");
+    if let Err(e) = message::message(
+        effect,
+        MessageType::Warning,
+        "org.makeyouranchor.Anchor.noTemporalAccess",
+        NO_TEMPORAL_WARNING,
+    ) {
+        log::debug!("could not post the warning: {e}");
+    }
+}
+
+/// Turn an engine failure into the effect's error for frame `time`.
+fn effect_error(e: ServiceError, time: f64) -> EffectError {
+    if e.is_out_of_memory() {
+        return EffectError::OutOfMemory {
+            time,
+            detail: e.to_string(),
+        };
+    }
+    match e {
+        ServiceError::Model { folder, source } => EffectError::IncompatibleModel {
+            path: folder,
+            detail: source.to_string(),
+        },
+        ServiceError::Appearance(source) => EffectError::NoAppearance {
+            time,
+            detail: source.to_string(),
+        },
+        ServiceError::Render(EngineError::Cancelled) => EffectError::Aborted { time },
+        ServiceError::Render(source) => EffectError::Engine {
+            time,
+            detail: source.to_string(),
+        },
+    }
+}
+
+/// Render the anchor frame at `time` into the Output clip.
+pub fn render(
+    effect: ImageEffect,
+    time: f64,
+    window: Rect,
+    settings: &Settings,
+    folder: &Path,
+) -> Result<Status, EffectError> {
+    let host = state::with(|g| g.host.clone());
+    let source_clip = effect.clip(SOURCE_CLIP)?;
+    if !source_clip.is_connected()? {
+        return Err(EffectError::SourceNotConnected);
+    }
+    let frames = ClipFrames::of(&source_clip)?;
+    let index = frames.index(time)?;
+    let temporal = host.temporal_clip_access;
+    let rs = render_settings(settings, folder, temporal);
+    if !temporal && settings.window > 1 {
+        warn_no_temporal(effect);
+    }
+    let depth = anchor_ofx::BitDepth::from_ofx_name(&source_clip.pixel_depth()?)
+        .unwrap_or(anchor_ofx::BitDepth::Byte);
+    let clip_cs = source_clip
+        .properties()
+        .get_string(
+            openfx::sys::image_effect_v1::colour::kOfxImageClipPropColourspace,
+            0,
+        )
+        .ok();
+    let encoding = colour::decide(settings.colour, clip_cs.as_deref(), &host.name, depth);
+    log::debug!(
+        "frame {time}: clip index {index} of {} (range {}-{}), {encoding:?} pixels, window {} overlap {}",
+        frames.len(),
+        frames.first,
+        frames.last,
+        rs.window,
+        rs.overlap
+    );
+
+    // The appearance still, fetched at the render time (it is not animated).
+    let general = effect.context()?.as_bytes() == kOfxImageEffectContextGeneral.to_bytes();
+    let appearance_rgb = if general {
+        let clip = effect.clip(APPEARANCE_CLIP)?;
+        if clip.is_connected()? {
+            image_rgb8(&clip, time, APPEARANCE_CLIP, encoding)
+                .map_err(|e| effect_error(ServiceError::Appearance(e), time))?
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    let appearance = match &appearance_rgb {
+        Some((data, width, height)) => Appearance::Rgb8 {
+            data,
+            width: *width,
+            height: *height,
+        },
+        None => Appearance::ModelDefault,
+    };
+
+    let source = SourceFrames {
+        clip: source_clip,
+        frames,
+        encoding,
+    };
+    let total = rs
+        .frames_needed(frames.len(), index)
+        .map(|r| r.len() * rs.steps)
+        .unwrap_or(rs.steps);
+    let bar = anchor_ofx::Progress::start(effect, "Make Your Anchor", "org.makeyouranchor.Anchor")
+        .unwrap_or_else(|e| {
+            log::debug!("no progress bar: {e}");
+            None
+        });
+    let progress = HostProgress {
+        effect,
+        bar: bar.map(Mutex::new),
+        total,
+        done: AtomicUsize::new(0),
+        cancelled: AtomicBool::new(false),
+    };
+    let engine = service::global();
+    let result = engine.render_frame(&rs, appearance, &source, index, &progress);
+    drop(progress);
+    let frame = result.map_err(|e| effect_error(e, time))?;
+    log::debug!(
+        "frame {time}: {} network call(s) by this render, {} in this process",
+        frame.network_calls,
+        engine.network_calls()
+    );
+
+    // Back to the Source RoD, in the host's encoding, alpha 1.
+    let rod = source.clip.region_of_definition(time)?;
+    let rod = Rect::new(
+        rod.x1.floor() as i32,
+        rod.y1.floor() as i32,
+        rod.x2.ceil() as i32,
+        rod.y2.ceil() as i32,
+    );
+    let (w, h) = (rod.width(), rod.height());
+    let rgb = if (w, h) == (frame.size, frame.size) {
+        frame.rgb
+    } else {
+        resize_rgb8(&frame.rgb, frame.size, frame.size, w, h, Filter::Lanczos)
+    };
+    let mut out = Frame::new(window);
+    let stride = window.width() * 4;
+    if stride > 0 {
+        for (row, y) in out.rgba.chunks_exact_mut(stride).zip(window.y1..window.y2) {
+            if y < rod.y1 || y >= rod.y2 {
+                continue;
+            }
+            let r = (rod.y2 - 1 - y) as usize;
+            for (px, x) in row.chunks_exact_mut(4).zip(window.x1..window.x2) {
+                if x < rod.x1 || x >= rod.x2 {
+                    continue;
+                }
+                let i = (r * w + (x - rod.x1) as usize) * 3;
+                for c in 0..3 {
+                    px[c] = colour::from_srgb8(rgb[i + c], encoding);
+                }
+                px[3] = 1.0;
+            }
+        }
+    }
+    let output_clip = effect.clip(OUTPUT_CLIP)?;
+    let mut output = output_clip
+        .image(time, None)?
+        .ok_or(EffectError::NoOutputImage { time })?;
+    let mut view = output.view_mut().map_err(|e| EffectError::BadImage {
+        clip: OUTPUT_CLIP,
+        time,
+        detail: e.to_string(),
+    })?;
+    write_frame(effect, &out, &mut view, time)?;
+    Ok(Status::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_frames_map_timeline_frames_to_indices() {
+        let c = ClipFrames {
+            first: 86400.0,
+            last: 86429.0,
+        };
+        assert_eq!(c.len(), 30);
+        assert_eq!(c.index(86400.0).ok(), Some(0));
+        assert_eq!(c.index(86429.0).ok(), Some(29));
+        assert_eq!(c.time(5), 86405.0);
+        assert_eq!(
+            c.index(86430.0).err().map(|e| e.to_string()).as_deref(),
+            Some("Frame 86430 is outside the Source clip's frame range 86400-86429: Make Your Anchor renders only frames of the mesh-render track")
+        );
+        assert!(c.index(86400.5).is_err());
+        assert!(c.index(86399.0).is_err());
+    }
+}

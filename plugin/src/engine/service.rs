@@ -1,0 +1,791 @@
+//! Process-global engine state for hosts that ask for one frame at a time: the model table
+//! (one load per model identity, shared by every caller), the shared content-keyed [`Cache`] and
+//! [`Counters`], the single accelerator lock, and purge.
+//!
+//! No OFX types here: the OpenFX effect hands frames in through [`ControlSource`] and progress /
+//! cancel through [`Progress`]; the same calls work from tests without a host.
+//!
+//! - **Models** are keyed by (folder, dtype, device). On every request the folder's identity
+//!   ([`pipeline::folder_identity`]: config bytes, weight sizes and mtimes) is recomputed; a
+//!   changed identity reloads the model, and renders still holding the old one finish with it.
+//! - **Frames** are memoised in one [`Cache`] whose keys are content (model identity, settings,
+//!   control-frame pixels, noise), so render clones, per-frame instances and concurrent renders of
+//!   one instance share work, and a frame being computed by one thread is awaited by the others
+//!   (the cache's single flight).
+//! - **The accelerator** runs one network batch at a time: every UNet/ControlNet batch, VAE decode
+//!   and CLIP encode takes [`Service::accelerator`], so concurrent requests interleave batches
+//!   rather than oversubscribing the device.
+//! - **Purge** ([`Service::purge`]) frees the cache, and the models when no request is running.
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{DType, Device, Tensor};
+use parking_lot::Mutex;
+
+use super::device::{device_name, dtype_name, select_device, DeviceChoice};
+use super::model::{BodyModel, ModelLayout};
+use super::pipeline::{self, BodyNetworks, DdimStep};
+use super::resample::{resize_rgb8, Filter};
+use super::sampler::ddim::DdimScheduler;
+use super::temporal::{
+    Cache, ControlFrames, Counters, Fusion, Key, KeyHasher, Progress, SamplingParams, Tail,
+    TemporalDenoiser, WindowNetworks, WindowPlan,
+};
+use super::{EngineError, Result};
+
+/// Everything about a request that changes its frames, as plain values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderSettings {
+    /// The model folder.
+    pub folder: PathBuf,
+    /// Where the networks run.
+    pub device: DeviceChoice,
+    /// Network precision.
+    pub dtype: DType,
+    /// DDIM steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale.
+    pub guidance: f64,
+    /// ControlNet conditioning scale.
+    pub control_scale: f64,
+    /// Frames per window.
+    pub window: usize,
+    /// Frames shared by neighbouring windows.
+    pub overlap: usize,
+    /// Blending of overlapping windows.
+    pub fusion: Fusion,
+    /// Last-window rule.
+    pub tail: Tail,
+    /// Requested working resolution (square; rounded down to a multiple of 32).
+    pub resolution: usize,
+    /// Seed of the initial noise.
+    pub seed: u64,
+    /// Cache budget in bytes (process-wide; the latest request's value wins).
+    pub cache_bytes: usize,
+}
+
+impl RenderSettings {
+    /// The working resolution after the reference's rounding.
+    pub fn working_resolution(&self) -> Result<usize> {
+        Ok(pipeline::check_resolution(self.resolution)?.0)
+    }
+
+    /// The window plan of a clip of `len` frames.
+    pub fn plan(&self, len: usize) -> Result<WindowPlan> {
+        WindowPlan::new(len, self.window, self.overlap, self.tail, self.fusion)
+    }
+
+    /// The frames (clip indices) whose control images a request for `frame` reads: the
+    /// dependency cone of `frame` over all steps. Needs no model.
+    pub fn frames_needed(&self, len: usize, frame: usize) -> Result<Range<usize>> {
+        if frame >= len {
+            return Err(EngineError::Input(format!(
+                "frame {frame} is outside the clip of {len} frames"
+            )));
+        }
+        Ok(self.plan(len)?.cone(frame..frame + 1, self.steps))
+    }
+}
+
+/// The mesh-render frames of a clip, as the caller can fetch them.
+pub trait ControlSource: Send + Sync {
+    /// Frames in the clip (they anchor the windows).
+    fn len(&self) -> usize;
+    /// True when the clip has no frames.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Frame `f` as interleaved 8-bit RGB, top row first: `(pixels, width, height)`.
+    fn rgb8(&self, f: usize) -> Result<(Vec<u8>, usize, usize)>;
+}
+
+/// The reference photo of a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Appearance<'a> {
+    /// Interleaved 8-bit RGB, top row first.
+    Rgb8 {
+        /// `width * height * 3` bytes.
+        data: &'a [u8],
+        /// Width in pixels.
+        width: usize,
+        /// Height in pixels.
+        height: usize,
+    },
+    /// The model folder's default photo ([`pipeline::DEFAULT_APPEARANCE`]).
+    ModelDefault,
+}
+
+/// One rendered frame at the working resolution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedFrame {
+    /// Interleaved 8-bit RGB, top row first (the reference's floor quantisation, spec §7.12).
+    pub rgb: Vec<u8>,
+    /// Width = height = the working resolution.
+    pub size: usize,
+    /// Network batches this request ran itself (0 when everything came from the cache).
+    pub network_calls: u64,
+}
+
+/// Why a request failed, by phase, so callers can say what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The model folder could not be resolved or loaded (absent components, bad configs or
+    /// weights, mismatched widths).
+    #[error("model folder {}: {source}", folder.display())]
+    Model {
+        /// The folder.
+        folder: PathBuf,
+        /// The loader's error.
+        source: EngineError,
+    },
+    /// The appearance image is absent or unreadable.
+    #[error("appearance: {0}")]
+    Appearance(EngineError),
+    /// Anything else: settings, device, control frames, networks, cancel.
+    #[error(transparent)]
+    Render(EngineError),
+}
+
+impl ServiceError {
+    /// Whether the failure was an allocation failure (CUDA or host memory).
+    pub fn is_out_of_memory(&self) -> bool {
+        let text = self.to_string().to_ascii_lowercase();
+        text.contains("out of memory") || text.contains("out_of_memory")
+    }
+}
+
+impl From<candle_core::Error> for ServiceError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Render(e.into())
+    }
+}
+
+impl From<EngineError> for ServiceError {
+    fn from(e: EngineError) -> Self {
+        Self::Render(e)
+    }
+}
+
+/// A loaded model and what is derived from it.
+struct Loaded {
+    model: BodyModel,
+    identity: Key,
+    /// Appearance tokens by photo content.
+    appearances: Mutex<HashMap<Key, Tensor>>,
+}
+
+/// (folder, dtype, device): one slot of the model table.
+type Slot = (PathBuf, &'static str, String);
+
+/// The process-global engine.
+pub struct Service {
+    models: Mutex<HashMap<Slot, Arc<Loaded>>>,
+    /// Serialises model loads (a second request for the same model waits, then finds it).
+    loading: Mutex<()>,
+    cache: Cache,
+    counters: Counters,
+    accelerator: Mutex<()>,
+    active: AtomicUsize,
+    loads: AtomicUsize,
+}
+
+/// Default cache budget until a request sets one.
+const DEFAULT_CACHE_BYTES: usize = 4096 << 20;
+
+impl Default for Service {
+    fn default() -> Self {
+        Self {
+            models: Mutex::new(HashMap::new()),
+            loading: Mutex::new(()),
+            cache: Cache::new(DEFAULT_CACHE_BYTES),
+            counters: Counters::default(),
+            accelerator: Mutex::new(()),
+            active: AtomicUsize::new(0),
+            loads: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The process's engine.
+pub fn global() -> &'static Service {
+    static SERVICE: OnceLock<Service> = OnceLock::new();
+    SERVICE.get_or_init(Service::default)
+}
+
+/// Counts a running request; the count drops when this is dropped, whatever happens.
+struct Active<'a>(&'a AtomicUsize);
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The networks with the accelerator lock around each batch.
+struct Serialised<'a> {
+    nets: &'a BodyNetworks<'a>,
+    lock: &'a Mutex<()>,
+}
+
+impl WindowNetworks for Serialised<'_> {
+    fn predict(
+        &self,
+        latents: &Tensor,
+        timestep: usize,
+        control: &Tensor,
+        control_scale: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let _g = self.lock.lock();
+        self.nets.predict(latents, timestep, control, control_scale)
+    }
+
+    fn decode(&self, latent: &Tensor) -> Result<Tensor> {
+        let _g = self.lock.lock();
+        self.nets.decode(latent)
+    }
+
+    fn identity(&self) -> Key {
+        self.nets.identity()
+    }
+}
+
+/// A [`ControlSource`] as the engine's [`ControlFrames`]: resized to the working size with PIL
+/// LANCZOS and keyed exactly as the CLI's [`pipeline::PoseSequence`].
+struct Controls<'a> {
+    source: &'a dyn ControlSource,
+    size: usize,
+    dtype: DType,
+    device: Device,
+    keys: Mutex<HashMap<usize, Key>>,
+}
+
+impl Controls<'_> {
+    fn rgb8(&self, f: usize) -> Result<Vec<u8>> {
+        if f >= self.source.len() {
+            return Err(EngineError::Input(format!(
+                "frame {f} is outside the clip of {}",
+                self.source.len()
+            )));
+        }
+        let (rgb, w, h) = self.source.rgb8(f)?;
+        if rgb.len() != w * h * 3 || w == 0 || h == 0 {
+            return Err(EngineError::Input(format!(
+                "control frame {f} holds {} bytes, not {w}×{h} RGB",
+                rgb.len()
+            )));
+        }
+        let s = self.size;
+        Ok(if (w, h) == (s, s) {
+            rgb
+        } else {
+            resize_rgb8(&rgb, w, h, s, s, Filter::Lanczos)
+        })
+    }
+}
+
+impl ControlFrames for Controls<'_> {
+    fn len(&self) -> usize {
+        self.source.len()
+    }
+
+    fn key(&self, f: usize) -> Result<Key> {
+        if let Some(&k) = self.keys.lock().get(&f) {
+            return Ok(k);
+        }
+        let s = self.size as u64;
+        let k = KeyHasher::tagged("pose")
+            .u64(s)
+            .u64(s)
+            .bytes(&self.rgb8(f)?)
+            .finish();
+        self.keys.lock().insert(f, k);
+        Ok(k)
+    }
+
+    fn frame(&self, f: usize) -> Result<Tensor> {
+        pipeline::rgb8_to_tensor(
+            &self.rgb8(f)?,
+            self.size,
+            self.size,
+            self.dtype,
+            &self.device,
+        )
+    }
+}
+
+impl Service {
+    /// The shared frame cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Work counters since the process started.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Network batches run since the process started.
+    pub fn network_calls(&self) -> u64 {
+        self.counters.network_calls.load(Ordering::Relaxed)
+    }
+
+    /// Requests running now.
+    pub fn active_requests(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Model loads since the process started (a reload after an edit counts again).
+    pub fn model_loads(&self) -> usize {
+        self.loads.load(Ordering::SeqCst)
+    }
+
+    /// Models loaded now.
+    pub fn loaded_models(&self) -> usize {
+        self.models.lock().len()
+    }
+
+    /// Frees every cached frame, and the models too when no request is running (a running
+    /// request keeps its model alive through its own reference either way). Returns whether
+    /// the models were freed.
+    pub fn purge(&self) -> bool {
+        self.cache.purge();
+        if self.active.load(Ordering::SeqCst) == 0 {
+            let n = {
+                let mut models = self.models.lock();
+                let n = models.len();
+                models.clear();
+                n
+            };
+            log::info!("purged the frame cache and {n} model(s)");
+            true
+        } else {
+            log::info!("purged the frame cache; models kept while renders run");
+            false
+        }
+    }
+
+    /// The model of `settings`, loaded once per (folder, dtype, device) and reloaded when the
+    /// folder's identity changes.
+    fn model(
+        &self,
+        settings: &RenderSettings,
+        device: &Device,
+    ) -> std::result::Result<Arc<Loaded>, ServiceError> {
+        let bad = |source| ServiceError::Model {
+            folder: settings.folder.clone(),
+            source,
+        };
+        let layout = ModelLayout::resolve(&settings.folder).map_err(bad)?;
+        let identity = pipeline::folder_identity(&layout).map_err(bad)?;
+        let slot: Slot = (
+            settings.folder.clone(),
+            dtype_name(settings.dtype),
+            device_name(device),
+        );
+        let current = |models: &HashMap<Slot, Arc<Loaded>>| {
+            models
+                .get(&slot)
+                .filter(|m| m.identity == identity)
+                .cloned()
+        };
+        if let Some(m) = current(&self.models.lock()) {
+            return Ok(m);
+        }
+        let _loading = self.loading.lock();
+        if let Some(m) = current(&self.models.lock()) {
+            return Ok(m);
+        }
+        let replaced = self.models.lock().remove(&slot).is_some();
+        if replaced {
+            log::info!(
+                "model folder {} changed on disk: reloading",
+                settings.folder.display()
+            );
+        }
+        let model = {
+            let _g = self.accelerator.lock();
+            BodyModel::load(&settings.folder, settings.dtype, device).map_err(bad)?
+        };
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        let loaded = Arc::new(Loaded {
+            model,
+            identity,
+            appearances: Mutex::new(HashMap::new()),
+        });
+        self.models.lock().insert(slot, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Appearance tokens of `appearance`, memoised per model.
+    fn appearance(&self, loaded: &Loaded, appearance: Appearance<'_>) -> Result<Tensor> {
+        let owned;
+        let (data, w, h) = match appearance {
+            Appearance::Rgb8 {
+                data,
+                width,
+                height,
+            } => (data, width, height),
+            Appearance::ModelDefault => {
+                let path = pipeline::default_appearance(&loaded.model.layout);
+                if !path.is_file() {
+                    return Err(EngineError::missing(
+                        &path,
+                        format!(
+                            "no appearance image: connect an Appearance clip, or put the \
+                             person's reference photo in the model folder as {}",
+                            pipeline::DEFAULT_APPEARANCE
+                        ),
+                    ));
+                }
+                owned = pipeline::read_rgb8(&path)?;
+                (&owned.0[..], owned.1, owned.2)
+            }
+        };
+        if data.len() != w * h * 3 || w == 0 || h == 0 {
+            return Err(EngineError::Input(format!(
+                "appearance image holds {} bytes, not {w}×{h} RGB",
+                data.len()
+            )));
+        }
+        let key = KeyHasher::tagged("appearance")
+            .u64(w as u64)
+            .u64(h as u64)
+            .bytes(data)
+            .finish();
+        if let Some(t) = loaded.appearances.lock().get(&key) {
+            return Ok(t.clone());
+        }
+        let tokens = {
+            let _g = self.accelerator.lock();
+            loaded
+                .model
+                .image_encoder
+                .encode_image(data, w, h)?
+                .to_dtype(loaded.model.dtype)?
+        };
+        loaded.appearances.lock().insert(key, tokens.clone());
+        Ok(tokens)
+    }
+
+    /// Renders frame `frame` (an index into `control`'s clip) with the batch-overlapped
+    /// temporal denoiser, exactly as `anchor render` does for the same inputs.
+    pub fn render_frame(
+        &self,
+        settings: &RenderSettings,
+        appearance: Appearance<'_>,
+        control: &dyn ControlSource,
+        frame: usize,
+        progress: &dyn Progress,
+    ) -> std::result::Result<RenderedFrame, ServiceError> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let _active = Active(&self.active);
+        let res = settings.working_resolution()?;
+        let plan = settings.plan(control.len())?;
+        if frame >= plan.len() {
+            return Err(EngineError::Input(format!(
+                "frame {frame} is outside the clip of {} frames",
+                plan.len()
+            ))
+            .into());
+        }
+        if progress.cancelled() {
+            return Err(EngineError::Cancelled.into());
+        }
+        self.cache.set_budget(settings.cache_bytes);
+        let device = select_device(settings.device)?;
+        let loaded = self.model(settings, &device)?;
+        let model = &loaded.model;
+        let tokens = self
+            .appearance(&loaded, appearance)
+            .map_err(ServiceError::Appearance)?;
+        let nets = BodyNetworks::new(model, &tokens, loaded.identity)?;
+        let serialised = Serialised {
+            nets: &nets,
+            lock: &self.accelerator,
+        };
+        let scheduler = DdimStep(DdimScheduler::new(
+            model.configs.scheduler.clone(),
+            settings.steps,
+        )?);
+        let latent_ch = model.unet.architecture().in_channels();
+        let factor = model.vae.config().downsample_factor();
+        let (noise, noise_key) =
+            pipeline::initial_noise(settings.seed, None, (latent_ch, res / factor, res / factor))?;
+        let noise = noise.to_dtype(model.dtype)?.to_device(&model.device)?;
+        let controls = Controls {
+            source: control,
+            size: res,
+            dtype: model.dtype,
+            device: model.device.clone(),
+            keys: Mutex::new(HashMap::new()),
+        };
+        let params = SamplingParams {
+            guidance: settings.guidance,
+            control_scale: settings.control_scale,
+        };
+        let mine = Counted {
+            inner: progress,
+            calls: AtomicUsize::new(0),
+        };
+        let denoiser = TemporalDenoiser::new(
+            &serialised,
+            &scheduler,
+            &controls,
+            &self.cache,
+            &self.counters,
+            plan,
+            params,
+            noise,
+            noise_key,
+        )?;
+        let img = denoiser.image(frame, &mine)?;
+        let (rgb, w, h) = pipeline::image_to_rgb8(&img)?;
+        if (w, h) != (res, res) {
+            return Err(EngineError::Input(format!(
+                "internal: decoded {w}×{h}, expected {res}×{res}"
+            ))
+            .into());
+        }
+        Ok(RenderedFrame {
+            rgb,
+            size: res,
+            network_calls: mine.calls.load(Ordering::Relaxed) as u64,
+        })
+    }
+}
+
+/// Counts the batches one request ran itself, passing progress through.
+struct Counted<'a> {
+    inner: &'a dyn Progress,
+    calls: AtomicUsize,
+}
+
+impl Progress for Counted<'_> {
+    fn window_done(&self, step: usize, steps: usize, window: usize) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.window_done(step, steps, window);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled()
+    }
+}
+
+/// Reads the model folder `folder`'s layout without loading weights (for early checks).
+pub fn check_folder(folder: &Path) -> Result<()> {
+    ModelLayout::resolve(folder).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::temporal::NoProgress;
+
+    fn tiny() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny")
+    }
+
+    /// Five synthetic 48×40 control frames (resized to 64² by the service).
+    struct Synthetic;
+    impl ControlSource for Synthetic {
+        fn len(&self) -> usize {
+            5
+        }
+        fn rgb8(&self, f: usize) -> Result<(Vec<u8>, usize, usize)> {
+            let (w, h) = (48, 40);
+            let mut v = Vec::with_capacity(w * h * 3);
+            for y in 0..h {
+                for x in 0..w {
+                    v.extend([(x * 5 + f * 20) as u8, (y * 6) as u8, ((x + y) * 3) as u8]);
+                }
+            }
+            Ok((v, w, h))
+        }
+    }
+
+    fn settings(folder: &Path) -> RenderSettings {
+        RenderSettings {
+            folder: folder.to_path_buf(),
+            device: DeviceChoice::Cpu,
+            dtype: DType::F32,
+            steps: 2,
+            guidance: 7.5,
+            control_scale: 2.0,
+            window: 2,
+            overlap: 0,
+            fusion: Fusion::Flat,
+            tail: Tail::Paper,
+            resolution: 64,
+            seed: 42,
+            cache_bytes: 256 << 20,
+        }
+    }
+
+    const PHOTO: [u8; 12] = [200, 30, 40, 10, 220, 30, 0, 0, 255, 128, 128, 128];
+
+    fn photo() -> Appearance<'static> {
+        Appearance::Rgb8 {
+            data: &PHOTO,
+            width: 2,
+            height: 2,
+        }
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let dst = to.join(e.file_name());
+            if e.path().is_dir() {
+                copy_dir(&e.path(), &dst);
+            } else {
+                std::fs::copy(e.path(), dst).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn concurrent_requests_share_one_pass_and_match_sequential() {
+        let s = settings(&tiny());
+        let sequential = Service::default();
+        let want: Vec<Vec<u8>> = (0..5)
+            .map(|f| {
+                sequential
+                    .render_frame(&s, photo(), &Synthetic, f, &NoProgress)
+                    .unwrap()
+                    .rgb
+            })
+            .collect();
+        // 3 windows ([0,2), [2,4), [4,5)) × 2 steps.
+        assert_eq!(sequential.network_calls(), 6);
+        let shared = Service::default();
+        let got: Vec<Mutex<Vec<u8>>> = (0..5).map(|_| Mutex::new(Vec::new())).collect();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (shared, s, got) = (&shared, &s, &got);
+                scope.spawn(move || {
+                    for f in [4, 0, 2, 1, 3] {
+                        let f = (f + t) % 5;
+                        let r = shared.render_frame(s, photo(), &Synthetic, f, &NoProgress);
+                        *got[f].lock() = r.unwrap().rgb;
+                    }
+                });
+            }
+        });
+        for (f, g) in got.iter().enumerate() {
+            assert_eq!(*g.lock(), want[f], "frame {f}");
+        }
+        assert_eq!(shared.network_calls(), 6, "single flight: no batch twice");
+        assert_eq!(shared.model_loads(), 1, "one load shared by every thread");
+    }
+
+    #[test]
+    fn models_load_once_reload_after_an_edit_and_purge_frees_them() {
+        let dir = std::env::temp_dir().join(format!("anchor-service-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        copy_dir(&tiny(), &dir);
+        let s = settings(&dir);
+        let svc = Service::default();
+        let a = svc
+            .render_frame(&s, photo(), &Synthetic, 0, &NoProgress)
+            .unwrap();
+        let b = svc
+            .render_frame(&s, photo(), &Synthetic, 1, &NoProgress)
+            .unwrap();
+        assert_eq!((svc.model_loads(), svc.loaded_models()), (1, 1));
+        assert_eq!(
+            a.network_calls + b.network_calls,
+            2,
+            "frame 1 reuses window 0"
+        );
+        // Touch the UNet weights: same bytes, new mtime, so a new identity.
+        let w = dir.join("unet/diffusion_pytorch_model.safetensors");
+        let f = std::fs::File::options().write(true).open(&w).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        drop(f);
+        let c = svc
+            .render_frame(&s, photo(), &Synthetic, 0, &NoProgress)
+            .unwrap();
+        assert_eq!(
+            svc.model_loads(),
+            2,
+            "the edit is detected and the model reloaded"
+        );
+        assert_eq!(svc.loaded_models(), 1, "the old model is dropped");
+        assert_eq!(
+            c.network_calls, 2,
+            "new identity: frames are recomputed, never served stale"
+        );
+        assert_eq!(c.rgb, a.rgb, "same weights, same frame");
+        // A config edit changes the identity too.
+        let cfg = dir.join("scheduler/scheduler_config.json");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, format!("{text}\n")).unwrap();
+        svc.render_frame(&s, photo(), &Synthetic, 0, &NoProgress)
+            .unwrap();
+        assert_eq!(svc.model_loads(), 3);
+        assert!(svc.purge(), "no render running: models are freed");
+        assert_eq!(svc.loaded_models(), 0);
+        assert_eq!(svc.cache().stats().bytes, 0);
+        svc.render_frame(&s, photo(), &Synthetic, 0, &NoProgress)
+            .unwrap();
+        assert_eq!(svc.model_loads(), 4, "loaded again after a purge");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn errors_name_their_phase() {
+        let svc = Service::default();
+        let missing = settings(Path::new("/no/such/model"));
+        let e = svc
+            .render_frame(&missing, photo(), &Synthetic, 0, &NoProgress)
+            .err()
+            .unwrap();
+        assert!(matches!(e, ServiceError::Model { .. }), "{e}");
+        let e = svc
+            .render_frame(
+                &settings(&tiny()),
+                Appearance::ModelDefault,
+                &Synthetic,
+                0,
+                &NoProgress,
+            )
+            .err()
+            .unwrap();
+        assert!(matches!(e, ServiceError::Appearance(_)), "{e}");
+        assert!(e.to_string().contains("appearance.png"), "{e}");
+        let mut bad = settings(&tiny());
+        bad.overlap = 2;
+        let e = svc
+            .render_frame(&bad, photo(), &Synthetic, 0, &NoProgress)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "invalid input: overlap (2) must be smaller than window (2)"
+        );
+        let oom = ServiceError::Render(EngineError::Candle(candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        )));
+        assert!(oom.is_out_of_memory());
+        assert!(!ServiceError::Render(EngineError::Cancelled).is_out_of_memory());
+    }
+
+    #[test]
+    fn frames_needed_is_the_cone() {
+        let mut s = settings(&tiny());
+        s.steps = 4;
+        s.window = 4;
+        s.overlap = 1;
+        // 30 frames, windows every 3: the cone widens by one stride per step on each side.
+        assert_eq!(s.frames_needed(30, 15).unwrap(), 3..28);
+        assert_eq!(s.frames_needed(30, 0).unwrap(), 0..13);
+        assert!(s.frames_needed(30, 30).is_err());
+        s.window = 1;
+        s.overlap = 0;
+        assert_eq!(s.frames_needed(30, 7).unwrap(), 7..8);
+    }
+}
