@@ -108,6 +108,11 @@ impl ClipFrames {
         }
     }
 
+    /// True when the range holds no frame (a host bug).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The clip index of `time`, when `time` is one of the clip's frames.
     pub fn index(&self, time: f64) -> Result<usize, EffectError> {
         let i = time - self.first;
@@ -180,6 +185,7 @@ fn image_rgb8(
 
 /// The Source clip as the engine's control frames.
 struct SourceFrames {
+    effect: ImageEffect,
     clip: Clip,
     frames: ClipFrames,
     encoding: Encoding,
@@ -191,6 +197,11 @@ impl ControlSource for SourceFrames {
     }
 
     fn rgb8(&self, f: usize) -> EngineResult<(Vec<u8>, usize, usize)> {
+        // A render reads its whole cone to key it before the first batch: honour an abort
+        // during that phase too.
+        if self.effect.abort() {
+            return Err(EngineError::Cancelled);
+        }
         let t = self.frames.time(f);
         image_rgb8(&self.clip, t, SOURCE_CLIP, self.encoding)?.ok_or_else(|| {
             EngineError::Input(format!(
@@ -339,14 +350,22 @@ pub fn render(
     };
 
     let source = SourceFrames {
+        effect,
         clip: source_clip,
         frames,
         encoding,
     };
-    let total = rs
-        .frames_needed(frames.len(), index)
-        .map(|r| r.len() * rs.steps)
-        .unwrap_or(rs.steps);
+    // At most every window meeting the cone, at every step (fewer when cached or shared).
+    let total = match (rs.plan(frames.len()), rs.frames_needed(frames.len(), index)) {
+        (Ok(plan), Ok(cone)) => {
+            let windows = plan.windows().iter();
+            windows
+                .filter(|w| w.start < cone.end && cone.start < w.end)
+                .count()
+                * rs.steps
+        }
+        _ => rs.steps,
+    };
     let bar = anchor_ofx::Progress::start(effect, "Make Your Anchor", "org.makeyouranchor.Anchor")
         .unwrap_or_else(|e| {
             log::debug!("no progress bar: {e}");
@@ -362,7 +381,13 @@ pub fn render(
     let engine = service::global();
     let result = engine.render_frame(&rs, appearance, &source, index, &progress);
     drop(progress);
-    let frame = result.map_err(|e| effect_error(e, time))?;
+    let frame = result.map_err(|e| {
+        log::debug!(
+            "frame {time}: no frame ({e}); {} network call(s) in this process",
+            engine.network_calls()
+        );
+        effect_error(e, time)
+    })?;
     log::debug!(
         "frame {time}: {} network call(s) by this render, {} in this process",
         frame.network_calls,
@@ -378,6 +403,14 @@ pub fn render(
         rod.y2.ceil() as i32,
     );
     let (w, h) = (rod.width(), rod.height());
+    if w == 0 || h == 0 {
+        return Err(EffectError::EmptyImage {
+            clip: SOURCE_CLIP,
+            time,
+            width: w,
+            height: h,
+        });
+    }
     let rgb = if (w, h) == (frame.size, frame.size) {
         frame.rgb
     } else {
@@ -419,6 +452,78 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_errors_become_effect_errors_with_their_texts() {
+        let oom = effect_error(
+            ServiceError::Render(EngineError::Candle(candle_core::Error::Msg(
+                "CUDA_ERROR_OUT_OF_MEMORY: out of memory".into(),
+            ))),
+            4.0,
+        );
+        assert_eq!(
+            oom.to_string(),
+            "Out of memory while rendering frame 4 (CUDA_ERROR_OUT_OF_MEMORY: out of memory): lower resolution or window, choose f16 precision, or lower cacheMiB"
+        );
+        assert_eq!(oom.status(), Status::ErrMemory);
+        let cancelled = effect_error(ServiceError::Render(EngineError::Cancelled), 2.0);
+        assert_eq!(
+            cancelled.to_string(),
+            "Rendering frame 2 was aborted by the host"
+        );
+        assert_eq!(cancelled.message_type(), MessageType::Log);
+        let model = effect_error(
+            ServiceError::Model {
+                folder: "/m".into(),
+                source: EngineError::config("/m/unet/config.json", "bad"),
+            },
+            0.0,
+        );
+        assert_eq!(
+            model.to_string(),
+            "The model folder /m is not a usable Make-Your-Anchor model (invalid config /m/unet/config.json: bad): choose a folder holding unet/, controlnet/, vae/, scheduler/, text_encoder/ and image_encoder/ (check it with `anchor inspect --model`)"
+        );
+        assert_eq!(model.status(), Status::Failed);
+    }
+
+    #[test]
+    fn frames_needed_answers_the_cone_as_times() {
+        let mut s = Settings {
+            model_folder: String::new(),
+            seed: 42,
+            steps: 4,
+            guidance: 7.5,
+            control_scale: 2.0,
+            window: 4,
+            overlap: 1,
+            fusion: params::Fusion::Flat,
+            tail: params::Tail::Paper,
+            resolution: 64,
+            face_enhance: false,
+            face_model_folder: String::new(),
+            device: params::Device::Cpu,
+            precision: params::Precision::F32,
+            cache_mib: 64,
+            colour: colour::ColourChoice::Auto,
+        };
+        let clip = ClipFrames {
+            first: 86400.0,
+            last: 86429.0,
+        };
+        let m = Path::new("/m");
+        assert_eq!(
+            frames_needed(&s, m, true, &clip, 86415.0),
+            Some((86403.0, 86427.0))
+        );
+        assert_eq!(frames_needed(&s, m, false, &clip, 86415.0), None);
+        assert_eq!(frames_needed(&s, m, true, &clip, 90000.0), None);
+        s.overlap = 4;
+        assert_eq!(
+            frames_needed(&s, m, true, &clip, 86415.0),
+            None,
+            "bad settings"
+        );
+    }
 
     #[test]
     fn clip_frames_map_timeline_frames_to_indices() {

@@ -186,7 +186,7 @@ pub const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: MODEL_FOLDER,
         label: "Model Folder",
-        hint: "Folder holding a Make-Your-Anchor model (UNet, ControlNet, VAE and CLIP weights); when empty, the MAKE_YOUR_ANCHOR_MODEL environment variable is used, and without either the Source passes through unchanged.",
+        hint: "Folder holding a Make-Your-Anchor model (UNet, ControlNet, VAE and CLIP weights); when empty, the MAKE_YOUR_ANCHOR_MODEL environment variable is used, and without either the Source passes through unchanged; its appearance.png is the reference photo used when the Appearance input is not connected.",
         page: PAGE_MODEL,
         kind: Kind::Directory,
     },
@@ -531,67 +531,116 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Read every parameter at `time`.
+    /// Read every parameter at `time`. A value the host cannot give (the OpenFX demo host has
+    /// no string parameters and cannot read integer values) takes the model folder's default
+    /// (`anchor.json` → `defaults`, when a model folder is known) or else its default from
+    /// [`PARAMS`], with a warning logged once per parameter, so such hosts still render.
     pub fn read(params: ParamSet, time: f64) -> anchor_ofx::Result<Self> {
-        // Hosts with partial parameter support (the official demo host has no string params and
-        // fails integer reads) get the declared default, logged, rather than a failed render.
-        let fallback = |name: &str, err: &anchor_ofx::Error| {
-            log::warn!("parameter {name} unreadable ({err}); using its default");
+        let missed = std::cell::RefCell::new(Vec::<&'static str>::new());
+        let miss = |name: &'static str| missed.borrow_mut().push(name);
+        let int = |name: &'static str| {
+            params
+                .param(name)
+                .and_then(|p| p.int_at(time))
+                .unwrap_or_else(|e| {
+                    miss(name);
+                    fallback(name, &e, default_int(name))
+                })
         };
-        let default_of = |name: &str| PARAMS.iter().find(|p| p.name == name).map(|p| p.kind);
-        let int = |name: &str| -> anchor_ofx::Result<i32> {
-            match params.param(name).and_then(|p| p.int_at(time)) {
-                Ok(v) => Ok(v),
-                Err(e) => {
-                    fallback(name, &e);
-                    Ok(match default_of(name) {
-                        Some(Kind::Int { default, .. } | Kind::Choice { default, .. }) => default,
-                        Some(Kind::Bool { default }) => default as i32,
-                        _ => 0,
-                    })
-                }
-            }
+        let double = |name: &'static str| {
+            params
+                .param(name)
+                .and_then(|p| p.double_at(time))
+                .unwrap_or_else(|e| {
+                    miss(name);
+                    fallback(name, &e, default_double(name))
+                })
         };
-        let double = |name: &str| -> anchor_ofx::Result<f64> {
-            match params.param(name).and_then(|p| p.double_at(time)) {
-                Ok(v) => Ok(v),
-                Err(e) => {
-                    fallback(name, &e);
-                    Ok(match default_of(name) {
-                        Some(Kind::Double { default, .. }) => default,
-                        _ => 0.0,
-                    })
-                }
-            }
+        let string = |name: &'static str| {
+            params
+                .param(name)
+                .and_then(|p| p.string_at(time))
+                .unwrap_or_else(|e| fallback(name, &e, String::new()))
         };
-        let string = |name: &str| -> anchor_ofx::Result<String> {
-            match params.param(name).and_then(|p| p.string_at(time)) {
-                Ok(v) => Ok(v),
-                Err(e) => {
-                    fallback(name, &e);
-                    Ok(String::new())
-                }
-            }
+        let mut settings = Self {
+            model_folder: string(MODEL_FOLDER),
+            seed: int(SEED),
+            steps: int(STEPS),
+            guidance: double(GUIDANCE),
+            control_scale: double(CONTROL_SCALE),
+            window: int(WINDOW),
+            overlap: int(OVERLAP),
+            fusion: Fusion::from_index(int(FUSION)),
+            tail: Tail::from_index(int(TAIL)),
+            resolution: int(RESOLUTION),
+            face_enhance: int(FACE_ENHANCE) != 0,
+            face_model_folder: string(FACE_MODEL_FOLDER),
+            device: Device::from_index(int(DEVICE)),
+            precision: Precision::from_index(int(PRECISION)),
+            cache_mib: int(CACHE_MIB),
+            colour: colour_from_index(int(COLORSPACE)),
         };
-        Ok(Self {
-            model_folder: string(MODEL_FOLDER)?,
-            seed: int(SEED)?,
-            steps: int(STEPS)?,
-            guidance: double(GUIDANCE)?,
-            control_scale: double(CONTROL_SCALE)?,
-            window: int(WINDOW)?,
-            overlap: int(OVERLAP)?,
-            fusion: Fusion::from_index(int(FUSION)?),
-            tail: Tail::from_index(int(TAIL)?),
-            resolution: int(RESOLUTION)?,
-            face_enhance: int(FACE_ENHANCE)? != 0,
-            face_model_folder: string(FACE_MODEL_FOLDER)?,
-            device: Device::from_index(int(DEVICE)?),
-            precision: Precision::from_index(int(PRECISION)?),
-            cache_mib: int(CACHE_MIB)?,
-            colour: colour_from_index(int(COLORSPACE)?),
-        })
+        let missed = missed.into_inner();
+        if !missed.is_empty() {
+            settings.apply_model_defaults(&missed);
+        }
+        Ok(settings)
     }
+
+    /// Replace the sampling values named in `missed` by the model folder's `anchor.json`
+    /// defaults, when a model folder is known and readable.
+    fn apply_model_defaults(&mut self, missed: &[&str]) {
+        let env = std::env::var(ENV_MODEL_FOLDER).ok();
+        let Ok(Some(folder)) = resolve_model_folder(&self.model_folder, env.as_deref()) else {
+            return;
+        };
+        let Ok(layout) = crate::engine::model::ModelLayout::resolve(&folder) else {
+            return;
+        };
+        let d = layout.defaults;
+        let int = |v: usize| i32::try_from(v).unwrap_or(i32::MAX);
+        for &name in missed {
+            match name {
+                STEPS => self.steps = int(d.steps),
+                GUIDANCE => self.guidance = d.guidance_scale,
+                CONTROL_SCALE => self.control_scale = d.control_scale,
+                WINDOW => self.window = int(d.window),
+                OVERLAP => self.overlap = int(d.overlap),
+                RESOLUTION => self.resolution = int(d.width),
+                SEED => self.seed = i32::try_from(d.seed).unwrap_or(i32::MAX),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The table default of an int, bool or choice parameter.
+fn default_int(name: &str) -> i32 {
+    match PARAMS.iter().find(|p| p.name == name).map(|p| p.kind) {
+        Some(Kind::Int { default, .. }) => default,
+        Some(Kind::Choice { default, .. }) => default,
+        Some(Kind::Bool { default }) => default as i32,
+        _ => 0,
+    }
+}
+
+/// The table default of a double parameter.
+fn default_double(name: &str) -> f64 {
+    match PARAMS.iter().find(|p| p.name == name).map(|p| p.kind) {
+        Some(Kind::Double { default, .. }) => default,
+        _ => 0.0,
+    }
+}
+
+/// Log (once per parameter) that the host could not give `name`, and use `default`.
+fn fallback<T: std::fmt::Debug>(name: &str, e: &anchor_ofx::Error, default: T) -> T {
+    static WARNED: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock();
+    if !warned.iter().any(|w| w == name) {
+        warned.push(name.to_owned());
+        log::warn!("the host cannot give parameter {name} ({e}); using its default {default:?}");
+    }
+    default
 }
 
 /// The model folder to use: the parameter if set, else `env` (the value of
@@ -731,6 +780,16 @@ mod tests {
                 page.page
             );
         }
+    }
+
+    #[test]
+    fn unreadable_values_take_the_table_defaults() {
+        assert_eq!(default_int(STEPS), 20);
+        assert_eq!(default_int(RESOLUTION), 512);
+        assert_eq!(default_int(FUSION), 0);
+        assert_eq!(default_int(FACE_ENHANCE), 0);
+        assert_eq!(default_double(GUIDANCE), 7.5);
+        assert_eq!(default_double(CONTROL_SCALE), 2.0);
     }
 
     #[test]

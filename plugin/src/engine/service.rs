@@ -190,6 +190,9 @@ pub struct Service {
     accelerator: Mutex<()>,
     active: AtomicUsize,
     loads: AtomicUsize,
+    /// Batches on the accelerator now, and the most ever seen (a check that the lock holds).
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 /// Default cache budget until a request sets one.
@@ -205,6 +208,8 @@ impl Default for Service {
             accelerator: Mutex::new(()),
             active: AtomicUsize::new(0),
             loads: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         }
     }
 }
@@ -226,7 +231,19 @@ impl Drop for Active<'_> {
 /// The networks with the accelerator lock around each batch.
 struct Serialised<'a> {
     nets: &'a BodyNetworks<'a>,
-    lock: &'a Mutex<()>,
+    service: &'a Service,
+}
+
+impl Serialised<'_> {
+    fn run<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _g = self.service.accelerator.lock();
+        let s = self.service;
+        let n = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        s.max_in_flight.fetch_max(n, Ordering::SeqCst);
+        let r = f();
+        s.in_flight.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
 }
 
 impl WindowNetworks for Serialised<'_> {
@@ -237,13 +254,11 @@ impl WindowNetworks for Serialised<'_> {
         control: &Tensor,
         control_scale: f64,
     ) -> Result<(Tensor, Tensor)> {
-        let _g = self.lock.lock();
-        self.nets.predict(latents, timestep, control, control_scale)
+        self.run(|| self.nets.predict(latents, timestep, control, control_scale))
     }
 
     fn decode(&self, latent: &Tensor) -> Result<Tensor> {
-        let _g = self.lock.lock();
-        self.nets.decode(latent)
+        self.run(|| self.nets.decode(latent))
     }
 
     fn identity(&self) -> Key {
@@ -341,6 +356,12 @@ impl Service {
         self.loads.load(Ordering::SeqCst)
     }
 
+    /// The most network batches or decodes ever running at once (1: the accelerator lock
+    /// serialises them).
+    pub fn max_batches_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Models loaded now.
     pub fn loaded_models(&self) -> usize {
         self.models.lock().len()
@@ -433,8 +454,7 @@ impl Service {
                     return Err(EngineError::missing(
                         &path,
                         format!(
-                            "no appearance image: connect an Appearance clip, or put the \
-                             person's reference photo in the model folder as {}",
+                            "the model folder has no default reference photo {}",
                             pipeline::DEFAULT_APPEARANCE
                         ),
                     ));
@@ -495,6 +515,8 @@ impl Service {
         }
         self.cache.set_budget(settings.cache_bytes);
         let device = select_device(settings.device)?;
+        // Before the load, so that an impossible combination is not blamed on the model.
+        super::device::check_dtype(&device, settings.dtype)?;
         let loaded = self.model(settings, &device)?;
         let model = &loaded.model;
         let tokens = self
@@ -503,7 +525,7 @@ impl Service {
         let nets = BodyNetworks::new(model, &tokens, loaded.identity)?;
         let serialised = Serialised {
             nets: &nets,
-            lock: &self.accelerator,
+            service: self,
         };
         let scheduler = DdimStep(DdimScheduler::new(
             model.configs.scheduler.clone(),
@@ -679,6 +701,7 @@ mod tests {
         }
         assert_eq!(shared.network_calls(), 6, "single flight: no batch twice");
         assert_eq!(shared.model_loads(), 1, "one load shared by every thread");
+        assert_eq!(shared.max_batches_in_flight(), 1, "one batch at a time");
     }
 
     #[test]
@@ -736,6 +759,52 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Cancels once `after` batches are done.
+    struct CancelAfter {
+        after: usize,
+        done: AtomicUsize,
+    }
+    impl Progress for CancelAfter {
+        fn window_done(&self, _: usize, _: usize, _: usize) {
+            self.done.fetch_add(1, Ordering::SeqCst);
+        }
+        fn cancelled(&self) -> bool {
+            self.done.load(Ordering::SeqCst) >= self.after
+        }
+    }
+
+    #[test]
+    fn cancel_stops_between_batches_and_the_next_request_is_exact() {
+        let s = settings(&tiny());
+        let want = Service::default()
+            .render_frame(&s, photo(), &Synthetic, 2, &NoProgress)
+            .unwrap();
+        let svc = Service::default();
+        let cancel = CancelAfter {
+            after: 1,
+            done: AtomicUsize::new(0),
+        };
+        let e = svc
+            .render_frame(&s, photo(), &Synthetic, 2, &cancel)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e, ServiceError::Render(EngineError::Cancelled)),
+            "{e}"
+        );
+        assert_eq!(svc.network_calls(), 1, "no batch after the cancel");
+        assert_eq!(svc.active_requests(), 0);
+        let again = svc
+            .render_frame(&s, photo(), &Synthetic, 2, &NoProgress)
+            .unwrap();
+        assert_eq!(again.rgb, want.rgb, "the rerun is exact");
+        assert_eq!(
+            svc.network_calls(),
+            want.network_calls,
+            "the finished batch is reused, nothing is computed twice"
+        );
+    }
+
     #[test]
     fn errors_name_their_phase() {
         let svc = Service::default();
@@ -766,6 +835,16 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "invalid input: overlap (2) must be smaller than window (2)"
+        );
+        let mut bf16 = settings(&tiny());
+        bf16.dtype = DType::BF16;
+        let e = svc
+            .render_frame(&bf16, photo(), &Synthetic, 0, &NoProgress)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e, ServiceError::Render(EngineError::Device(_))),
+            "a device problem, not a model problem: {e}"
         );
         let oom = ServiceError::Render(EngineError::Candle(candle_core::Error::Msg(
             "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),

@@ -153,6 +153,13 @@ struct Cli {
     /// Raise the abort flag as frame K+1 starts; the run then fails.
     #[arg(long, value_name = "K", help_heading = "Host emulation")]
     abort_after: Option<usize>,
+    /// Raise the abort flag (and answer "cancel") at the plugin's N-th progress update.
+    #[arg(long, value_name = "N", help_heading = "Host emulation")]
+    abort_after_updates: Option<usize>,
+    /// Half/float images carry linear light (sRGB-decoded file values; outputs are encoded
+    /// again), and clips say so with the OFX 1.5 colourspace ofx_scene_linear (Natron, Nuke).
+    #[arg(long, help_heading = "Host emulation")]
+    linear: bool,
     /// The Source clip is unconnected, or connected without images.
     #[arg(long, value_enum, value_name = "HOW", help_heading = "Malformed input")]
     missing_source: Option<CliMissing>,
@@ -295,6 +302,8 @@ fn main() -> ExitCode {
         source_mode,
         extra_loads: cli.extra_loads,
         minimal_params: cli.minimal_params,
+        abort_after_updates: cli.abort_after_updates,
+        linear: cli.linear,
     };
     match ofx_host::render(&opts) {
         Ok(r) => {

@@ -304,9 +304,10 @@ impl PixelBuffer {
                                 let x = (p as *const u16).add(k).read() as u32;
                                 ((x * 255 + 32767) / 65535) as u8
                             }
-                            Depth::Half => float_to_u8(enc(
-                                half::f16::from_bits((p as *const u16).add(k).read()).to_f32(),
-                            )),
+                            Depth::Half => float_to_u8(enc(half::f16::from_bits(
+                                (p as *const u16).add(k).read(),
+                            )
+                            .to_f32())),
                             Depth::Float => float_to_u8(enc((p as *const f32).add(k).read())),
                             Depth::Other(_) => 0,
                         }

@@ -176,3 +176,84 @@ fn demo_host_passes_its_grey_frames_through() {
         "hostDemo rendered more than {FRAMES} frames"
     );
 }
+
+/// A model folder for hosts without parameter values: the tiny model's components (symlinked),
+/// the photo as the default appearance, and `anchor.json` defaults small enough for a test
+/// (64×64, 4 steps, window 4, overlap 1), which the effect uses when the host cannot give
+/// parameter values.
+fn tiny_model_for_demo_host(dir: &Path) {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    for entry in std::fs::read_dir(fixtures.join("tiny")).expect("list tiny") {
+        let entry = entry.expect("entry");
+        std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name())).expect("symlink");
+    }
+    std::fs::copy(fixtures.join("photo.png"), dir.join("appearance.png")).expect("photo");
+    std::fs::write(
+        dir.join("anchor.json"),
+        r#"{ "defaults": { "steps": 4, "window": 4, "overlap": 1, "width": 64, "height": 64 } }"#,
+    )
+    .expect("anchor.json");
+}
+
+#[test]
+fn demo_host_runs_the_tiny_model() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED demo_host_runs_the_tiny_model: {reason}");
+        println!("SKIPPED demo_host_runs_the_tiny_model: {reason}");
+        return;
+    }
+    let host = build_demo_host();
+    let plugins = TempDir::new("demo-plugins-model");
+    assemble_bundle(plugins.path());
+    let model = TempDir::new("demo-model");
+    tiny_model_for_demo_host(model.path());
+    let render = |tag: &str| -> Vec<Vec<[u8; 3]>> {
+        let cwd = TempDir::new(tag);
+        let log = cwd.join("plugin.log");
+        let out = Command::new(&host)
+            .args([PLUGIN_ID, &FRAMES.to_string()])
+            .current_dir(cwd.path())
+            .env("OFX_PLUGIN_PATH", plugins.path())
+            .env("MAKE_YOUR_ANCHOR_LOG", &log)
+            .env("MAKE_YOUR_ANCHOR_LOG_LEVEL", "debug")
+            .env("MAKE_YOUR_ANCHOR_MODEL", model.path())
+            .output()
+            .expect("run hostDemo");
+        let plugin_log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "hostDemo exit {:?}\nstderr: {}\nplugin log: {plugin_log}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            plugin_log.contains("network call(s) by this render"),
+            "the engine ran: {plugin_log}"
+        );
+        (0..FRAMES)
+            .map(|t| {
+                let (w, h, px) = read_ppm(&cwd.join(&format!("Output.{t}.ppm")));
+                assert_eq!((w, h), (W, H), "frame {t}");
+                px
+            })
+            .collect()
+    };
+    let first = render("demo-model-run1");
+    for (t, px) in first.iter().enumerate() {
+        let grey = ((255.0 * t as f64).floor() as i64 & 0xff) as u8;
+        let differing = px.iter().filter(|p| **p != [grey; 3]).count();
+        assert!(
+            differing > W * H / 2,
+            "frame {t}: the output must differ from the grey input ({differing} pixels differ)"
+        );
+        let distinct: std::collections::BTreeSet<[u8; 3]> = px.iter().copied().collect();
+        assert!(
+            distinct.len() > 50,
+            "frame {t}: a picture, not a flat fill ({} colours)",
+            distinct.len()
+        );
+    }
+    let second = render("demo-model-run2");
+    assert!(first == second, "two runs give identical frames");
+}

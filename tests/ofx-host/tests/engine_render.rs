@@ -21,6 +21,7 @@ use image::{Rgb, RgbImage};
 use make_your_anchor::engine::device;
 use make_your_anchor::engine::model::BodyModel;
 use make_your_anchor::engine::pipeline::{self, BodyNetworks, DdimStep, PoseSequence};
+use make_your_anchor::engine::resample::{resize_rgb8, Filter};
 use make_your_anchor::engine::sampler::ddim::DdimScheduler;
 use make_your_anchor::engine::temporal::{
     Cache, Counters, Fusion, NoProgress, SamplingParams, Tail, WindowPlan,
@@ -95,11 +96,18 @@ struct Reference {
     network_calls: u64,
 }
 
-fn reference_render(window: usize, overlap: usize) -> Reference {
+/// The CLI path on the poses of `dir` (all of them define the windows) for the frames `which`
+/// (other entries stay empty).
+fn reference_render(
+    dir: &Path,
+    window: usize,
+    overlap: usize,
+    which: std::ops::Range<usize>,
+) -> Reference {
     let (dev, dtype) = device::select("cpu", "f32").expect("cpu f32");
     let model = BodyModel::load(&tiny(), dtype, &dev).expect("load tiny model");
     let (res, _) = pipeline::check_resolution(RES as usize).expect("resolution");
-    let poses = PoseSequence::open(&poses().path, (res, res), dtype, &dev).expect("poses");
+    let poses = PoseSequence::open(dir, (res, res), dtype, &dev).expect("poses");
     let len = poses.paths().len();
     assert_eq!(len, LEN);
     let plan = WindowPlan::new(len, window, overlap, Tail::Paper, Fusion::Flat).expect("plan");
@@ -123,6 +131,9 @@ fn reference_render(window: usize, overlap: usize) -> Reference {
     .expect("denoiser");
     let frames = (0..len)
         .map(|i| {
+            if !which.contains(&i) {
+                return Vec::new();
+            }
             let img = d.image(i, &NoProgress).expect("frame");
             pipeline::image_to_rgb8(&img).expect("rgb8").0
         })
@@ -140,8 +151,14 @@ fn reference(window: usize, overlap: usize) -> &'static Reference {
     static R: OnceLock<Mutex<BTreeMap<(usize, usize), &'static Reference>>> = OnceLock::new();
     let map = R.get_or_init(|| Mutex::new(BTreeMap::new()));
     let mut m = map.lock().expect("reference lock");
-    m.entry((window, overlap))
-        .or_insert_with(|| Box::leak(Box::new(reference_render(window, overlap))))
+    m.entry((window, overlap)).or_insert_with(|| {
+        Box::leak(Box::new(reference_render(
+            &poses().path,
+            window,
+            overlap,
+            0..LEN,
+        )))
+    })
 }
 
 /// One `ofx-render` run with the plugin's debug log captured.
@@ -301,6 +318,16 @@ fn whole_pass(extra: &[&str]) {
         reference.network_calls,
         "{extra:?}: network calls across the pass (plugin log) vs the sequential pass"
     );
+    assert_eq!(
+        run.log.matches("loaded body model").count(),
+        1,
+        "{extra:?}: one model load per process, shared by every instance and thread"
+    );
+    assert!(
+        run.log.contains("purged the frame cache and 1 model(s)"),
+        "{extra:?}: PurgeCaches (no render running) frees the model: {}",
+        run.explain()
+    );
     eprintln!(
         "{extra:?}: 30 frames bit-identical, {} network calls, {:.1} s",
         run.network_calls(),
@@ -389,19 +416,22 @@ fn farm_split_on_timeline_frames_is_bit_identical() {
 fn without_temporal_access_renders_one_frame_windows_and_warns_once() {
     // MLT: no temporal access, a new instance per frame, bottom-up rows. The effect must never
     // use the wrong frames: it denoises each frame alone, which equals the CLI with window 1.
-    let reference = reference(1, 0);
-    assert_eq!(reference.network_calls, (LEN * STEPS) as u64);
+    // Ten frames keep it short; each needs only itself, 4 steps of one-frame windows.
+    let reference = reference_render(&poses().path, 1, 0, 0..10);
+    assert_eq!(reference.network_calls, (10 * STEPS) as u64);
     let out = TempDir::new("mlt-out");
     let run = render_into(
         out.path(),
         &[
+            "--frames",
+            "0-9",
             "--no-temporal",
             "--instance-per-frame",
             "--negative-rowbytes",
         ],
     );
     assert_eq!(run.code, Some(0), "{}", run.explain());
-    compare(out.path(), 0..LEN, reference).unwrap_or_else(|e| panic!("{e}"));
+    compare(out.path(), 0..10, &reference).unwrap_or_else(|e| panic!("{e}"));
     let warning = "ofx-render: plugin warning: The host gives Make Your Anchor no temporal clip access, so it cannot read the neighbouring frames a window needs: every frame is denoised on its own (window 1), which flickers more. Use a host with temporal clip access (Natron, Resolve) for the temporally consistent result";
     assert_eq!(
         run.stderr.matches(warning).count(),
@@ -560,4 +590,163 @@ fn without_a_model_the_source_passes_through_and_says_so() {
         run.explain()
     );
     assert_eq!(run.log.matches(text).count(), 1, "logged once: {}", run.log);
+}
+
+#[test]
+fn abort_mid_frame_stops_within_one_batch_and_the_next_render_is_correct() {
+    // Frame 0's cone at 4 steps needs 4 + 3 + 2 + 1 = 10 batches; the user cancels during the
+    // 7th progress update (the plugin reports one update per batch).
+    let out = TempDir::new("abort-out");
+    let run = render_into(
+        out.path(),
+        &["--frames", "0-3", "--abort-after-updates", "7"],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.explain());
+    assert!(
+        run.stderr.contains(
+            "ofx-render: error: render aborted by the host after 0 frame(s); frame 0: \
+             OfxImageEffectActionRender failed with kOfxStatFailed at frame 0 (plugin says: \
+             Rendering frame 0 was aborted by the host)"
+        ),
+        "{}",
+        run.explain()
+    );
+    let calls: Vec<u64> = run
+        .log
+        .lines()
+        .filter_map(|l| {
+            let (head, _) = l.split_once(" network call(s) in this process")?;
+            head.rsplit(' ').next()?.parse().ok()
+        })
+        .collect();
+    assert_eq!(
+        calls.iter().max(),
+        Some(&7),
+        "no batch starts after the cancel: {calls:?}\n{}",
+        run.explain()
+    );
+    assert!(
+        crate::common::pngs(out.path()).is_empty(),
+        "nothing written"
+    );
+    // The next render of the same frames is exact.
+    let out = TempDir::new("after-abort-out");
+    let run = render_into(out.path(), &["--frames", "0-3"]);
+    assert_eq!(run.code, Some(0), "{}", run.explain());
+    compare(out.path(), 0..4, reference(WINDOW, OVERLAP)).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Largest per-channel difference between a written frame and the reference, and alpha check.
+fn max_diff(path: &Path, want: &[u8]) -> u8 {
+    let got = image::open(path).expect("read").to_rgba8();
+    assert_eq!(got.dimensions(), (RES, RES));
+    got.pixels()
+        .zip(want.chunks_exact(3))
+        .map(|(px, w)| {
+            assert_eq!(px.0[3], 255, "alpha 1");
+            (0..3).map(|c| px.0[c].abs_diff(w[c])).max().unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn linear_float_host_matches_the_srgb_cli_render_within_2_of_255() {
+    // Natron/Nuke: float (and half) images in linear light, announced through the OFX 1.5
+    // colourspace property; colorspace=auto encodes to sRGB for the model and decodes back.
+    let reference = reference(WINDOW, OVERLAP);
+    for depth in ["float", "half"] {
+        let out = TempDir::new("linear-out");
+        let run = render_into(
+            out.path(),
+            &["--frames", "12-17", "--depth", depth, "--linear"],
+        );
+        assert_eq!(run.code, Some(0), "{depth}: {}", run.explain());
+        assert!(
+            run.log.contains("Linear pixels"),
+            "{depth}: auto chose linear"
+        );
+        let worst = (12..18)
+            .map(|n| max_diff(&out.join(&format!("pose_{n:04}.png")), &reference.frames[n]))
+            .max()
+            .unwrap_or(0);
+        eprintln!("linear {depth}: max difference {worst}/255 after encoding");
+        assert!(worst <= 2, "{depth}: {worst}/255");
+    }
+}
+
+#[test]
+fn the_colorspace_parameter_and_new_host_options_are_listed() {
+    let list = ofx_render(&["--list-params".to_string()]);
+    assert_eq!(list.code, Some(0), "{}", list.explain());
+    let line = list
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("colorspace"))
+        .unwrap_or_else(|| panic!("no colorspace: {}", list.stdout));
+    assert!(
+        line.contains("Choice") && line.contains("options: auto | linear | sRGB"),
+        "{line}"
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_ofx-render"))
+        .arg("--help")
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--abort-after-updates", "--linear"] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn other_sizes_are_resized_in_and_out_with_pillow_lanczos() {
+    // 80×48 mesh renders: the CLI resizes them to 64² with PIL LANCZOS, and so does the effect
+    // (bit-identical control frames); the effect then resizes the 64² anchor back to the
+    // Source RoD (80×48) with the same filter.
+    let (w, h) = (80u32, 48u32);
+    let dir = TempDir::new("poses-80x48");
+    for n in 0..LEN {
+        image::imageops::resize(&pose_frame(n), w, h, image::imageops::FilterType::Triangle)
+            .save(dir.join(&format!("pose_{n:04}.png")))
+            .expect("write pose");
+    }
+    let reference = reference_render(dir.path(), WINDOW, OVERLAP, 0..3);
+    let out = TempDir::new("resize-out");
+    let mut args: Vec<String> = vec![
+        "--input".into(),
+        dir.path().display().to_string(),
+        "--output".into(),
+        out.path().display().to_string(),
+        "--appearance".into(),
+        photo().display().to_string(),
+        "--frames".into(),
+        "0-2".into(),
+        "--depth".into(),
+        "short".into(),
+    ];
+    args.extend(anchor_params(&tiny()));
+    let run = ofx_render(&args);
+    assert_eq!(run.code, Some(0), "{}", run.explain());
+    for n in 0..3 {
+        let want = resize_rgb8(
+            &reference.frames[n],
+            RES as usize,
+            RES as usize,
+            w as usize,
+            h as usize,
+            Filter::Lanczos,
+        );
+        let got = image::open(out.join(&format!("pose_{n:04}.png")))
+            .expect("read")
+            .to_rgba8();
+        assert_eq!(got.dimensions(), (w, h), "the Source RoD");
+        let got: Vec<u8> = got
+            .pixels()
+            .flat_map(|p| {
+                assert_eq!(p.0[3], 255, "alpha 1");
+                [p.0[0], p.0[1], p.0[2]]
+            })
+            .collect();
+        assert!(got == want, "frame {n}: differs from the resized CLI frame");
+    }
 }
