@@ -23,7 +23,7 @@ fn exp_approx(x: f32) -> f32 {
     let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let y = p * r2 + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     if x < -87.3 {
@@ -49,11 +49,11 @@ fn row_max(row: &[f32]) -> f32 {
     m
 }
 
-/// Writes `exp(src - shift)` into `dst` and returns the row sum.
+/// Writes `exp((src - shift)·scale)` into `dst` and returns the row sum.
 #[inline(always)]
-fn exp_row(src: &[f32], dst: &mut [f32], shift: f32) -> f32 {
+fn exp_row(src: &[f32], dst: &mut [f32], shift: f32, scale: f32) -> f32 {
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d = exp_approx(s - shift);
+        *d = exp_approx((s - shift) * scale);
     }
     let mut acc = [0f32; 8];
     let mut chunks = dst.chunks_exact(8);
@@ -66,9 +66,9 @@ fn exp_row(src: &[f32], dst: &mut [f32], shift: f32) -> f32 {
 }
 
 #[inline(always)]
-fn softmax_rows_generic(src: &[f32], dst: &mut [f32], cols: usize) {
+fn softmax_rows_generic(src: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
     for (s, d) in src.chunks_exact(cols).zip(dst.chunks_exact_mut(cols)) {
-        let sum = exp_row(s, d, row_max(s));
+        let sum = exp_row(s, d, row_max(s), scale);
         let inv = 1.0 / sum;
         for v in d.iter_mut() {
             *v *= inv;
@@ -77,26 +77,32 @@ fn softmax_rows_generic(src: &[f32], dst: &mut [f32], cols: usize) {
 }
 
 #[inline(always)]
-fn exp_shifted_rows_generic(src: &[f32], shifts: &[f32], dst: &mut [f32], cols: usize) {
+fn exp_shifted_rows_generic(src: &[f32], shifts: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
     for ((s, d), &m) in src
         .chunks_exact(cols)
         .zip(dst.chunks_exact_mut(cols))
         .zip(shifts)
     {
-        exp_row(s, d, m);
+        exp_row(s, d, m, scale);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2(src: &[f32], dst: &mut [f32], cols: usize) {
-    softmax_rows_generic(src, dst, cols)
+unsafe fn softmax_rows_avx2(src: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
+    softmax_rows_generic(src, dst, cols, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp_shifted_rows_avx2(src: &[f32], shifts: &[f32], dst: &mut [f32], cols: usize) {
-    exp_shifted_rows_generic(src, shifts, dst, cols)
+unsafe fn exp_shifted_rows_avx2(
+    src: &[f32],
+    shifts: &[f32],
+    dst: &mut [f32],
+    cols: usize,
+    scale: f32,
+) {
+    exp_shifted_rows_generic(src, shifts, dst, cols, scale)
 }
 
 fn has_avx2() -> bool {
@@ -110,24 +116,24 @@ fn has_avx2() -> bool {
     }
 }
 
-fn softmax_rows(src: &[f32], dst: &mut [f32], cols: usize) {
+fn softmax_rows(src: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        unsafe { softmax_rows_avx2(src, dst, cols) };
+        unsafe { softmax_rows_avx2(src, dst, cols, scale) };
         return;
     }
-    softmax_rows_generic(src, dst, cols)
+    softmax_rows_generic(src, dst, cols, scale)
 }
 
-fn exp_shifted_rows(src: &[f32], shifts: &[f32], dst: &mut [f32], cols: usize) {
+fn exp_shifted_rows(src: &[f32], shifts: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        unsafe { exp_shifted_rows_avx2(src, shifts, dst, cols) };
+        unsafe { exp_shifted_rows_avx2(src, shifts, dst, cols, scale) };
         return;
     }
-    exp_shifted_rows_generic(src, shifts, dst, cols)
+    exp_shifted_rows_generic(src, shifts, dst, cols, scale)
 }
 
 /// Splits `rows` rows of `cols` into per-thread row ranges and runs `f(first_row, src, dst)`.
@@ -171,8 +177,10 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
     }
 }
 
-/// Softmax over the last dimension (f32, contiguous, CPU).
-struct FastSoftmax;
+/// `softmax(scale · s)` over the last dimension (f32, contiguous, CPU; scale > 0).
+struct FastSoftmax {
+    scale: f32,
+}
 
 impl CustomOp1 for FastSoftmax {
     fn name(&self) -> &'static str {
@@ -183,13 +191,19 @@ impl CustomOp1 for FastSoftmax {
         let src = contiguous_f32(s, l, self.name())?;
         let cols = l.dims().last().copied().unwrap_or(1).max(1);
         let mut dst = vec![0f32; src.len()];
-        parallel_rows(src, &mut dst, cols, |_, s, d| softmax_rows(s, d, cols));
+        let scale = self.scale;
+        parallel_rows(src, &mut dst, cols, |_, s, d| {
+            softmax_rows(s, d, cols, scale)
+        });
         Ok((CpuStorage::F32(dst), l.shape().clone()))
     }
 }
 
-/// `exp(s - m)` with `s: [.., R, C]` and one shift per row `m: [.., R, 1]` (f32, contiguous, CPU).
-struct ExpShifted;
+/// `exp((s - m)·scale)` with `s: [.., R, C]` and one shift per row `m: [.., R, 1]` (f32,
+/// contiguous, CPU).
+struct ExpShifted {
+    scale: f32,
+}
 
 impl CustomOp2 for ExpShifted {
     fn name(&self) -> &'static str {
@@ -215,9 +229,10 @@ impl CustomOp2 for ExpShifted {
             );
         }
         let mut dst = vec![0f32; src.len()];
+        let scale = self.scale;
         parallel_rows(src, &mut dst, cols, |row0, s, d| {
             let rows = s.len() / cols;
-            exp_shifted_rows(s, &shifts[row0..row0 + rows], d, cols)
+            exp_shifted_rows(s, &shifts[row0..row0 + rows], d, cols, scale)
         });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
@@ -228,15 +243,15 @@ pub(crate) fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32
 }
 
-/// Row softmax of a contiguous f32 CPU tensor.
-pub(crate) fn softmax_last_dim(t: &Tensor) -> Result<Tensor> {
-    t.contiguous()?.apply_op1_no_bwd(&FastSoftmax)
+/// `softmax(scale · t)` over the last dimension of an f32 CPU tensor (`scale > 0`).
+pub(crate) fn softmax_last_dim(t: &Tensor, scale: f32) -> Result<Tensor> {
+    t.contiguous()?.apply_op1_no_bwd(&FastSoftmax { scale })
 }
 
-/// `exp(s - m)` for a contiguous f32 CPU tensor `s: [.., C]` and row shifts `m: [.., 1]`.
-pub(crate) fn exp_shifted(s: &Tensor, m: &Tensor) -> Result<Tensor> {
+/// `exp((s - m)·scale)` for an f32 CPU tensor `s: [.., C]` and row shifts `m: [.., 1]`.
+pub(crate) fn exp_shifted(s: &Tensor, m: &Tensor, scale: f32) -> Result<Tensor> {
     s.contiguous()?
-        .apply_op2_no_bwd(&m.contiguous()?, &ExpShifted)
+        .apply_op2_no_bwd(&m.contiguous()?, &ExpShifted { scale })
 }
 
 #[cfg(test)]
@@ -262,8 +277,8 @@ mod tests {
     #[test]
     fn kernels_match_candle() -> Result<()> {
         let s = (Tensor::randn(0f32, 1.0, (3, 70, 301), &Device::Cpu)? * 4.0)?;
-        let want = candle_nn::ops::softmax_last_dim(&s)?;
-        let got = softmax_last_dim(&s)?;
+        let want = candle_nn::ops::softmax_last_dim(&(&s * 0.3)?)?;
+        let got = softmax_last_dim(&s, 0.3)?;
         let err = (got - &want)?
             .abs()?
             .flatten_all()?
@@ -271,8 +286,8 @@ mod tests {
             .to_scalar::<f32>()?;
         assert!(err < 1e-6, "softmax error {err}");
         let m = s.max_keepdim(2)?;
-        let want = s.broadcast_sub(&m)?.exp()?;
-        let got = exp_shifted(&s, &m)?;
+        let want = (s.broadcast_sub(&m)? * 0.3)?.exp()?;
+        let got = exp_shifted(&s, &m, 0.3)?;
         let err = (got - want)?
             .abs()?
             .flatten_all()?
