@@ -4,10 +4,10 @@ A Make-Your-Anchor body model folder between the tiny fixture model and SD1.5, s
 diffusers/transformers `save_pretrained` (safetensors, f32):
 
 - `unet/`: SD1.5 topology (3 CrossAttnDown + Down, mid block, Up + 3 CrossAttnUp) at widths
-  (64, 128, 256, 256), `layers_per_block` 1, 8 heads (legacy `attention_head_dim`), 32 groups,
-  cross-attention width 128;
+  (64, 128, 256, 256), `layers_per_block` 1, (2, 4, 8, 8) heads (legacy `attention_head_dim`:
+  head dim 32 at every level), 32 groups, cross-attention width 128;
 - `controlnet/`: `ControlNetModel.from_unet(unet)` (SD1.5's conditioning embedding);
-- `vae/`: a 4-level (32, 64, 128, 128) AutoencoderKL, downsample factor 8;
+- `vae/`: a 4-level (32, 32, 64, 64) AutoencoderKL, downsample factor 8;
 - `image_encoder/`: a 2-layer CLIP vision tower of width 128 (224 px, patch 32: 50 tokens), with
   the CLIP preprocessor config; `text_encoder/`: a 2-layer CLIP text tower of width 128;
 - `scheduler/`: the SD1.5 scheduler config (a PNDM config that DDIM reads, spec §4).
@@ -54,7 +54,7 @@ def build(out):
         block_out_channels=(64, 128, 256, 256),
         layers_per_block=1,
         cross_attention_dim=WIDTH,
-        attention_head_dim=8,
+        attention_head_dim=(2, 4, 8, 8),  # legacy name: heads per level; head dim 32 everywhere
         norm_num_groups=32,
     ).eval()
     controlnet = ControlNetModel.from_unet(unet).eval()
@@ -63,7 +63,7 @@ def build(out):
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(32, 64, 128, 128),
+        block_out_channels=(32, 32, 64, 64),
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=32,
