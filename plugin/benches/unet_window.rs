@@ -26,7 +26,9 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
 }
 
 fn gib(bytes: Option<u64>) -> String {
-    bytes.map_or("n/a".into(), |b| format!("{:.3}", b as f64 / (1u64 << 30) as f64))
+    bytes.map_or("n/a".into(), |b| {
+        format!("{:.3}", b as f64 / (1u64 << 30) as f64)
+    })
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -68,8 +70,17 @@ fn main() -> Result<(), Box<dyn Error>> {
     let reference = dir.join(format!("window_{frames}x{latent}.safetensors"));
     let (sample, ehs, want, timestep) = if reference.exists() {
         let t = candle_core::safetensors::load(&reference, &device)?;
-        let get = |k: &str| t.get(k).cloned().ok_or(format!("{k} missing in {reference:?}"));
-        (get("sample")?, get("encoder_hidden_states")?, Some(get("out")?), 501.0)
+        let get = |k: &str| {
+            t.get(k)
+                .cloned()
+                .ok_or(format!("{k} missing in {reference:?}"))
+        };
+        (
+            get("sample")?,
+            get("encoder_hidden_states")?,
+            Some(get("out")?),
+            501.0,
+        )
     } else {
         let sample = Tensor::randn(0f32, 1.0, (frames, 4, latent, latent), &device)?;
         let ehs = Tensor::randn(0f32, 1.0, (1, 50, cfg_width(&cfg)), &device)?;
@@ -80,7 +91,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let window_s = t1.elapsed().as_secs_f64();
     let parity = match &want {
         Some(w) => {
-            let err = (&out - w)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let err = (&out - w)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
             let scale = w.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             format!("{err:.3e} (PyTorch output max-abs {scale:.3e})")
         }

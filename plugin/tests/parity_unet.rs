@@ -290,6 +290,37 @@ fn window_3_frames_matches_inflated_reference() -> TestResult {
 }
 
 #[test]
+fn two_windows_in_one_batch_do_not_mix() -> TestResult {
+    let fx = Fixture::load()?;
+    let unet = unet("unet")?;
+    let sample = fx.get("window.sample")?;
+    let ehs = fx.get("window.encoder_hidden_states")?;
+    // Window 1 is the fixture window, window 2 the same frames negated (a different window).
+    let batch = Tensor::cat(&[sample, &sample.neg()?], 0)?;
+    let ehs2 = Tensor::cat(&[ehs, ehs], 0)?;
+    let out = unet.forward(&batch, fx.timestep, &ehs2, None, Temporal::Windows(2))?;
+    check(
+        "unet 2 windows, first",
+        &out.narrow(0, 0, 3)?,
+        fx.get("window.unet.out")?,
+    )?;
+    let second = unet.forward(&sample.neg()?, fx.timestep, ehs, None, Temporal::Window)?;
+    let d = (out.narrow(0, 3, 3)? - second)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    // Equal up to GEMM rounding (the batch size changes the blocking of the products).
+    assert!(d <= 1e-5, "second window differs from its own run by {d}");
+    let err = unet
+        .forward(&batch, fx.timestep, &ehs2, None, Temporal::Windows(4))
+        .err()
+        .ok_or("6 frames split into 4 windows accepted")?;
+    assert!(err.to_string().contains("4 windows"), "{err}");
+    Ok(())
+}
+
+#[test]
 fn one_frame_window_equals_2d() -> TestResult {
     let fx = Fixture::load()?;
     let unet = unet("unet")?;

@@ -361,3 +361,88 @@ fn inspect_finds_key_problems_without_loading() {
         .any(|p| p.contains("encoder.mid_block.attentions.0.to_k.weight")));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn sharded_safetensors_load() {
+    let d = scratch("shards");
+    let v = d.join("vae");
+    std::fs::create_dir_all(&v).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(tiny("vae").join("config.json"), v.join("config.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = vae_tensors();
+    let (mut a, mut b) = (HashMap::new(), HashMap::new());
+    let mut map = serde_json::Map::new();
+    for (k, x) in t {
+        let shard = if k.starts_with("encoder.") { "a" } else { "b" };
+        let file = format!(
+            "diffusion_pytorch_model-0000{}.safetensors",
+            if shard == "a" { 1 } else { 2 }
+        );
+        map.insert(k.clone(), serde_json::Value::String(file));
+        if shard == "a" {
+            a.insert(k, x);
+        } else {
+            b.insert(k, x);
+        }
+    }
+    candle_core::safetensors::save(&a, v.join("diffusion_pytorch_model-00001.safetensors"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    candle_core::safetensors::save(&b, v.join("diffusion_pytorch_model-00002.safetensors"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(
+        v.join("diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (_, r) =
+        AutoencoderKl::load(&v, DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    println!("sharded: {} tensors from {}", r.used, r.path.display());
+    assert_eq!(r.used, 180);
+    // A missing shard is named.
+    std::fs::remove_file(v.join("diffusion_pytorch_model-00002.safetensors"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = vae_err(&v);
+    assert!(
+        e.contains("diffusion_pytorch_model-00002.safetensors") && e.contains("names this shard")
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn head_model_resolves_from_head_folder() {
+    use make_your_anchor::engine::model::{AnchorModel, ModelPart};
+    let d = scratch("head");
+    let m = tiny_model(&d);
+    copy_dir(&tiny("unet_inpaint"), &m.join("head/unet"));
+    copy_dir(&tiny("controlnet"), &m.join("head/controlnet"));
+    let layout = ModelLayout::resolve_part(&m, ModelPart::Head).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        layout.component("unet").ok(),
+        Some(m.join("head/unet").as_path())
+    );
+    assert_eq!(layout.component("vae").ok(), Some(m.join("vae").as_path()));
+    let head = AnchorModel::load_part(&m, ModelPart::Head, DType::F32, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(head.unet.architecture().in_channels(), 9);
+    assert_eq!(head.negative_embedding.dims(), &[1, 50, 32]);
+    // The body still gets the 4-channel UNet.
+    let body = BodyModel::load(&m, DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body.unet.architecture().in_channels(), 4);
+    // A 9-channel UNet in body/ is a named error.
+    std::fs::remove_dir_all(m.join("body/unet")).unwrap_or_else(|e| panic!("{e}"));
+    copy_dir(&tiny("unet_inpaint"), &m.join("body/unet"));
+    let e = err_text(BodyModel::load(&m, DType::F32, &Device::Cpu));
+    println!("{e}");
+    assert!(e.contains("takes 9") && e.contains("must take 4"));
+    // A folder without head/ says which file is missing.
+    let e = err_text(AnchorModel::load_part(
+        &d.join("model/body"),
+        ModelPart::Head,
+        DType::F32,
+        &Device::Cpu,
+    ));
+    println!("{e}");
+    assert!(e.contains("head/unet"));
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -13,14 +13,19 @@
 //! | `text_encoder/` | `config.json` + `model.safetensors` or `pytorch_model.bin`             |
 //! | `image_encoder/`| `config.json` + `model.safetensors`/`pytorch_model.bin` + `preprocessor_config.json` |
 //!
-//! Released checkpoints have `body/{unet,controlnet}` and `head/{unet,controlnet}`; when `body/`
-//! exists, each component is looked up in `body/` first, then in the model folder.
+//! Released checkpoints have `body/{unet,controlnet}` and `head/{unet,controlnet}`. For the body
+//! model ([`ModelPart::Body`], the default), when `body/` exists each component is looked up in
+//! `body/` first, then in the model folder. For the face model ([`ModelPart::Head`]) the UNet (9
+//! input channels) and ControlNet come from `head/` only; the shared components (VAE, scheduler,
+//! text and image encoders) are looked up in `head/`, then in the model folder.
 //!
 //! # `anchor.json`
 //!
 //! Optional, in the model folder. It maps any component to another folder (relative to the model
 //! folder, or absolute), e.g. to reuse the SD1.5 VAE, text encoder and scheduler from elsewhere, and
 //! gives default sampling settings. Every key is optional; unknown keys are an error (typos).
+//! `components` keys are the component names above, plus `head_unet` and `head_controlnet` for the
+//! face model's networks.
 //!
 //! ```json
 //! {
@@ -65,6 +70,46 @@ pub const COMPONENTS: [&str; 6] = [
     "text_encoder",
     "image_encoder",
 ];
+
+/// Extra `anchor.json` component keys for the head (face) networks.
+pub const HEAD_COMPONENT_KEYS: [&str; 2] = ["head_unet", "head_controlnet"];
+
+/// Which diffusion model of a folder to resolve: the body pass or the face (head) pass (spec §0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelPart {
+    /// The body model: `body/{unet,controlnet}` (or `unet/`, `controlnet/` at the top).
+    #[default]
+    Body,
+    /// The face-inpainting model: `head/{unet,controlnet}` (9-channel UNet, spec §1.3, §5.3).
+    Head,
+}
+
+impl ModelPart {
+    /// The released checkpoints' subfolder name.
+    pub fn subfolder(self) -> &'static str {
+        match self {
+            Self::Body => "body",
+            Self::Head => "head",
+        }
+    }
+
+    /// The `anchor.json` key that maps `component` for this part.
+    pub fn anchor_key(self, component: &str) -> String {
+        match (self, component) {
+            (Self::Head, "unet" | "controlnet") => format!("head_{component}"),
+            _ => component.to_string(),
+        }
+    }
+
+    /// Latent channels the UNet of this part takes, given the VAE's latent channels: the head's
+    /// inpainting UNet takes [latent, mask, masked latent] (spec §7.8).
+    pub fn unet_in_channels(self, latent: usize) -> usize {
+        match self {
+            Self::Body => latent,
+            Self::Head => 2 * latent + 1,
+        }
+    }
+}
 
 /// Default sampling settings (`anchor.json` → `defaults`); absent keys take the reference values.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -146,16 +191,15 @@ impl AnchorJson {
     /// Reads and checks `anchor.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let a: Self = weights::read_json(path)?;
-        if let Some(k) = a
-            .components
-            .keys()
-            .find(|k| !COMPONENTS.contains(&k.as_str()))
-        {
+        let known = |k: &str| COMPONENTS.contains(&k) || HEAD_COMPONENT_KEYS.contains(&k);
+        if let Some(k) = a.components.keys().find(|k| !known(k)) {
             return Err(EngineError::config(
                 path,
                 format!(
-                    "\"components\" names \"{k}\", which is not a component; expected one of {}",
-                    COMPONENTS.join(", ")
+                    "\"components\" names \"{k}\", which is not a component; expected one of \
+                     {}, {}",
+                    COMPONENTS.join(", "),
+                    HEAD_COMPONENT_KEYS.join(", ")
                 ),
             ));
         }
@@ -171,7 +215,9 @@ impl AnchorJson {
 pub struct ModelLayout {
     /// The model folder.
     pub root: PathBuf,
-    /// `root/body` when present (released checkpoints).
+    /// Which model was resolved.
+    pub part: ModelPart,
+    /// `root/body` (or `root/head` for the head) when present (released checkpoints).
     pub body: Option<PathBuf>,
     /// `root/anchor.json` when present.
     pub anchor_json: Option<PathBuf>,
@@ -184,8 +230,16 @@ pub struct ModelLayout {
 }
 
 impl ModelLayout {
-    /// Resolves the components of `folder` (see the module docs for the rules).
+    /// Resolves the body model's components of `folder` (see the module docs for the rules).
     pub fn resolve(folder: &Path) -> Result<Self> {
+        Self::resolve_part(folder, ModelPart::Body)
+    }
+
+    /// Resolves the components of `part` in `folder`.
+    ///
+    /// Head: `head/{unet,controlnet}` (or `anchor.json` keys `head_unet`/`head_controlnet`), never
+    /// the top-level `unet/` (that is a body UNet); the shared components as for the body.
+    pub fn resolve_part(folder: &Path, part: ModelPart) -> Result<Self> {
         if !folder.is_dir() {
             return Err(EngineError::missing(
                 folder,
@@ -200,11 +254,13 @@ impl ModelLayout {
         } else {
             None
         };
-        let body = Some(root.join("body")).filter(|b| b.is_dir());
+        let part_dir = root.join(part.subfolder());
+        let body = Some(part_dir).filter(|b| b.is_dir());
         let mut components = BTreeMap::new();
         let mut mapped = Vec::new();
         for name in COMPONENTS {
-            let from_anchor = anchor.as_ref().and_then(|a| a.components.get(name));
+            let key = part.anchor_key(name);
+            let from_anchor = anchor.as_ref().and_then(|a| a.components.get(&key));
             let dir = if let Some(p) = from_anchor {
                 let p = if p.is_absolute() {
                     p.clone()
@@ -214,14 +270,16 @@ impl ModelLayout {
                 if !p.is_dir() {
                     return Err(EngineError::missing(
                         &p,
-                        format!("{} maps {name} to this folder", anchor_path.display()),
+                        format!("{} maps {key} to this folder", anchor_path.display()),
                     ));
                 }
                 mapped.push(name.to_string());
                 p
             } else {
+                let own = part == ModelPart::Head && (name == "unet" || name == "controlnet");
                 match &body {
-                    Some(b) if b.join(name).is_dir() => b.join(name),
+                    Some(b) if own || b.join(name).is_dir() => b.join(name),
+                    _ if own => root.join(part.subfolder()).join(name),
                     _ => root.join(name),
                 }
             };
@@ -229,6 +287,7 @@ impl ModelLayout {
         }
         Ok(Self {
             root,
+            part,
             body,
             anchor_json: anchor.as_ref().map(|_| anchor_path),
             components,
@@ -252,19 +311,22 @@ impl ModelLayout {
             return Err(EngineError::missing(
                 dir,
                 format!(
-                    "Model folder {} has no {component}/ folder; add it or map it in anchor.json",
-                    self.root.display()
+                    "Model folder {} has no {}/ folder; add it or map it in anchor.json",
+                    self.root.display(),
+                    dir.strip_prefix(&self.root).unwrap_or(dir).display()
                 ),
             ));
         }
         let f = dir.join(file);
         if !f.is_file() {
+            let rel = f
+                .strip_prefix(&self.root)
+                .unwrap_or(&f)
+                .display()
+                .to_string();
             return Err(EngineError::missing(
                 &f,
-                format!(
-                    "Model folder {} has no {component}/{file}",
-                    self.root.display()
-                ),
+                format!("Model folder {} has no {rel}", self.root.display()),
             ));
         }
         Ok(dir.to_path_buf())
@@ -327,14 +389,27 @@ impl BodyConfigs {
             ));
         }
         let latent = vae.latent_channels;
-        if unet_arch.in_channels() != latent || unet_arch.out_channels() != latent {
+        let want_in = layout.part.unet_in_channels(latent);
+        if unet_arch.in_channels() != want_in || unet_arch.out_channels() != latent {
             return Err(EngineError::config(
                 unet_dir.join("config.json"),
                 format!(
-                    "the body UNet takes {} and returns {} channels but the VAE has \
-                     latent_channels = {latent} (a 9-channel inpainting UNet belongs to head/)",
+                    "the {} UNet takes {} and returns {} channels; with the VAE's \
+                     latent_channels = {latent} it must take {want_in} and return {latent} \
+                     (the 9-channel inpainting UNet belongs to head/, the 4-channel one to body/)",
+                    layout.part.subfolder(),
                     unet_arch.in_channels(),
                     unet_arch.out_channels()
+                ),
+            ));
+        }
+        if controlnet.in_channels != latent {
+            return Err(EngineError::config(
+                cn_dir.join("config.json"),
+                format!(
+                    "the ControlNet takes in_channels = {} but the VAE has latent_channels = \
+                     {latent}; the ControlNet gets the plain latents in both passes (spec §1.4)",
+                    controlnet.in_channels
                 ),
             ));
         }
@@ -349,14 +424,16 @@ impl BodyConfigs {
     }
 }
 
-/// A loaded body model (spec §1.1, body pass): every network on one device.
+/// A loaded diffusion model (spec §1.1): the body pass's, or the face (head) pass's, with every
+/// network on one device.
 #[derive(Debug, Clone)]
-pub struct BodyModel {
+pub struct AnchorModel {
     /// Where the components came from.
     pub layout: ModelLayout,
     /// The configs.
     pub configs: BodyConfigs,
-    /// The 3D-inflatable UNet, in the run dtype.
+    /// The UNet (3D-inflatable for the body; the 9-channel inpainting UNet for the head), in the
+    /// run dtype.
     pub unet: UNet2DConditionModel,
     /// The ControlNet, in the run dtype.
     pub controlnet: ControlNetModel,
@@ -375,11 +452,25 @@ pub struct BodyModel {
     pub reports: Vec<(String, LoadReport)>,
 }
 
-impl BodyModel {
+/// The body model (the name the pipeline uses).
+pub type BodyModel = AnchorModel;
+
+impl AnchorModel {
     /// Loads the body model of `folder` (see the module docs) for `dtype` on `device`.
     pub fn load(folder: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_part(folder, ModelPart::Body, dtype, device)
+    }
+
+    /// Loads `part` of `folder` for `dtype` on `device`. The head pass runs in f32 in the
+    /// reference (spec §4, "Numerics").
+    pub fn load_part(
+        folder: &Path,
+        part: ModelPart,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         super::device::check_dtype(device, dtype)?;
-        let layout = ModelLayout::resolve(folder)?;
+        let layout = ModelLayout::resolve_part(folder, part)?;
         let configs = BodyConfigs::read(&layout)?;
         let mut reports = Vec::new();
 
@@ -412,7 +503,8 @@ impl BodyModel {
         drop(text);
 
         log::info!(
-            "loaded body model {} ({} on {})",
+            "loaded {} model {} ({} on {})",
+            layout.part.subfolder(),
             layout.root.display(),
             dtype_name(dtype),
             device_name(device)
@@ -487,8 +579,9 @@ impl fmt::Display for ModelInspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let l = &self.layout;
         writeln!(f, "model folder: {}", l.root.display())?;
+        writeln!(f, "model part:   {}", l.part.subfolder())?;
         if let Some(b) = &l.body {
-            writeln!(f, "body folder:  {}", b.display())?;
+            writeln!(f, "{} folder:  {}", l.part.subfolder(), b.display())?;
         }
         if let Some(a) = &l.anchor_json {
             writeln!(f, "anchor.json:  {}", a.display())?;
@@ -588,7 +681,16 @@ fn dry_check(name: &str, dir: &Path, w: &StrictWeights) -> Result<()> {
 /// With `check_keys`, each network's weights are matched against its config (keys and shapes)
 /// without reading tensor data.
 pub fn inspect_model(folder: &Path, check_keys: bool) -> Result<ModelInspection> {
-    let layout = ModelLayout::resolve(folder)?;
+    inspect_model_part(folder, ModelPart::Body, check_keys)
+}
+
+/// [`inspect_model`] for `part`.
+pub fn inspect_model_part(
+    folder: &Path,
+    part: ModelPart,
+    check_keys: bool,
+) -> Result<ModelInspection> {
+    let layout = ModelLayout::resolve_part(folder, part)?;
     let mut components = Vec::new();
     for name in COMPONENTS {
         let dir = layout.component(name)?.to_path_buf();
@@ -603,10 +705,17 @@ pub fn inspect_model(folder: &Path, check_keys: bool) -> Result<ModelInspection>
         } else {
             "config.json"
         };
+        let rel = |p: &Path| {
+            p.strip_prefix(&layout.root)
+                .unwrap_or(p)
+                .display()
+                .to_string()
+        };
         if !dir.is_dir() {
             info.problems.push(format!(
-                "Model folder {} has no {name}/ folder",
-                layout.root.display()
+                "Model folder {} has no {}/ folder",
+                layout.root.display(),
+                rel(&dir)
             ));
             components.push(info);
             continue;
@@ -614,8 +723,9 @@ pub fn inspect_model(folder: &Path, check_keys: bool) -> Result<ModelInspection>
         let cfg_path = dir.join(config_name);
         if !cfg_path.is_file() {
             info.problems.push(format!(
-                "Model folder {} has no {name}/{config_name}",
-                layout.root.display()
+                "Model folder {} has no {}",
+                layout.root.display(),
+                rel(&dir.join(config_name))
             ));
         } else {
             info.class = config_class(&cfg_path);

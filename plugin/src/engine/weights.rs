@@ -23,10 +23,15 @@ use serde::de::DeserializeOwned;
 
 use super::error::{EngineError, Result};
 
-/// Weight file names tried in a component folder, in order (diffusers prefers safetensors).
-pub const WEIGHT_FILE_NAMES: [&str; 4] = [
+/// Weight file names tried in a component folder, in order: diffusers and transformers prefer
+/// safetensors (the reference's 3D loaders try `.bin` first, spec §1.2, but a folder holding both
+/// has the same tensors in each). A `*.safetensors.index.json` names the shards of a sharded
+/// checkpoint.
+pub const WEIGHT_FILE_NAMES: [&str; 6] = [
     "diffusion_pytorch_model.safetensors",
     "model.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "model.safetensors.index.json",
     "diffusion_pytorch_model.bin",
     "pytorch_model.bin",
 ];
@@ -53,6 +58,37 @@ pub fn find_weights_file(dir: &Path) -> Result<PathBuf> {
             WEIGHT_FILE_NAMES.join(", ")
         ),
     ))
+}
+
+/// The shard files named by a `*.safetensors.index.json` (`weight_map` values), next to it.
+fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
+    let json: serde_json::Value = read_json(index_path)?;
+    let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
+        return Err(EngineError::weights(
+            index_path,
+            "the index has no \"weight_map\" object",
+        ));
+    };
+    let dir = index_path.parent().unwrap_or(Path::new("."));
+    let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    let mut files = Vec::with_capacity(names.len());
+    for n in names {
+        let f = dir.join(n);
+        if !f.is_file() {
+            return Err(EngineError::missing(
+                &f,
+                format!("{} names this shard", index_path.display()),
+            ));
+        }
+        files.push(f);
+    }
+    if files.is_empty() {
+        return Err(EngineError::weights(
+            index_path,
+            "the index names no shard files",
+        ));
+    }
+    Ok(files)
 }
 
 /// Reads a JSON file into `T`. A missing file or bad JSON is a named error.
@@ -193,17 +229,31 @@ impl StrictWeights {
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
+        let is_index = path.to_string_lossy().ends_with(".safetensors.index.json");
+        let kind = if is_index {
+            "safetensors".to_string()
+        } else {
+            ext.clone()
+        };
         let corrupt = |e: String| {
             EngineError::weights(
                 path,
-                format!("cannot be read as {ext} ({e}); the file is truncated or corrupt, download or save it again"),
+                format!(
+                    "cannot be read as {kind} ({e}); the file is truncated or corrupt, download \
+                     or save it again"
+                ),
             )
         };
-        let (source, index) = if ext == "safetensors" {
-            // SAFETY: the file is mapped read-only; it must not be modified while the model loads,
-            // which is the same contract every safetensors loader has. The map is dropped once the
-            // network holds its own copies of the tensors.
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+        let (source, index) = if ext == "safetensors" || is_index {
+            let files = if is_index {
+                shard_files(path)?
+            } else {
+                vec![path.to_path_buf()]
+            };
+            // SAFETY: the files are mapped read-only; they must not be modified while the model
+            // loads, which is the same contract every safetensors loader has. The maps are dropped
+            // once the network holds its own copies of the tensors.
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
                 .map_err(|e| corrupt(e.to_string()))?;
             let mut index = BTreeMap::new();
             for (name, view) in st.tensors() {
@@ -243,7 +293,8 @@ impl StrictWeights {
         } else {
             return Err(EngineError::weights(
                 path,
-                "unknown weights format; expected .safetensors or a PyTorch .bin",
+                "unknown weights format; expected .safetensors (or its .index.json) or a \
+                 PyTorch .bin",
             ));
         };
         if index.is_empty() {
@@ -465,10 +516,15 @@ impl Inner {
     fn load(&self, key: &str, device: &Device) -> candle_core::Result<Tensor> {
         match &self.source {
             Source::Safetensors(st) => st.load(key, device),
-            Source::Pth(pth) => match pth.get(key)? {
-                Some(t) => t.to_device(device),
-                None => Err(candle_err(format!("no tensor '{key}'"))),
-            },
+            // As in `open`, a panic in the pickle reader becomes an error.
+            Source::Pth(pth) => {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pth.get(key)))
+                    .map_err(|_| candle_err(format!("the pickle reader failed on '{key}'")))??
+                {
+                    Some(t) => t.to_device(device),
+                    None => Err(candle_err(format!("no tensor '{key}'"))),
+                }
+            }
         }
     }
 

@@ -23,7 +23,7 @@ fn exp_approx(x: f32) -> f32 {
     let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let y = p * r2 + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     if x < -87.3 {
@@ -49,11 +49,11 @@ fn row_max(row: &[f32]) -> f32 {
     m
 }
 
-/// Writes `exp(src - shift)` into `dst` and returns the row sum.
+/// Writes `exp((src - shift)·scale)` into `dst` and returns the row sum.
 #[inline(always)]
-fn exp_row(src: &[f32], dst: &mut [f32], shift: f32) -> f32 {
+fn exp_row(src: &[f32], dst: &mut [f32], shift: f32, scale: f32) -> f32 {
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d = exp_approx(s - shift);
+        *d = exp_approx((s - shift) * scale);
     }
     let mut acc = [0f32; 8];
     let mut chunks = dst.chunks_exact(8);
@@ -66,9 +66,9 @@ fn exp_row(src: &[f32], dst: &mut [f32], shift: f32) -> f32 {
 }
 
 #[inline(always)]
-fn softmax_rows_generic(src: &[f32], dst: &mut [f32], cols: usize) {
+fn softmax_rows_generic(src: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
     for (s, d) in src.chunks_exact(cols).zip(dst.chunks_exact_mut(cols)) {
-        let sum = exp_row(s, d, row_max(s));
+        let sum = exp_row(s, d, row_max(s), scale);
         let inv = 1.0 / sum;
         for v in d.iter_mut() {
             *v *= inv;
@@ -77,26 +77,32 @@ fn softmax_rows_generic(src: &[f32], dst: &mut [f32], cols: usize) {
 }
 
 #[inline(always)]
-fn exp_shifted_rows_generic(src: &[f32], shifts: &[f32], dst: &mut [f32], cols: usize) {
+fn exp_shifted_rows_generic(src: &[f32], shifts: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
     for ((s, d), &m) in src
         .chunks_exact(cols)
         .zip(dst.chunks_exact_mut(cols))
         .zip(shifts)
     {
-        exp_row(s, d, m);
+        exp_row(s, d, m, scale);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2(src: &[f32], dst: &mut [f32], cols: usize) {
-    softmax_rows_generic(src, dst, cols)
+unsafe fn softmax_rows_avx2(src: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
+    softmax_rows_generic(src, dst, cols, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp_shifted_rows_avx2(src: &[f32], shifts: &[f32], dst: &mut [f32], cols: usize) {
-    exp_shifted_rows_generic(src, shifts, dst, cols)
+unsafe fn exp_shifted_rows_avx2(
+    src: &[f32],
+    shifts: &[f32],
+    dst: &mut [f32],
+    cols: usize,
+    scale: f32,
+) {
+    exp_shifted_rows_generic(src, shifts, dst, cols, scale)
 }
 
 fn has_avx2() -> bool {
@@ -110,24 +116,24 @@ fn has_avx2() -> bool {
     }
 }
 
-fn softmax_rows(src: &[f32], dst: &mut [f32], cols: usize) {
+fn softmax_rows(src: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        unsafe { softmax_rows_avx2(src, dst, cols) };
+        unsafe { softmax_rows_avx2(src, dst, cols, scale) };
         return;
     }
-    softmax_rows_generic(src, dst, cols)
+    softmax_rows_generic(src, dst, cols, scale)
 }
 
-fn exp_shifted_rows(src: &[f32], shifts: &[f32], dst: &mut [f32], cols: usize) {
+fn exp_shifted_rows(src: &[f32], shifts: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        unsafe { exp_shifted_rows_avx2(src, shifts, dst, cols) };
+        unsafe { exp_shifted_rows_avx2(src, shifts, dst, cols, scale) };
         return;
     }
-    exp_shifted_rows_generic(src, shifts, dst, cols)
+    exp_shifted_rows_generic(src, shifts, dst, cols, scale)
 }
 
 /// Splits `rows` rows of `cols` into per-thread row ranges and runs `f(first_row, src, dst)`.
@@ -171,8 +177,10 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
     }
 }
 
-/// Softmax over the last dimension (f32, contiguous, CPU).
-struct FastSoftmax;
+/// `softmax(scale · s)` over the last dimension (f32, contiguous, CPU; scale > 0).
+struct FastSoftmax {
+    scale: f32,
+}
 
 impl CustomOp1 for FastSoftmax {
     fn name(&self) -> &'static str {
@@ -183,13 +191,19 @@ impl CustomOp1 for FastSoftmax {
         let src = contiguous_f32(s, l, self.name())?;
         let cols = l.dims().last().copied().unwrap_or(1).max(1);
         let mut dst = vec![0f32; src.len()];
-        parallel_rows(src, &mut dst, cols, |_, s, d| softmax_rows(s, d, cols));
+        let scale = self.scale;
+        parallel_rows(src, &mut dst, cols, |_, s, d| {
+            softmax_rows(s, d, cols, scale)
+        });
         Ok((CpuStorage::F32(dst), l.shape().clone()))
     }
 }
 
-/// `exp(s - m)` with `s: [.., R, C]` and one shift per row `m: [.., R, 1]` (f32, contiguous, CPU).
-struct ExpShifted;
+/// `exp((s - m)·scale)` with `s: [.., R, C]` and one shift per row `m: [.., R, 1]` (f32,
+/// contiguous, CPU).
+struct ExpShifted {
+    scale: f32,
+}
 
 impl CustomOp2 for ExpShifted {
     fn name(&self) -> &'static str {
@@ -215,9 +229,10 @@ impl CustomOp2 for ExpShifted {
             );
         }
         let mut dst = vec![0f32; src.len()];
+        let scale = self.scale;
         parallel_rows(src, &mut dst, cols, |row0, s, d| {
             let rows = s.len() / cols;
-            exp_shifted_rows(s, &shifts[row0..row0 + rows], d, cols)
+            exp_shifted_rows(s, &shifts[row0..row0 + rows], d, cols, scale)
         });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
@@ -228,15 +243,271 @@ pub(crate) fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32
 }
 
-/// Row softmax of a contiguous f32 CPU tensor.
-pub(crate) fn softmax_last_dim(t: &Tensor) -> Result<Tensor> {
-    t.contiguous()?.apply_op1_no_bwd(&FastSoftmax)
+/// `softmax(scale · t)` over the last dimension of an f32 CPU tensor (`scale > 0`).
+pub(crate) fn softmax_last_dim(t: &Tensor, scale: f32) -> Result<Tensor> {
+    t.contiguous()?.apply_op1_no_bwd(&FastSoftmax { scale })
 }
 
-/// `exp(s - m)` for a contiguous f32 CPU tensor `s: [.., C]` and row shifts `m: [.., 1]`.
-pub(crate) fn exp_shifted(s: &Tensor, m: &Tensor) -> Result<Tensor> {
+/// `exp((s - m)·scale)` for an f32 CPU tensor `s: [.., C]` and row shifts `m: [.., 1]`.
+pub(crate) fn exp_shifted(s: &Tensor, m: &Tensor, scale: f32) -> Result<Tensor> {
     s.contiguous()?
-        .apply_op2_no_bwd(&m.contiguous()?, &ExpShifted)
+        .apply_op2_no_bwd(&m.contiguous()?, &ExpShifted { scale })
+}
+
+/// Query rows per tile of the fused kernel.
+const FUSED_QUERY_TILE: usize = 128;
+/// Key rows per tile: the `[128, 512]` f32 score tile (256 KiB) stays in cache.
+const FUSED_KEY_TILE: usize = 512;
+
+/// One query tile's online-softmax update after `s = q·kᵀ` for one key tile: turns `s` into
+/// `exp((s - m_new)·scale)` in place, rescales `acc` and `l`, and updates `m`.
+#[inline(always)]
+fn online_update_generic(
+    s: &mut [f32],
+    cols: usize,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+    dv: usize,
+    scale: f32,
+) {
+    for (r, row) in s.chunks_exact_mut(cols).enumerate() {
+        let m_old = m[r];
+        let block_max = row_max(row);
+        let m_new = if block_max > m_old { block_max } else { m_old };
+        for v in row.iter_mut() {
+            *v = exp_approx((*v - m_new) * scale);
+        }
+        let mut sums = [0f32; 8];
+        let mut chunks = row.chunks_exact(8);
+        for c in &mut chunks {
+            for (a, &v) in sums.iter_mut().zip(c) {
+                *a += v;
+            }
+        }
+        let sum = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+        // Exact exp for the rescaling: its error would compound over the key tiles.
+        let correction = if m_old == f32::NEG_INFINITY {
+            0.0
+        } else {
+            ((m_old - m_new) * scale).exp()
+        };
+        l[r] = l[r] * correction + sum;
+        if correction != 1.0 {
+            for a in &mut acc[r * dv..(r + 1) * dv] {
+                *a *= correction;
+            }
+        }
+        m[r] = m_new;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn online_update_avx2(
+    s: &mut [f32],
+    cols: usize,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+    dv: usize,
+    scale: f32,
+) {
+    online_update_generic(s, cols, m, l, acc, dv, scale)
+}
+
+fn online_update(
+    s: &mut [f32],
+    cols: usize,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+    dv: usize,
+    scale: f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+        unsafe { online_update_avx2(s, cols, m, l, acc, dv, scale) };
+        return;
+    }
+    online_update_generic(s, cols, m, l, acc, dv, scale)
+}
+
+/// Sizes of one fused attention problem.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    lk: usize,
+    d: usize,
+    dv: usize,
+}
+
+/// Attention for one query tile of one batch entry: `out = softmax(q kᵀ·scale) v`, walking key
+/// tiles with two small GEMMs each (scores, then `p·v` accumulated), nothing larger than a tile.
+fn attend_tile(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    dims: Dims,
+    scale: f32,
+    s: &mut Vec<f32>,
+) {
+    let Dims { lk, d, dv } = dims;
+    let rows = q.len() / d;
+    let mut m = vec![f32::NEG_INFINITY; rows];
+    let mut l = vec![0f32; rows];
+    out.fill(0.0);
+    for start in (0..lk).step_by(FUSED_KEY_TILE) {
+        let cols = FUSED_KEY_TILE.min(lk - start);
+        s.resize(rows * cols, 0.0);
+        let kt = &k[start * d..(start + cols) * d];
+        let vt = &v[start * dv..(start + cols) * dv];
+        // SAFETY: every pointer/stride pair addresses memory inside the slices: s is rows×cols
+        // (row-major), q rows×d, kt cols×d read as its transpose (d×cols), out rows×dv, vt cols×dv.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                d,
+                s.as_mut_ptr(),
+                1,
+                cols as isize,
+                false,
+                q.as_ptr(),
+                1,
+                d as isize,
+                kt.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        online_update(s, cols, &mut m, &mut l, out, dv, scale);
+        // SAFETY: as above.
+        unsafe {
+            gemm::gemm(
+                rows,
+                dv,
+                cols,
+                out.as_mut_ptr(),
+                1,
+                dv as isize,
+                true,
+                s.as_ptr(),
+                1,
+                cols as isize,
+                vt.as_ptr(),
+                1,
+                dv as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+    for (row, &sum) in out.chunks_exact_mut(dv).zip(&l) {
+        let inv = 1.0 / sum;
+        for x in row {
+            *x *= inv;
+        }
+    }
+}
+
+/// Fused attention `softmax(q kᵀ·scale) v` for `q: [n, lq, d]`, `k: [n, lk, d]`, `v: [n, lk, dv]`
+/// (f32, CPU): query tiles are spread over threads, and each holds only a score tile.
+struct FusedAttention {
+    scale: f32,
+}
+
+impl candle_core::CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "mya-fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+            contiguous_f32(s3, l3, self.name())?,
+        );
+        let (n, lq, d) = l1.shape().dims3()?;
+        let (nk, lk, dk) = l2.shape().dims3()?;
+        let (nv, lv, dv) = l3.shape().dims3()?;
+        if nk != n || nv != n || dk != d || lv != lk || lk == 0 || d == 0 || dv == 0 {
+            candle_core::bail!(
+                "{}: q {:?}, k {:?}, v {:?} do not agree",
+                self.name(),
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let dims = Dims { lk, d, dv };
+        let mut out = vec![0f32; n * lq * dv];
+        // Work items: (batch entry, first query row, output rows), disjoint in `out`.
+        let mut items = Vec::new();
+        for (b, out_b) in out.chunks_mut(lq * dv).enumerate() {
+            for (t, out_t) in out_b.chunks_mut(FUSED_QUERY_TILE * dv).enumerate() {
+                items.push((b, t * FUSED_QUERY_TILE, out_t));
+            }
+        }
+        let threads = candle_core::utils::get_num_threads().clamp(1, items.len().max(1));
+        let queue = std::sync::Mutex::new(items.into_iter());
+        let scale = self.scale;
+        let work = || {
+            let mut s = Vec::new();
+            loop {
+                let next = match queue.lock() {
+                    Ok(mut it) => it.next(),
+                    Err(_) => None,
+                };
+                let Some((b, q0, out_t)) = next else { break };
+                let rows = out_t.len() / dv;
+                let qt = &q[(b * lq + q0) * d..(b * lq + q0 + rows) * d];
+                let kb = &k[b * lk * d..(b + 1) * lk * d];
+                let vb = &v[b * lk * dv..(b + 1) * lk * dv];
+                attend_tile(qt, kb, vb, out_t, dims, scale, &mut s);
+            }
+        };
+        if threads == 1 {
+            work();
+        } else {
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(work);
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[n, lq, dv])))
+    }
+}
+
+/// Fused attention on the CPU (f32): `q: [n, lq, d]`, `k: [n, lk, d]`, `v: [n, lk, dv]`.
+pub(crate) fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    q.contiguous()?.apply_op3_no_bwd(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        &FusedAttention {
+            scale: scale as f32,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -262,8 +533,8 @@ mod tests {
     #[test]
     fn kernels_match_candle() -> Result<()> {
         let s = (Tensor::randn(0f32, 1.0, (3, 70, 301), &Device::Cpu)? * 4.0)?;
-        let want = candle_nn::ops::softmax_last_dim(&s)?;
-        let got = softmax_last_dim(&s)?;
+        let want = candle_nn::ops::softmax_last_dim(&(&s * 0.3)?)?;
+        let got = softmax_last_dim(&s, 0.3)?;
         let err = (got - &want)?
             .abs()?
             .flatten_all()?
@@ -271,8 +542,8 @@ mod tests {
             .to_scalar::<f32>()?;
         assert!(err < 1e-6, "softmax error {err}");
         let m = s.max_keepdim(2)?;
-        let want = s.broadcast_sub(&m)?.exp()?;
-        let got = exp_shifted(&s, &m)?;
+        let want = (s.broadcast_sub(&m)? * 0.3)?.exp()?;
+        let got = exp_shifted(&s, &m, 0.3)?;
         let err = (got - want)?
             .abs()?
             .flatten_all()?

@@ -18,6 +18,7 @@
 //!   hold stale values 0 and 2, so they are not read.) The tower is
 //!   candle-transformers' `clip::text_model` (the SD `clip` module's config has private fields, so it
 //!   cannot describe other widths; both are the same transformers `CLIPTextModel` architecture).
+use crate::engine::resample::{resize_rgb8, Filter};
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -472,7 +473,7 @@ impl ClipImageProcessor {
             } else {
                 ((s as f64 * w as f64 / h as f64) as usize, s)
             };
-            img = pil_resize_bicubic_rgb8(&img, w, h, nw, nh);
+            img = resize_rgb8(&img, w, h, nw, nh, Filter::Bicubic);
             w = nw;
             h = nh;
         }
@@ -522,125 +523,6 @@ impl ClipImageProcessor {
         }
         Ok(Tensor::from_vec(data, (1, 3, h, w), device)?)
     }
-}
-
-/// PIL's bicubic kernel (a = −0.5), `libImaging/Resample.c`.
-fn bicubic(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
-    } else {
-        0.0
-    }
-}
-
-/// Fixed-point precision PIL uses for 8-bit resampling.
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// Per-output-pixel (first input index, tap count) and fixed-point weights, as PIL computes them.
-struct Taps {
-    bounds: Vec<(usize, usize)>,
-    ksize: usize,
-    weights: Vec<i64>,
-}
-
-fn pil_taps(in_size: usize, out_size: usize) -> Taps {
-    let scale = in_size as f64 / out_size as f64;
-    // Downscaling widens the kernel by the scale: this is PIL's antialiasing.
-    let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
-    let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i64; out_size * ksize];
-    let mut k = vec![0f64; ksize];
-    for xx in 0..out_size {
-        let center = (xx as f64 + 0.5) * scale;
-        let ss = 1.0 / filterscale;
-        // C casts truncate toward zero, then clamp.
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let n = xmax.saturating_sub(xmin).min(ksize);
-        let mut ww = 0.0;
-        for (x, kx) in k.iter_mut().enumerate().take(n) {
-            let w = bicubic((x as f64 + xmin as f64 - center + 0.5) * ss);
-            *kx = w;
-            ww += w;
-        }
-        for (x, kx) in k.iter().enumerate().take(n) {
-            let w = if ww != 0.0 { kx / ww } else { *kx };
-            let f = w * (1i64 << PRECISION_BITS) as f64;
-            weights[xx * ksize + x] = if w < 0.0 {
-                (-0.5 + f) as i64
-            } else {
-                (0.5 + f) as i64
-            };
-        }
-        bounds.push((xmin, n));
-    }
-    Taps {
-        bounds,
-        ksize,
-        weights,
-    }
-}
-
-fn clip8(acc: i64) -> u8 {
-    (acc >> PRECISION_BITS).clamp(0, 255) as u8
-}
-
-/// PIL `Image.resize((out_w, out_h), BICUBIC)` for an RGB 8-bit image: a horizontal pass, rounding to
-/// 8 bits, then a vertical pass, each skipped when that side keeps its size (`ImagingResampleInner`).
-pub fn pil_resize_bicubic_rgb8(
-    src: &[u8],
-    w: usize,
-    h: usize,
-    out_w: usize,
-    out_h: usize,
-) -> Vec<u8> {
-    let mut img = src.to_vec();
-    let mut cur_w = w;
-    if out_w != w {
-        let taps = pil_taps(w, out_w);
-        let mut out = vec![0u8; out_w * h * 3];
-        for y in 0..h {
-            let row = &img[y * w * 3..(y + 1) * w * 3];
-            for xx in 0..out_w {
-                let (xmin, n) = taps.bounds[xx];
-                let k = &taps.weights[xx * taps.ksize..xx * taps.ksize + n];
-                for c in 0..3 {
-                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                    for (x, &kx) in k.iter().enumerate() {
-                        acc += row[(xmin + x) * 3 + c] as i64 * kx;
-                    }
-                    out[(y * out_w + xx) * 3 + c] = clip8(acc);
-                }
-            }
-        }
-        img = out;
-        cur_w = out_w;
-    }
-    if out_h != h {
-        let taps = pil_taps(h, out_h);
-        let mut out = vec![0u8; cur_w * out_h * 3];
-        for yy in 0..out_h {
-            let (ymin, n) = taps.bounds[yy];
-            let k = &taps.weights[yy * taps.ksize..yy * taps.ksize + n];
-            for x in 0..cur_w {
-                for c in 0..3 {
-                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                    for (y, &ky) in k.iter().enumerate() {
-                        acc += img[((ymin + y) * cur_w + x) * 3 + c] as i64 * ky;
-                    }
-                    out[(yy * cur_w + x) * 3 + c] = clip8(acc);
-                }
-            }
-        }
-        img = out;
-    }
-    img
 }
 
 // ------------------------------------------------------------------------------------------------

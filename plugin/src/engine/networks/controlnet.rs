@@ -501,7 +501,7 @@ impl ControlNetModel {
             )));
         }
         let context = context_for_batch(encoder_hidden_states, b, self.arch.cross_attention_dim())?;
-        let layout = FrameLayout::new(mode, b, false);
+        let layout = FrameLayout::new(mode, b, false)?;
         let temb = self.time_embedding.forward(&self.arch.time_proj.forward(
             timestep,
             b,

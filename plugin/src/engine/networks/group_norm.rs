@@ -47,20 +47,34 @@ impl GroupNorm {
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let g = self.num_groups;
-        let per_group = (c / g) * h * w;
+        let cg = c / g;
+        let windows = b / frames;
         // [windows, frames, groups, elements]; reduce over frames (1) and elements (3).
-        let xg = xf.reshape((b / frames, frames, g, per_group))?;
-        let count = (frames * per_group) as f64;
+        let xg = xf.reshape((windows, frames, g, cg * h * w))?;
+        let count = (frames * cg * h * w) as f64;
         let mean = (xg.sum_keepdim(3)?.sum_keepdim(1)? / count)?;
-        let centred = xg.broadcast_sub(&mean)?;
-        let var = (centred.sqr()?.sum_keepdim(3)?.sum_keepdim(1)? / count)?;
+        let var = (xg
+            .broadcast_sub(&mean)?
+            .sqr()?
+            .sum_keepdim(3)?
+            .sum_keepdim(1)?
+            / count)?;
         let inv_std = (var + self.eps)?.sqrt()?.recip()?;
-        let normed = centred.broadcast_mul(&inv_std)?.reshape((b, c, h, w))?;
-        let weight = self.weight.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?;
-        let bias = self.bias.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?;
-        normed
-            .broadcast_mul(&weight)?
-            .broadcast_add(&bias)?
+        // Like torch's kernel: y = x·scale + shift with per-(window, channel) scale = γ/σ and
+        // shift = β − μ·scale, so only two full-size temporaries exist.
+        let per_channel = |t: &Tensor| -> Result<Tensor> {
+            t.reshape((windows, 1, g, 1))?
+                .broadcast_as((windows, 1, g, cg))?
+                .reshape((windows, 1, c, 1))
+        };
+        let gamma = self.weight.to_dtype(DType::F32)?.reshape((1, 1, c, 1))?;
+        let beta = self.bias.to_dtype(DType::F32)?.reshape((1, 1, c, 1))?;
+        let scale = per_channel(&inv_std)?.broadcast_mul(&gamma)?;
+        let shift = beta.broadcast_sub(&per_channel(&mean)?.mul(&scale)?)?;
+        xf.reshape((windows, frames, c, h * w))?
+            .broadcast_mul(&scale)?
+            .broadcast_add(&shift)?
+            .reshape((b, c, h, w))?
             .to_dtype(dtype)
     }
 }

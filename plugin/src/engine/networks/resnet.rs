@@ -71,16 +71,17 @@ impl ResnetBlock2D {
 
     /// `x: [B, C, H, W]`, `temb: [B, T]`; GroupNorm statistics shared by runs of `norm_frames` entries.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, norm_frames: usize) -> Result<Tensor> {
-        let h = self.norm1.forward_frames(x, norm_frames)?.silu()?;
-        let h = self.conv1.forward(&h)?;
+        // `h` is reassigned (not shadowed) so that each full-size intermediate is freed at once.
         let t = self
             .time_emb_proj
             .forward(&temb.silu()?)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
-        let h = self.norm2.forward_frames(&h, norm_frames)?.silu()?;
-        let h = self.conv2.forward(&h)?;
+        let mut h = self.norm1.forward_frames(x, norm_frames)?.silu()?;
+        h = self.conv1.forward(&h)?;
+        h = h.broadcast_add(&t)?;
+        h = self.norm2.forward_frames(&h, norm_frames)?.silu()?;
+        h = self.conv2.forward(&h)?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),

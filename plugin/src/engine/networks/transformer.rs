@@ -25,7 +25,7 @@ pub struct TransformerSpec {
 
 /// Rows per feed-forward chunk: bounds the `[rows, 8·C]` GEGLU intermediate (the FF is per token,
 /// so chunking is exact).
-const FF_CHUNK_ELEMENTS: usize = 1 << 25;
+const FF_CHUNK_ELEMENTS: usize = 1 << 24;
 
 /// `GEGLU`: `proj` to `2·inner`, `hidden · gelu_erf(gate)`.
 #[derive(Debug, Clone)]
@@ -118,14 +118,14 @@ impl BasicTransformerBlock {
 
     /// `x: [B, N, C]`, `context: [B, M, C']`; `attn_frames` consecutive entries share `attn1`.
     pub fn forward(&self, x: &Tensor, context: &Tensor, attn_frames: usize) -> Result<Tensor> {
-        let x = (self
+        let mut x = (self
             .attn1
             .forward(&self.norm1.forward(x)?, None, attn_frames)?
             + x)?;
-        let x = (self
+        x = (self
             .attn2
             .forward(&self.norm2.forward(&x)?, Some(context), 1)?
-            + x)?;
+            + &x)?;
         self.ff.forward(&self.norm3.forward(&x)?)? + x
     }
 }
@@ -205,14 +205,16 @@ impl Transformer2DModel {
     /// `x: [B, C, H, W]`, `context: [B, M, C']`.
     pub fn forward(&self, x: &Tensor, context: &Tensor, attn_frames: usize) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let normed = self.norm.forward_frames(x, 1)?;
         let tokens = |t: &Tensor| -> Result<Tensor> {
             let ch = t.dim(1)?;
             t.permute((0, 2, 3, 1))?.reshape((b, h * w, ch))
         };
-        let mut hs = match &self.proj_in {
-            Projection::Conv(conv) => tokens(&conv.forward(&normed)?)?,
-            Projection::Linear(lin) => lin.forward(&tokens(&normed)?)?,
+        let mut hs = {
+            let normed = self.norm.forward_frames(x, 1)?;
+            match &self.proj_in {
+                Projection::Conv(conv) => tokens(&conv.forward(&normed)?)?,
+                Projection::Linear(lin) => lin.forward(&tokens(&normed)?)?,
+            }
         };
         for block in &self.transformer_blocks {
             hs = block.forward(&hs, context, attn_frames)?;

@@ -12,7 +12,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 use serde::Deserialize;
 
-use super::controlnet::ControlNetOutput;
+pub use super::controlnet::ControlNetOutput;
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::group_norm::GroupNorm;
 use super::resnet::conv;
@@ -768,7 +768,7 @@ impl UNet2DConditionModel {
     ) -> Result<Tensor> {
         let b = check_sample(sample, self.arch.in_channels, "UNet sample")?;
         let context = context_for_batch(encoder_hidden_states, b, self.arch.cross_attention_dim())?;
-        let layout = FrameLayout::new(mode, b, true);
+        let layout = FrameLayout::new(mode, b, true)?;
         let temb = self.time_embedding.forward(&self.arch.time_proj.forward(
             timestep,
             b,

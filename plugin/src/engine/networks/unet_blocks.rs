@@ -15,6 +15,10 @@ pub enum Temporal {
     /// The batch entries are the frames of one window: ResNet GroupNorms and `conv_norm_out`
     /// take statistics over all of them, and (UNet only) `attn1` attends over all their tokens.
     Window,
+    /// The batch holds this many windows of equal length one after the other (e.g. the CFG
+    /// uncond and cond copies of one window); each window is handled as in [`Temporal::Window`]
+    /// and windows never mix.
+    Windows(usize),
 }
 
 /// Runs of consecutive batch entries that share GroupNorm statistics / self-attention.
@@ -29,17 +33,19 @@ pub(crate) struct FrameLayout {
 impl FrameLayout {
     /// The layout for `batch` entries; `joint_attention` is false for the ControlNet, whose
     /// self-attention stays per frame even in a window (spec §1.4).
-    pub fn new(mode: Temporal, batch: usize, joint_attention: bool) -> Self {
-        match mode {
-            Temporal::PerFrame => Self {
-                norm_frames: 1,
-                attn_frames: 1,
-            },
-            Temporal::Window => Self {
-                norm_frames: batch,
-                attn_frames: if joint_attention { batch } else { 1 },
-            },
-        }
+    pub fn new(mode: Temporal, batch: usize, joint_attention: bool) -> Result<Self> {
+        let frames = match mode {
+            Temporal::PerFrame => 1,
+            Temporal::Window => batch,
+            Temporal::Windows(n) if n > 0 && batch.is_multiple_of(n) => batch / n,
+            Temporal::Windows(n) => candle_core::bail!(
+                "a batch of {batch} frames cannot be split into {n} windows of equal length"
+            ),
+        };
+        Ok(Self {
+            norm_frames: frames,
+            attn_frames: if joint_attention { frames } else { 1 },
+        })
     }
 }
 
