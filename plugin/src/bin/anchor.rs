@@ -37,7 +37,7 @@ enum Order {
 #[derive(Subcommand)]
 enum Command {
     /// Render the frames of a pose folder with batch-overlapped temporal denoising.
-    Render(RenderArgs),
+    Render(Box<RenderArgs>),
     /// Show a model folder's components, configs, dtypes, parameter counts and problems.
     Inspect {
         /// The model folder.
@@ -302,7 +302,7 @@ fn render(a: RenderArgs) -> Result<()> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Render(a) => render(a),
+        Command::Render(a) => render(*a),
         Command::Inspect { model } => inspect_model(&model, true).map(|report| {
             println!("{report}");
         }),

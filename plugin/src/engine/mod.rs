@@ -4,8 +4,8 @@
 pub mod device;
 pub mod error;
 pub mod model;
-pub mod pipeline;
 pub mod networks;
+pub mod pipeline;
 pub mod resample;
 pub mod sampler;
 pub mod service;

@@ -273,10 +273,9 @@ impl<'m> BodyNetworks<'m> {
             self.model
                 .controlnet
                 .forward(latents, t, &ctx, control, scale, Temporal::Window)?;
-        Ok(self
-            .model
+        self.model
             .unet
-            .forward(latents, t, &ctx, Some(&res), Temporal::Window)?)
+            .forward(latents, t, &ctx, Some(&res), Temporal::Window)
     }
 }
 

@@ -49,7 +49,7 @@ impl Filter {
                 }
             }
             Filter::Lanczos => {
-                if -3.0 <= x && x < 3.0 {
+                if (-3.0..3.0).contains(&x) {
                     sinc(x) * sinc(x / 3.0)
                 } else {
                     0.0
@@ -89,8 +89,9 @@ fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
         let n = xmax.saturating_sub(xmin);
-        let mut k: Vec<f64> =
-            (0..n).map(|x| filter.eval((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
+        let mut k: Vec<f64> = (0..n)
+            .map(|x| filter.eval((x as f64 + xmin as f64 - center + 0.5) * ss))
+            .collect();
         let ww: f64 = k.iter().sum();
         if ww != 0.0 {
             for v in &mut k {
@@ -116,7 +117,14 @@ fn clip8(v: i64) -> u8 {
 
 /// Resizes interleaved 8-bit RGB (`w × h × 3`) to `out_w × out_h` as Pillow's `Image.resize` does.
 /// Equal sizes return a copy, as Pillow does.
-pub fn resize_rgb8(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize, filter: Filter) -> Vec<u8> {
+pub fn resize_rgb8(
+    src: &[u8],
+    w: usize,
+    h: usize,
+    out_w: usize,
+    out_h: usize,
+    filter: Filter,
+) -> Vec<u8> {
     const C: usize = 3;
     debug_assert_eq!(src.len(), w * h * C);
     let mut cur = src.to_vec();
@@ -162,8 +170,13 @@ mod tests {
     use super::*;
 
     fn load(name: &str) -> (Vec<u8>, usize, usize) {
-        let path = format!("{}/../tests/fixtures/resample/{name}", env!("CARGO_MANIFEST_DIR"));
-        let img = image::open(&path).unwrap_or_else(|e| panic!("{path}: {e}")).to_rgb8();
+        let path = format!(
+            "{}/../tests/fixtures/resample/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let img = image::open(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .to_rgb8();
         let (w, h) = img.dimensions();
         (img.into_raw(), w as usize, h as usize)
     }
@@ -172,17 +185,26 @@ mod tests {
     #[test]
     fn matches_pillow_exactly() {
         let (src, w, h) = load("src.png");
-        for (name, filter) in
-            [("lanczos", Filter::Lanczos), ("bicubic", Filter::Bicubic), ("bilinear", Filter::Bilinear)]
-        {
+        for (name, filter) in [
+            ("lanczos", Filter::Lanczos),
+            ("bicubic", Filter::Bicubic),
+            ("bilinear", Filter::Bilinear),
+        ] {
             let dir = format!("{}/../tests/fixtures/resample", env!("CARGO_MANIFEST_DIR"));
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let file = entry.unwrap().file_name().into_string().unwrap();
-                let Some(size) = file.strip_prefix(&format!("{name}_")) else { continue };
+                let Some(size) = file.strip_prefix(&format!("{name}_")) else {
+                    continue;
+                };
                 let (want, ow, oh) = load(&file);
                 assert_eq!(size, format!("{ow}x{oh}.png"));
                 let got = resize_rgb8(&src, w, h, ow, oh, filter);
-                let max = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+                let max = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max()
+                    .unwrap();
                 assert_eq!(max, 0, "{file}: max difference {max}");
             }
         }

@@ -1,7 +1,7 @@
 //! Contract tests of the temporal engine on a small stand-in network (exact equality).
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 use super::*;
 use crate::engine::{EngineError, Result};
@@ -251,9 +251,9 @@ fn farm_split_equals_single_pass() {
     let second = Setup::new(n, 3);
     let d1 = first.denoiser(4, 1, Tail::Paper, Fusion::Flat);
     let d2 = second.denoiser(4, 1, Tail::Paper, Fusion::Flat);
-    for f in 0..n {
+    for (f, want) in all.iter().enumerate() {
         let d = if f < 50 { &d1 } else { &d2 };
-        assert_eq!(bits(&d.image(f, &NoProgress).unwrap()), all[f], "frame {f}");
+        assert_eq!(&bits(&d.image(f, &NoProgress).unwrap()), want, "frame {f}");
     }
 }
 
@@ -286,8 +286,8 @@ fn changed_inputs_recompute_and_unchanged_ones_hit() {
     let calls = s.calls();
     // Same settings, same cache: no new work.
     let d = s.denoiser(4, 1, Tail::Paper, Fusion::Flat);
-    for f in 0..20 {
-        assert_eq!(bits(&d.image(f, &NoProgress).unwrap()), before[f]);
+    for (f, want) in before.iter().enumerate() {
+        assert_eq!(&bits(&d.image(f, &NoProgress).unwrap()), want);
     }
     assert_eq!(s.calls(), calls);
     // Another fusion: a different key, so the frame is recomputed (window 6, overlap 3, where
@@ -336,12 +336,8 @@ fn cancel_then_rerun_gives_the_same_frames() {
         5,
         "stops at the first window batch after the cancel"
     );
-    for f in 0..15 {
-        assert_eq!(
-            bits(&d.image(f, &NoProgress).unwrap()),
-            expect[f],
-            "frame {f}"
-        );
+    for (f, want) in expect.iter().enumerate() {
+        assert_eq!(&bits(&d.image(f, &NoProgress).unwrap()), want, "frame {f}");
     }
 }
 
