@@ -26,6 +26,12 @@ work="$target/demo-host"
 bin="$work/bin/hostDemo"
 version="0.1.0"
 
+# Concurrent callers (parallel tests, two cargo runs) take turns: the build unpacks and patches
+# one shared copy, and a second build racing the first would patch it twice.
+mkdir -p "$target"
+exec 9>"$target/demo-host.lock"
+flock 9
+
 if [[ -x "$bin" && "${DEMO_HOST_REBUILD:-0}" != 1 ]]; then
     echo "$bin"
     exit 0
@@ -110,5 +116,6 @@ for f in "$hs"/src/*.cpp "$hs"/examples/hostDemo*.cpp; do
     g++ "${flags[@]}" -c "$f" -o "$o"
     objs+=("$o")
 done
-g++ -o "$bin" "${objs[@]}" -lexpat -ldl
+g++ -o "$bin.partial" "${objs[@]}" -lexpat -ldl
+mv "$bin.partial" "$bin"
 echo "$bin"
