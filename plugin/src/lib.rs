@@ -3,3 +3,4 @@
 //! Dependencies point one way: effect (OFX layer) → engine → networks, never back.
 pub mod effect;
 pub mod engine;
+pub mod tools;

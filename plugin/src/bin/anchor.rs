@@ -15,6 +15,7 @@ use make_your_anchor::engine::temporal::{
     Cache, Counters, Fusion, Progress, SamplingParams, Tail, WindowPlan,
 };
 use make_your_anchor::engine::{EngineError, Result};
+use make_your_anchor::tools;
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +45,10 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
     },
+    /// Render a synthetic presenter: mesh renders, person frames, landmarks and face mattes.
+    Synth(tools::synth::SynthArgs),
+    /// Compare rendered frames with ground truth: PSNR, SSIM, silhouette IoU, seam flicker.
+    Eval(tools::eval::EvalArgs),
 }
 
 #[derive(clap::Args)]
@@ -306,6 +311,8 @@ fn main() -> std::process::ExitCode {
         Command::Inspect { model } => inspect_model(&model, true).map(|report| {
             println!("{report}");
         }),
+        Command::Synth(a) => return tools::exit_code(tools::synth::run(&a)),
+        Command::Eval(a) => return tools::exit_code(tools::eval::run(&a)),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
