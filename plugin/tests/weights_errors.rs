@@ -98,6 +98,10 @@ fn missing_folder_and_missing_config() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 #[test]
 fn truncated_and_corrupt_weights_are_named() {
     let d = scratch("corrupt");
@@ -123,6 +127,20 @@ fn truncated_and_corrupt_weights_are_named() {
     std::fs::write(&f, &bytes[..bytes.len() * 2 / 3]).unwrap_or_else(|e| panic!("{e}"));
     let e = vae_err(&b);
     assert!(e.contains("diffusion_pytorch_model.bin"));
+    // A .bin whose zip structure is intact but one byte of tensor data is flipped: the CRC-32
+    // recorded in the archive no longer matches.
+    copy_dir(&tiny("vae_legacy"), &b);
+    let mut bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{e}"));
+    let data_at = find(&bytes, b"/data/0").unwrap_or_else(|| panic!("no data/0 entry in {f:?}"));
+    // The local header's name is followed by the entry's bytes; flip one well inside them.
+    let at = data_at + 7 + 64 + 100;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&f, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    let e = vae_err(&b);
+    assert!(
+        e.contains("diffusion_pytorch_model.bin") && e.contains("CRC-32"),
+        "flipped tensor byte not detected: {e}"
+    );
     // Garbage .bin.
     std::fs::write(&f, vec![0x50u8; 4096]).unwrap_or_else(|e| panic!("{e}"));
     let e = vae_err(&b);

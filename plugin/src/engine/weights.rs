@@ -213,6 +213,30 @@ pub struct LoadReport {
     pub dtypes: Vec<String>,
 }
 
+/// Reads every entry of a PyTorch zip archive to its end, so the archive reader compares each
+/// entry's CRC-32 with the one recorded in the archive. candle's pickle reader reads exactly the
+/// bytes a tensor needs and never reaches the check, so a flipped byte inside tensor data would
+/// otherwise load silently. Costs one sequential read of the file. Legacy (non-zip) pickles have no
+/// checksums and pass unchecked.
+fn verify_zip_checksums(path: &Path) -> std::result::Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut archive = match zip::ZipArchive::new(std::io::BufReader::new(file)) {
+        Ok(a) => a,
+        // Not a zip: the pickle reader accepted a legacy format, which carries no checksum.
+        Err(_) => return Ok(()),
+    };
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(|e| e.to_string())?;
+        let name = entry
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| format!("#{i}"));
+        std::io::copy(&mut entry, &mut std::io::sink())
+            .map_err(|e| format!("entry '{name}' fails its CRC-32 check: {e}"))?;
+    }
+    Ok(())
+}
+
 fn candle_err(msg: String) -> candle_core::Error {
     candle_core::Error::Msg(msg)
 }
@@ -276,6 +300,7 @@ impl StrictWeights {
                 std::panic::catch_unwind(|| candle_core::pickle::PthTensors::new(path, None))
                     .map_err(|_| corrupt("the pickle reader failed".to_string()))?;
             let pth = opened.map_err(|e| corrupt(e.to_string()))?;
+            verify_zip_checksums(path).map_err(corrupt)?;
             let index = pth
                 .tensor_infos()
                 .iter()
