@@ -11,6 +11,8 @@
 //!   engine exactly as `anchor render` resizes PNG frames; for 8-bit sRGB input the control
 //!   frames are therefore bit-identical to the CLI's. Higher depths are quantised to 8 bits first,
 //!   as the reference only ever sees 8-bit PNGs.
+//!   A render fetches each Source frame of its cone once (the engine keeps a request's
+//!   working-resolution pixels), not again for every window batch that reads it.
 //! - **Pixels out.** The 8-bit frame (the reference's floor quantisation) is resized from the
 //!   working square to the Source RoD with the same Pillow LANCZOS filter (no resize when the
 //!   sizes agree), decoded to the host's encoding and written in the Output depth with alpha 1.
@@ -38,6 +40,36 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The text of the one-time warning for hosts without temporal clip access.
 pub const NO_TEMPORAL_WARNING: &str = "The host gives Make Your Anchor no temporal clip access, so it cannot read the neighbouring frames a window needs: every frame is denoised on its own (window 1), which flickers more. Use a host with temporal clip access (Natron, Resolve) for the temporally consistent result";
+
+/// The environment variable holding the memory limit in MiB (weights + one window batch).
+pub const ENV_MEMORY_MIB: &str = "MAKE_YOUR_ANCHOR_MEMORY_MIB";
+
+/// The text of the warning posted when `cacheMiB` is below what one frame request touches.
+pub fn cache_floor_warning(requested_mib: usize, floor_mib: usize) -> String {
+    format!(
+        "cacheMiB is {requested_mib} MiB, below the {floor_mib} MiB that one frame's temporal denoising keeps in the cache at these settings: Make Your Anchor uses {floor_mib} MiB, because a smaller cache would recompute evicted windows over and over. Set cacheMiB to at least {floor_mib}"
+    )
+}
+
+/// The memory limit of `MAKE_YOUR_ANCHOR_MEMORY_MIB` in bytes: unset, empty or 0 means no limit;
+/// a value that is not a whole number of MiB is ignored with a warning (logged once).
+pub fn memory_limit(value: Option<&str>) -> Option<usize> {
+    let v = value?.trim();
+    if v.is_empty() {
+        return None;
+    }
+    match v.parse::<usize>() {
+        Ok(0) => None,
+        Ok(mib) => Some(mib.saturating_mul(1 << 20)),
+        Err(_) => {
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, Ordering::SeqCst) {
+                log::warn!("{ENV_MEMORY_MIB}={v:?} is not a whole number of MiB: no memory limit");
+            }
+            None
+        }
+    }
+}
 
 /// The engine settings of `settings` for a host with (or without) temporal clip access.
 pub fn render_settings(settings: &Settings, folder: &Path, temporal: bool) -> RenderSettings {
@@ -76,6 +108,7 @@ pub fn render_settings(settings: &Settings, folder: &Path, temporal: bool) -> Re
         resolution: pos(settings.resolution),
         seed: settings.seed.max(0) as u64,
         cache_bytes: pos(settings.cache_mib).saturating_mul(1 << 20),
+        memory_limit: memory_limit(std::env::var(ENV_MEMORY_MIB).ok().as_deref()),
     }
 }
 
@@ -189,6 +222,8 @@ struct SourceFrames {
     clip: Clip,
     frames: ClipFrames,
     encoding: Encoding,
+    /// `clipGetImage` calls made for the engine by this render (logged at debug level).
+    fetches: AtomicUsize,
 }
 
 impl ControlSource for SourceFrames {
@@ -203,6 +238,7 @@ impl ControlSource for SourceFrames {
             return Err(EngineError::Cancelled);
         }
         let t = self.frames.time(f);
+        self.fetches.fetch_add(1, Ordering::Relaxed);
         image_rgb8(&self.clip, t, SOURCE_CLIP, self.encoding)?.ok_or_else(|| {
             EngineError::Input(format!(
                 "the host returned no Source image at frame {t}, which the temporal window needs"
@@ -265,13 +301,12 @@ fn warn_no_temporal(effect: ImageEffect) {
 
 /// Turn an engine failure into the effect's error for frame `time`.
 fn effect_error(e: ServiceError, time: f64) -> EffectError {
-    if e.is_out_of_memory() {
-        return EffectError::OutOfMemory {
+    match e {
+        ServiceError::OutOfMemory { detail } => EffectError::OutOfMemory { time, detail },
+        e if e.is_out_of_memory() => EffectError::OutOfMemory {
             time,
             detail: e.to_string(),
-        };
-    }
-    match e {
+        },
         ServiceError::Model { folder, source } => EffectError::IncompatibleModel {
             path: folder,
             detail: source.to_string(),
@@ -285,6 +320,24 @@ fn effect_error(e: ServiceError, time: f64) -> EffectError {
             time,
             detail: source.to_string(),
         },
+    }
+}
+
+/// Post the cache-floor warning once per process (the budget is process-wide).
+fn warn_cache_floor(effect: ImageEffect, requested: usize, floor: usize) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if WARNED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let text = cache_floor_warning(requested >> 20, crate::engine::memory::mib_ceil(floor));
+    log::warn!("{text}");
+    if let Err(e) = message::message(
+        effect,
+        MessageType::Warning,
+        "org.makeyouranchor.Anchor.cacheFloor",
+        &text,
+    ) {
+        log::debug!("could not post the warning: {e}");
     }
 }
 
@@ -354,6 +407,7 @@ pub fn render(
         clip: source_clip,
         frames,
         encoding,
+        fetches: AtomicUsize::new(0),
     };
     // At most every window meeting the cone, at every step (fewer when cached or shared).
     let total = match (rs.plan(frames.len()), rs.frames_needed(frames.len(), index)) {
@@ -386,8 +440,28 @@ pub fn render(
             "frame {time}: no frame ({e}); {} network call(s) in this process",
             engine.network_calls()
         );
-        effect_error(e, time)
+        let e = effect_error(e, time);
+        match e {
+            // The engine's estimate against the limit this variable set (not an allocator
+            // failure): name where the limit comes from.
+            EffectError::OutOfMemory { time, detail }
+                if rs.memory_limit.is_some() && detail.ends_with("are available") =>
+            {
+                EffectError::OutOfMemory {
+                    time,
+                    detail: format!("{detail} ({ENV_MEMORY_MIB})"),
+                }
+            }
+            e => e,
+        }
     })?;
+    log::debug!(
+        "frame {time}: {} Source fetch(es) by this render",
+        source.fetches.load(Ordering::Relaxed)
+    );
+    if let Some(floor) = frame.cache_floor {
+        warn_cache_floor(effect, rs.cache_bytes, floor);
+    }
     log::debug!(
         "frame {time}: {} network call(s) by this render, {} in this process",
         frame.network_calls,
@@ -463,9 +537,25 @@ mod tests {
         );
         assert_eq!(
             oom.to_string(),
-            "Out of memory while rendering frame 4 (CUDA_ERROR_OUT_OF_MEMORY: out of memory): lower resolution or window, choose f16 precision, or lower cacheMiB"
+            "Out of memory while rendering frame 4 (CUDA_ERROR_OUT_OF_MEMORY: out of memory): lower resolution (the working resolution) or window (frames per window), choose f16 precision, or lower cacheMiB"
         );
         assert_eq!(oom.status(), Status::ErrMemory);
+        let limit = effect_error(
+            ServiceError::OutOfMemory {
+                detail: "a window batch needs about 9 MiB, but only 1 MiB are available".into(),
+            },
+            7.0,
+        );
+        assert_eq!(
+            limit.to_string(),
+            "Out of memory while rendering frame 7 (a window batch needs about 9 MiB, but only 1 MiB are available): lower resolution (the working resolution) or window (frames per window), choose f16 precision, or lower cacheMiB"
+        );
+        assert_eq!(limit.status(), Status::ErrMemory);
+        assert_eq!(memory_limit(None), None);
+        assert_eq!(memory_limit(Some(" ")), None);
+        assert_eq!(memory_limit(Some("0")), None);
+        assert_eq!(memory_limit(Some("512")), Some(512 << 20));
+        assert_eq!(memory_limit(Some("lots")), None);
         let cancelled = effect_error(ServiceError::Render(EngineError::Cancelled), 2.0);
         assert_eq!(
             cancelled.to_string(),

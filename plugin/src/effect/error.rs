@@ -86,12 +86,13 @@ pub enum EffectError {
         /// The loader's message.
         detail: String,
     },
-    /// The device ran out of memory.
-    #[error("Out of memory while rendering frame {time} ({detail}): lower resolution or window, choose f16 precision, or lower cacheMiB")]
+    /// The device ran out of memory, or a window batch's estimate exceeds the memory limit
+    /// (`MAKE_YOUR_ANCHOR_MEMORY_MIB`).
+    #[error("Out of memory while rendering frame {time} ({detail}): lower resolution (the working resolution) or window (frames per window), choose f16 precision, or lower cacheMiB")]
     OutOfMemory {
         /// Frame.
         time: f64,
-        /// The allocator's message.
+        /// What was needed and available, or the allocator's message.
         detail: String,
     },
     /// A render time that is not a frame of the Source clip's range.

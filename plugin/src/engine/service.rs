@@ -26,6 +26,7 @@ use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
 
 use super::device::{device_name, dtype_name, select_device, DeviceChoice};
+use super::memory;
 use super::model::{BodyModel, ModelLayout};
 use super::pipeline::{self, BodyNetworks, DdimStep};
 use super::resample::{resize_rgb8, Filter};
@@ -63,8 +64,13 @@ pub struct RenderSettings {
     pub resolution: usize,
     /// Seed of the initial noise.
     pub seed: u64,
-    /// Cache budget in bytes (process-wide; the latest request's value wins).
+    /// Cache budget in bytes (process-wide; the latest request's value wins). Raised to the
+    /// bytes one request touches when below them ([`memory::request_cache_bytes`]).
     pub cache_bytes: usize,
+    /// Memory the request may use (weights + one window batch's working set), when limited:
+    /// a request whose estimate exceeds it fails before its first batch with
+    /// [`ServiceError::OutOfMemory`] ([`memory::estimate_batch`]).
+    pub memory_limit: Option<usize>,
 }
 
 impl RenderSettings {
@@ -127,6 +133,9 @@ pub struct RenderedFrame {
     pub size: usize,
     /// Network batches this request ran itself (0 when everything came from the cache).
     pub network_calls: u64,
+    /// When the requested cache budget was below what this request touches, the budget used
+    /// instead (bytes); `None` when the requested budget was large enough.
+    pub cache_floor: Option<usize>,
 }
 
 /// Why a request failed, by phase, so callers can say what to fix.
@@ -144,16 +153,34 @@ pub enum ServiceError {
     /// The appearance image is absent or unreadable.
     #[error("appearance: {0}")]
     Appearance(EngineError),
+    /// The request needs more memory than it may use (found before its first batch), or an
+    /// allocation failed (candle's CPU or CUDA allocator).
+    #[error("out of memory: {detail}")]
+    OutOfMemory {
+        /// What was needed and what was available, or the allocator's message.
+        detail: String,
+    },
     /// Anything else: settings, device, control frames, networks, cancel.
     #[error(transparent)]
     Render(EngineError),
 }
 
 impl ServiceError {
-    /// Whether the failure was an allocation failure (CUDA or host memory).
+    /// Whether the failure was a lack of memory: the estimate above the limit, or an
+    /// allocation failure (CUDA or host memory) reported by any phase.
     pub fn is_out_of_memory(&self) -> bool {
-        let text = self.to_string().to_ascii_lowercase();
-        text.contains("out of memory") || text.contains("out_of_memory")
+        matches!(self, Self::OutOfMemory { .. }) || memory::is_allocation_failure(&self.to_string())
+    }
+
+    /// Allocation failures of any phase as [`ServiceError::OutOfMemory`]; other errors as they are.
+    fn classify(self) -> Self {
+        match self {
+            Self::OutOfMemory { .. } => self,
+            e if e.is_out_of_memory() => Self::OutOfMemory {
+                detail: format!("the allocator failed: {e}"),
+            },
+            e => e,
+        }
     }
 }
 
@@ -266,6 +293,13 @@ impl WindowNetworks for Serialised<'_> {
     }
 }
 
+/// Bytes of working-resolution control pixels one request keeps, so that each frame is fetched
+/// from the caller once per request rather than once for its key and again for every window
+/// batch that reads it (a host fetch is a `clipGetImage`, a pixel conversion and a resize). At
+/// 512² this holds about 340 frames, more than the dependency cone of 20 steps of 16/4 windows;
+/// frames beyond it are fetched again when read.
+const PIXEL_MEMO_BYTES: usize = 256 << 20;
+
 /// A [`ControlSource`] as the engine's [`ControlFrames`]: resized to the working size with PIL
 /// LANCZOS and keyed exactly as the CLI's [`pipeline::PoseSequence`].
 struct Controls<'a> {
@@ -274,9 +308,28 @@ struct Controls<'a> {
     dtype: DType,
     device: Device,
     keys: Mutex<HashMap<usize, Key>>,
+    /// Working-resolution pixels fetched by this request, within [`PIXEL_MEMO_BYTES`].
+    pixels: Mutex<PixelMemo>,
 }
 
+/// Frame index → working-resolution RGB, and the bytes held.
+type PixelMemo = (HashMap<usize, Arc<Vec<u8>>>, usize);
+
 impl Controls<'_> {
+    /// Frame `f` at the working size, fetched once per request while the memo has room.
+    fn pixels(&self, f: usize) -> Result<Arc<Vec<u8>>> {
+        if let Some(p) = self.pixels.lock().0.get(&f) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(self.rgb8(f)?);
+        let mut memo = self.pixels.lock();
+        if memo.1 + p.len() <= PIXEL_MEMO_BYTES {
+            memo.1 += p.len();
+            memo.0.insert(f, p.clone());
+        }
+        Ok(p)
+    }
+
     fn rgb8(&self, f: usize) -> Result<Vec<u8>> {
         if f >= self.source.len() {
             return Err(EngineError::Input(format!(
@@ -313,7 +366,7 @@ impl ControlFrames for Controls<'_> {
         let k = KeyHasher::tagged("pose")
             .u64(s)
             .u64(s)
-            .bytes(&self.rgb8(f)?)
+            .bytes(&self.pixels(f)?)
             .finish();
         self.keys.lock().insert(f, k);
         Ok(k)
@@ -321,7 +374,7 @@ impl ControlFrames for Controls<'_> {
 
     fn frame(&self, f: usize) -> Result<Tensor> {
         pipeline::rgb8_to_tensor(
-            &self.rgb8(f)?,
+            &self.pixels(f)?,
             self.size,
             self.size,
             self.dtype,
@@ -491,7 +544,24 @@ impl Service {
 
     /// Renders frame `frame` (an index into `control`'s clip) with the batch-overlapped
     /// temporal denoiser, exactly as `anchor render` does for the same inputs.
+    ///
+    /// Before the first batch, the largest window batch's memory is estimated and checked
+    /// against `settings.memory_limit`, and the cache budget is raised to what this request
+    /// touches when it is below; allocation failures of any phase come back as
+    /// [`ServiceError::OutOfMemory`].
     pub fn render_frame(
+        &self,
+        settings: &RenderSettings,
+        appearance: Appearance<'_>,
+        control: &dyn ControlSource,
+        frame: usize,
+        progress: &dyn Progress,
+    ) -> std::result::Result<RenderedFrame, ServiceError> {
+        self.render_frame_inner(settings, appearance, control, frame, progress)
+            .map_err(ServiceError::classify)
+    }
+
+    fn render_frame_inner(
         &self,
         settings: &RenderSettings,
         appearance: Appearance<'_>,
@@ -513,7 +583,6 @@ impl Service {
         if progress.cancelled() {
             return Err(EngineError::Cancelled.into());
         }
-        self.cache.set_budget(settings.cache_bytes);
         let device = select_device(settings.device)?;
         // Before the load, so that an impossible combination is not blamed on the model.
         super::device::check_dtype(&device, settings.dtype)?;
@@ -523,6 +592,50 @@ impl Service {
             .appearance(&loaded, appearance)
             .map_err(ServiceError::Appearance)?;
         let nets = BodyNetworks::new(model, &tokens, loaded.identity)?;
+        let largest = plan.windows().iter().map(|w| w.len()).max().unwrap_or(1);
+        let need = memory::estimate_batch(model, largest, res);
+        log::debug!(
+            "memory estimate: a window batch of {largest} frame(s) at {res}x{res} needs about \
+             {} MiB (weights {} MiB + working set {} MiB); limit {}",
+            memory::mib_ceil(need.total()),
+            memory::mib_ceil(need.weights),
+            memory::mib_ceil(need.working_set),
+            settings
+                .memory_limit
+                .map(|l| format!("{} MiB", l >> 20))
+                .unwrap_or_else(|| "none".into())
+        );
+        if let Some(limit) = settings.memory_limit {
+            if need.total() > limit {
+                return Err(ServiceError::OutOfMemory {
+                    detail: format!(
+                        "a window batch of {largest} frame(s) at {res}x{res} in {} needs about \
+                         {} MiB (model weights {} MiB + working set {} MiB), but only {} MiB \
+                         are available",
+                        dtype_name(model.dtype),
+                        memory::mib_ceil(need.total()),
+                        memory::mib_ceil(need.weights),
+                        memory::mib_ceil(need.working_set),
+                        limit >> 20
+                    ),
+                });
+            }
+        }
+        let latent_ch = model.unet.architecture().in_channels();
+        let factor = model.vae.config().downsample_factor();
+        let latent_bytes =
+            latent_ch * (res / factor) * (res / factor) * model.dtype.size_in_bytes();
+        let image_bytes = 3 * res * res * DType::F32.size_in_bytes();
+        let floor =
+            memory::request_cache_bytes(&plan, settings.steps, frame, latent_bytes, image_bytes);
+        let cache_floor = (settings.cache_bytes < floor).then_some(floor);
+        if cache_floor.is_some() {
+            log::debug!(
+                "cache budget {} bytes is below the {floor} bytes frame {frame} touches: using {floor}",
+                settings.cache_bytes
+            );
+        }
+        self.cache.set_budget(settings.cache_bytes.max(floor));
         let serialised = Serialised {
             nets: &nets,
             service: self,
@@ -531,8 +644,6 @@ impl Service {
             model.configs.scheduler.clone(),
             settings.steps,
         )?);
-        let latent_ch = model.unet.architecture().in_channels();
-        let factor = model.vae.config().downsample_factor();
         let (noise, noise_key) =
             pipeline::initial_noise(settings.seed, None, (latent_ch, res / factor, res / factor))?;
         let noise = noise.to_dtype(model.dtype)?.to_device(&model.device)?;
@@ -542,6 +653,7 @@ impl Service {
             dtype: model.dtype,
             device: model.device.clone(),
             keys: Mutex::new(HashMap::new()),
+            pixels: Mutex::new((HashMap::new(), 0)),
         };
         let params = SamplingParams {
             guidance: settings.guidance,
@@ -563,6 +675,16 @@ impl Service {
             noise_key,
         )?;
         let img = denoiser.image(frame, &mine)?;
+        // Quantisation would floor NaN to black silently: a non-finite frame is an error.
+        let values = img.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(EngineError::Input(format!(
+                "the networks produced {bad} non-finite value(s) (NaN or infinity) in frame \
+                 {frame}; with f16 or bf16 precision, choose f32"
+            ))
+            .into());
+        }
         let (rgb, w, h) = pipeline::image_to_rgb8(&img)?;
         if (w, h) != (res, res) {
             return Err(EngineError::Input(format!(
@@ -574,6 +696,7 @@ impl Service {
             rgb,
             size: res,
             network_calls: mine.calls.load(Ordering::Relaxed) as u64,
+            cache_floor,
         })
     }
 }
@@ -642,6 +765,7 @@ mod tests {
             resolution: 64,
             seed: 42,
             cache_bytes: 256 << 20,
+            memory_limit: None,
         }
     }
 
@@ -851,6 +975,117 @@ mod tests {
         )));
         assert!(oom.is_out_of_memory());
         assert!(!ServiceError::Render(EngineError::Cancelled).is_out_of_memory());
+    }
+
+    #[test]
+    fn a_batch_above_the_memory_limit_fails_before_its_first_batch() {
+        let mut s = settings(&tiny());
+        let model = BodyModel::load(&tiny(), DType::F32, &Device::Cpu).unwrap();
+        let need = memory::estimate_batch(&model, 2, 64);
+        assert!(need.weights > 0 && need.working_set > 0, "{need:?}");
+        let svc = Service::default();
+        s.memory_limit = Some(need.total() - 1);
+        let e = svc
+            .render_frame(&s, photo(), &Synthetic, 0, &NoProgress)
+            .err()
+            .unwrap();
+        assert!(e.is_out_of_memory(), "{e}");
+        let ServiceError::OutOfMemory { detail } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(
+            *detail,
+            format!(
+                "a window batch of 2 frame(s) at 64x64 in f32 needs about {} MiB (model weights {} MiB + working set {} MiB), but only {} MiB are available",
+                memory::mib_ceil(need.total()),
+                memory::mib_ceil(need.weights),
+                memory::mib_ceil(need.working_set),
+                (need.total() - 1) >> 20
+            )
+        );
+        assert_eq!(svc.network_calls(), 0, "failed before any batch");
+        assert_eq!(svc.active_requests(), 0);
+        s.memory_limit = Some(need.total());
+        svc.render_frame(&s, photo(), &Synthetic, 0, &NoProgress)
+            .unwrap();
+        // Allocation failures of any phase are out-of-memory errors too.
+        let alloc = ServiceError::Model {
+            folder: "/m".into(),
+            source: EngineError::Candle(candle_core::Error::Msg(
+                "CUBLAS_STATUS_ALLOC_FAILED".into(),
+            )),
+        }
+        .classify();
+        assert!(
+            matches!(&alloc, ServiceError::OutOfMemory { detail } if detail.starts_with("the allocator failed: ")),
+            "{alloc}"
+        );
+    }
+
+    #[test]
+    fn a_cache_budget_below_one_request_is_raised_and_nothing_is_recomputed() {
+        // 5 frames, window 2, 4 steps: without the floor, a zero budget keeps nothing and every
+        // eps is recomputed for each latent that reads it.
+        let mut s = settings(&tiny());
+        s.steps = 4;
+        s.cache_bytes = 0;
+        let want = Service::default()
+            .render_frame(&settings_with_steps(4), photo(), &Synthetic, 2, &NoProgress)
+            .unwrap();
+        let svc = Service::default();
+        let got = svc
+            .render_frame(&s, photo(), &Synthetic, 2, &NoProgress)
+            .unwrap();
+        assert_eq!(got.rgb, want.rgb);
+        assert_eq!(
+            got.network_calls, want.network_calls,
+            "the cone's batches once each"
+        );
+        let plan = s.plan(5).unwrap();
+        let latent = 4 * 8 * 8 * 4;
+        let floor = memory::request_cache_bytes(&plan, 4, 2, latent, 3 * 64 * 64 * 4);
+        assert_eq!(got.cache_floor, Some(floor));
+        assert!(svc.cache().stats().peak_bytes <= floor);
+        assert_eq!(want.cache_floor, None, "256 MiB is plenty");
+    }
+
+    fn settings_with_steps(steps: usize) -> RenderSettings {
+        let mut s = settings(&tiny());
+        s.steps = steps;
+        s
+    }
+
+    /// [`Synthetic`] counting its fetches.
+    struct Counting(AtomicUsize);
+    impl ControlSource for Counting {
+        fn len(&self) -> usize {
+            Synthetic.len()
+        }
+        fn rgb8(&self, f: usize) -> Result<(Vec<u8>, usize, usize)> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Synthetic.rgb8(f)
+        }
+    }
+
+    #[test]
+    fn each_control_frame_is_fetched_once_per_request() {
+        // 5 frames, window 2, overlap 1, 4 steps: frame 0's cone reads all 5 frames over
+        // 1 + 2 + 3 + 4 batches of 2 frames; each frame is fetched once (for its key), not
+        // again for each batch (5 + 10 × 2 = 25 fetches before).
+        let mut s = settings_with_steps(4);
+        s.overlap = 1;
+        let source = Counting(AtomicUsize::new(0));
+        let svc = Service::default();
+        let r = svc
+            .render_frame(&s, photo(), &source, 0, &NoProgress)
+            .unwrap();
+        assert_eq!(s.frames_needed(5, 0).unwrap(), 0..5);
+        assert_eq!(source.0.load(Ordering::SeqCst), 5);
+        assert_eq!(r.network_calls, 10);
+        let want = Service::default()
+            .render_frame(&s, photo(), &Synthetic, 0, &NoProgress)
+            .unwrap();
+        assert_eq!(r.rgb, want.rgb);
     }
 
     #[test]

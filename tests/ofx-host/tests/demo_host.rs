@@ -239,6 +239,9 @@ fn demo_host_runs_the_tiny_model() {
             })
             .collect()
     };
+    // Finite: the engine fails a render whose decoded frame holds NaN or infinity (so the exit
+    // status above would be non-zero), and the PPM's 8-bit values are checked to be a picture,
+    // not a flat fill such as a copy of the grey input.
     let first = render("demo-model-run1");
     for (t, px) in first.iter().enumerate() {
         let grey = ((255.0 * t as f64).floor() as i64 & 0xff) as u8;

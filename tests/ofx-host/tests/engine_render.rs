@@ -1,9 +1,11 @@
 //! The effect drives the engine (issue 5): `ofx-render` renders a 30-frame mesh clip with the
-//! tiny test model through the bundle, and every frame is bit-identical to the engine's CLI path
-//! (`anchor render`: `BodyModel::load` → `PoseSequence` → `TemporalDenoiser` → floor to 8 bits,
-//! run here in-process with the same calls) under every host pattern of `ofx-hosts.md`; the
-//! network-call count of a whole pass, read from the plugin's debug log, equals the sequential
-//! count; errors arrive as host messages with a failed status.
+//! tiny test model through the bundle, and every frame is bit-identical to the frames the real
+//! `anchor render` CLI writes for the same inputs (the binary of this build, spawned once per
+//! settings and cached for the test process) under every host pattern of `ofx-hosts.md`; the
+//! network-call count of a whole pass, read from the plugin's debug log, equals the count the CLI
+//! prints for its sequential pass; errors arrive as host messages with a failed status (out of
+//! memory with kOfxStatErrMemory, under `MAKE_YOUR_ANCHOR_MEMORY_MIB`); a cache budget below one
+//! frame's working set is raised with one warning; each render fetches each Source frame once.
 //!
 //! Settings: 64×64 working resolution, 4 DDIM steps, window 4, overlap 1 (10 windows, so a full
 //! sequential pass makes 40 network batches), seed 42, guidance 7.5, control scale 2.
@@ -18,14 +20,7 @@ use std::time::Instant;
 
 use common::{bundle, TempDir, PLUGIN_ID};
 use image::{Rgb, RgbImage};
-use make_your_anchor::engine::device;
-use make_your_anchor::engine::model::BodyModel;
-use make_your_anchor::engine::pipeline::{self, BodyNetworks, DdimStep, PoseSequence};
 use make_your_anchor::engine::resample::{resize_rgb8, Filter};
-use make_your_anchor::engine::sampler::ddim::DdimScheduler;
-use make_your_anchor::engine::temporal::{
-    Cache, Counters, Fusion, NoProgress, SamplingParams, Tail, WindowPlan,
-};
 
 /// Frames in the clip.
 const LEN: usize = 30;
@@ -88,77 +83,177 @@ fn poses() -> &'static Poses {
     })
 }
 
-/// What `anchor render --model tiny --poses P --appearance photo.png --resolution 64 --steps 4
-/// --window W --overlap O` computes, with the CLI's own calls: frames (8-bit RGB, 64×64) and
-/// the network-call count of the sequential pass.
+/// What `anchor render` wrote for a set of settings: the frames (8-bit RGB, 64×64, empty where
+/// a frame was not requested) and the network-call count it printed for its sequential pass.
 struct Reference {
     frames: Vec<Vec<u8>>,
     network_calls: u64,
 }
 
-/// The CLI path on the poses of `dir` (all of them define the windows) for the frames `which`
-/// (other entries stay empty).
-fn reference_render(
+/// The cargo profile whose output directory holds this test executable
+/// (`target/<dir>/deps/<test>`): `debug` is the `test` profile's directory under `cargo test`.
+fn profile_of(profile_dir: &Path) -> String {
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "test".into(),
+        Some(other) => other.into(),
+    }
+}
+
+/// Modification time of `path`, if it exists.
+fn mtime(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The `anchor` CLI (`plugin/src/bin/anchor.rs`) of this build, once per test process.
+///
+/// `cargo test --workspace` builds it next to this test's profile directory in the same run:
+/// it is used as it is when it is at least as new as the plugin library cargo built for this
+/// run (`deps/libmake_your_anchor.so`, the same crate) and as its own source. Otherwise (only
+/// `-p ofx-render` was built, or the library changed since) it is built with cargo for this
+/// test's profile and target directory, and the path comes from cargo's JSON messages.
+fn anchor_exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps/<test>");
+        let built = profile_dir.join("anchor");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugin/src/bin/anchor.rs");
+        let newest_input = [common::plugin_library(), source]
+            .iter()
+            .filter_map(|p| mtime(p))
+            .max();
+        if let (Some(bin), Some(input)) = (mtime(&built), newest_input) {
+            if bin >= input {
+                eprintln!("anchor CLI: {} (built by this cargo run)", built.display());
+                return built;
+            }
+        }
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.arg("build")
+            .arg("--manifest-path")
+            .arg(workspace.join("Cargo.toml"))
+            .args(["-p", "make-your-anchor", "--bin", "anchor"])
+            .args(["--profile", &profile_of(profile_dir)])
+            .arg("--message-format=json-render-diagnostics");
+        // The target directory is the one holding this test (it has cargo's CACHEDIR.TAG), so
+        // the dependencies built for this run are reused.
+        if let Some(target) = profile_dir
+            .ancestors()
+            .take(3)
+            .find(|d| d.join("CACHEDIR.TAG").is_file())
+        {
+            cmd.arg("--target-dir").arg(target);
+        }
+        let start = Instant::now();
+        let out = cmd.output().expect("spawn cargo build for the anchor CLI");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "cargo build of the anchor CLI failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            stdout
+        );
+        // The compiler-artifact message of the bin carries `"executable":"<path>"`.
+        let path = stdout
+            .lines()
+            .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
+            .filter_map(|l| {
+                let rest = l.split_once("\"executable\":\"")?.1;
+                Some(PathBuf::from(rest.split_once('"')?.0))
+            })
+            .find(|p| p.file_name().is_some_and(|n| n == "anchor"))
+            .unwrap_or_else(|| panic!("cargo did not name the anchor executable:\n{stdout}"));
+        assert!(path.is_file(), "{} is missing", path.display());
+        eprintln!(
+            "anchor CLI: {} (cargo build {:.1} s)",
+            path.display(),
+            start.elapsed().as_secs_f64()
+        );
+        path
+    })
+}
+
+/// `anchor render --model tiny --poses DIR --appearance photo.png --resolution 64 --steps 4
+/// --window W --overlap O --seed 42 --cfg 7.5 --control-scale 2 --device cpu --precision f32`
+/// (all the poses of `dir` define the windows), run as a process for the frames `which`.
+fn cli_render(
     dir: &Path,
     window: usize,
     overlap: usize,
     which: std::ops::Range<usize>,
 ) -> Reference {
-    let (dev, dtype) = device::select("cpu", "f32").expect("cpu f32");
-    let model = BodyModel::load(&tiny(), dtype, &dev).expect("load tiny model");
-    let (res, _) = pipeline::check_resolution(RES as usize).expect("resolution");
-    let poses = PoseSequence::open(dir, (res, res), dtype, &dev).expect("poses");
-    let len = poses.paths().len();
-    assert_eq!(len, LEN);
-    let plan = WindowPlan::new(len, window, overlap, Tail::Paper, Fusion::Flat).expect("plan");
-    let appearance = pipeline::encode_appearance(&model, &photo()).expect("appearance");
-    let key = pipeline::model_identity(&model).expect("identity");
-    let nets = BodyNetworks::new(&model, &appearance, key).expect("networks");
-    let scheduler =
-        DdimStep(DdimScheduler::new(model.configs.scheduler.clone(), STEPS).expect("scheduler"));
-    let ch = model.unet.architecture().in_channels();
-    let f = model.vae.config().downsample_factor();
-    let noise = pipeline::initial_noise(SEED, None, (ch, res / f, res / f)).expect("noise");
-    let cache = Cache::new(4096 << 20);
-    let counters = Counters::default();
-    let params = SamplingParams {
-        guidance: 7.5,
-        control_scale: 2.0,
-    };
-    let d = pipeline::denoiser(
-        &nets, &scheduler, &poses, &cache, &counters, plan, params, noise,
-    )
-    .expect("denoiser");
+    let out = TempDir::new("cli-out");
+    let len = std::fs::read_dir(dir).expect("list poses").count();
+    let start = Instant::now();
+    let run = Command::new(anchor_exe())
+        .arg("render")
+        .arg("--model")
+        .arg(tiny())
+        .arg("--poses")
+        .arg(dir)
+        .arg("--appearance")
+        .arg(photo())
+        .arg("--out")
+        .arg(out.path())
+        .args(["--resolution", &RES.to_string()])
+        .args(["--steps", &STEPS.to_string()])
+        .args(["--window", &window.to_string()])
+        .args(["--overlap", &overlap.to_string()])
+        .args(["--seed", &SEED.to_string()])
+        .args(["--cfg", "7.5", "--control-scale", "2.0"])
+        .args(["--device", "cpu", "--precision", "f32", "--threads", "1"])
+        .args(["--frames", &format!("{}-{}", which.start, which.end - 1)])
+        .output()
+        .expect("spawn anchor render");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "anchor render failed: {}\n{stdout}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // "rendered N frames of L (W windows x S steps): C network calls, …"
+    let network_calls = stdout
+        .split_once("): ")
+        .and_then(|(_, rest)| rest.split_once(" network calls"))
+        .and_then(|(n, _)| n.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no network-call count in the CLI summary: {stdout}"));
     let frames = (0..len)
-        .map(|i| {
-            if !which.contains(&i) {
+        .map(|n| {
+            if !which.contains(&n) {
                 return Vec::new();
             }
-            let img = d.image(i, &NoProgress).expect("frame");
-            pipeline::image_to_rgb8(&img).expect("rgb8").0
+            let path = out.join(&format!("pose_{n:04}.png"));
+            let img = image::open(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .to_rgb8();
+            assert_eq!(img.dimensions(), (RES, RES), "CLI frame {n}");
+            img.into_raw()
         })
         .collect();
+    eprintln!(
+        "anchor render (window {window}, overlap {overlap}, frames {}-{}): {network_calls} network calls, {:.1} s",
+        which.start,
+        which.end - 1,
+        start.elapsed().as_secs_f64()
+    );
     Reference {
         frames,
-        network_calls: counters
-            .network_calls
-            .load(std::sync::atomic::Ordering::Relaxed),
+        network_calls,
     }
 }
 
-/// The reference for (window, overlap), computed once per test process.
+/// The CLI reference of the 30-frame clip for (window, overlap), rendered once per test process.
 fn reference(window: usize, overlap: usize) -> &'static Reference {
     static R: OnceLock<Mutex<BTreeMap<(usize, usize), &'static Reference>>> = OnceLock::new();
     let map = R.get_or_init(|| Mutex::new(BTreeMap::new()));
-    let mut m = map.lock().expect("reference lock");
-    m.entry((window, overlap)).or_insert_with(|| {
-        Box::leak(Box::new(reference_render(
-            &poses().path,
-            window,
-            overlap,
-            0..LEN,
-        )))
-    })
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    m.entry((window, overlap))
+        .or_insert_with(|| Box::leak(Box::new(cli_render(&poses().path, window, overlap, 0..LEN))))
 }
 
 /// One `ofx-render` run with the plugin's debug log captured.
@@ -223,9 +318,16 @@ fn anchor_params(model: &Path) -> Vec<String> {
 }
 
 fn ofx_render(args: &[String]) -> Run {
+    ofx_render_env(args, &[])
+}
+
+/// `ofx_render` with extra environment variables.
+fn ofx_render_env(args: &[String], env: &[(&str, &str)]) -> Run {
     let logdir = TempDir::new("log");
     let log = logdir.join("plugin.log");
     let start = Instant::now();
+    // A build of the CLI may relink the plugin library: finish it before the bundle copies it.
+    anchor_exe();
     let out = Command::new(env!("CARGO_BIN_EXE_ofx-render"))
         .args([
             "--bundle",
@@ -237,6 +339,8 @@ fn ofx_render(args: &[String]) -> Run {
         .env_remove("MAKE_YOUR_ANCHOR_MODEL")
         .env("MAKE_YOUR_ANCHOR_LOG", &log)
         .env("MAKE_YOUR_ANCHOR_LOG_LEVEL", "debug")
+        .env_remove("MAKE_YOUR_ANCHOR_MEMORY_MIB")
+        .envs(env.iter().copied())
         .output()
         .expect("spawn ofx-render");
     Run {
@@ -417,7 +521,7 @@ fn without_temporal_access_renders_one_frame_windows_and_warns_once() {
     // MLT: no temporal access, a new instance per frame, bottom-up rows. The effect must never
     // use the wrong frames: it denoises each frame alone, which equals the CLI with window 1.
     // Ten frames keep it short; each needs only itself, 4 steps of one-frame windows.
-    let reference = reference_render(&poses().path, 1, 0, 0..10);
+    let reference = cli_render(&poses().path, 1, 0, 0..10);
     assert_eq!(reference.network_calls, (10 * STEPS) as u64);
     let out = TempDir::new("mlt-out");
     let run = render_into(
@@ -444,6 +548,11 @@ fn without_temporal_access_renders_one_frame_windows_and_warns_once() {
 
 /// Render frame 0 only, with `params` replacing the standard ones; the run must fail.
 fn failing_run(params: Vec<String>, extra: &[&str]) -> Run {
+    failing_run_env(params, extra, &[])
+}
+
+/// `failing_run` with extra environment variables.
+fn failing_run_env(params: Vec<String>, extra: &[&str], env: &[(&str, &str)]) -> Run {
     let out = TempDir::new("err-out");
     let mut args: Vec<String> = vec![
         "--input".into(),
@@ -455,7 +564,7 @@ fn failing_run(params: Vec<String>, extra: &[&str]) -> Run {
     ];
     args.extend(params);
     args.extend(extra.iter().map(|s| s.to_string()));
-    let run = ofx_render(&args);
+    let run = ofx_render_env(&args, env);
     assert_eq!(run.code, Some(1), "{}", run.explain());
     assert!(
         crate::common::pngs(out.path()).is_empty(),
@@ -531,6 +640,87 @@ fn no_appearance_fails_with_its_message() {
         "{}",
         run.explain()
     );
+}
+
+#[test]
+fn a_window_batch_above_the_memory_limit_fails_with_out_of_memory() {
+    // MAKE_YOUR_ANCHOR_MEMORY_MIB=1: the tiny model's weights alone exceed 1 MiB, so the engine's
+    // estimate of the first window batch fails the render before any batch runs.
+    let mut params = anchor_params(&tiny());
+    params.extend(["--appearance".into(), photo().display().to_string()]);
+    let run = failing_run_env(params, &[], &[("MAKE_YOUR_ANCHOR_MEMORY_MIB", "1")]);
+    let head = "ofx-render: plugin error: Out of memory while rendering frame 0 (a window batch of 4 frame(s) at 64x64 in f32 needs about ";
+    let tail = " MiB are available (MAKE_YOUR_ANCHOR_MEMORY_MIB)): lower resolution (the working resolution) or window (frames per window), choose f16 precision, or lower cacheMiB";
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with(head))
+        .unwrap_or_else(|| panic!("no out-of-memory message: {}", run.explain()));
+    assert!(line.ends_with(tail), "{line}");
+    // "<needed> MiB (model weights <w> MiB + working set <a> MiB), but only <limit>"
+    let numbers: Vec<u64> = line[head.len()..line.len() - tail.len()]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 4, "{line}");
+    let (needed, weights, working, available) = (numbers[0], numbers[1], numbers[2], numbers[3]);
+    assert_eq!(available, 1, "{line}");
+    assert!(needed > available && weights + working >= needed, "{line}");
+    assert!(
+        run.stderr
+            .contains("OfxImageEffectActionRender failed with kOfxStatErrMemory at frame 0"),
+        "{}",
+        run.explain()
+    );
+    assert_eq!(run.network_calls(), 0, "no batch ran");
+    assert!(
+        !run.log.contains("network call(s) by this render"),
+        "{}",
+        run.explain()
+    );
+}
+
+#[test]
+fn a_cache_budget_below_one_frame_is_raised_with_one_warning() {
+    // cacheMiB=0 would keep nothing and recompute predictions recursively (21 batches instead of
+    // 4 in the engine's unit test); the effect raises the budget to what one frame touches, warns
+    // once, and every frame costs at most its cone (4 + 3 + 2 + 1 = 10 batches for frames 0, 1).
+    let reference = reference(WINDOW, OVERLAP);
+    let out = TempDir::new("floor-out");
+    let run = render_into(out.path(), &["--frames", "0-2", "--param", "cacheMiB=0"]);
+    assert_eq!(run.code, Some(0), "{}", run.explain());
+    compare(out.path(), 0..3, reference).unwrap_or_else(|e| panic!("{e}"));
+    let warning = "ofx-render: plugin warning: cacheMiB is 0 MiB, below the 1 MiB that one frame's temporal denoising keeps in the cache at these settings: Make Your Anchor uses 1 MiB, because a smaller cache would recompute evicted windows over and over. Set cacheMiB to at least 1";
+    assert_eq!(
+        run.stderr.matches(warning).count(),
+        1,
+        "posted once: {}",
+        run.explain()
+    );
+    let per_render: Vec<u64> = run
+        .log
+        .lines()
+        .filter_map(|l| {
+            let (head, _) = l.split_once(" network call(s) by this render")?;
+            head.rsplit(' ').next()?.parse().ok()
+        })
+        .collect();
+    assert_eq!(per_render.len(), 3, "{}", run.explain());
+    assert!(
+        per_render.iter().all(|&n| n <= 10),
+        "no render recomputes beyond its cone: {per_render:?}"
+    );
+    // Each render fetches every Source frame of its cone once (frames 0-2 read 0..13), not
+    // again for each window batch that reads it.
+    let fetches: Vec<u64> = run
+        .log
+        .lines()
+        .filter_map(|l| {
+            let (head, _) = l.split_once(" Source fetch(es) by this render")?;
+            head.rsplit(' ').next()?.parse().ok()
+        })
+        .collect();
+    assert_eq!(fetches, [13, 13, 13], "{}", run.explain());
 }
 
 #[test]
@@ -710,7 +900,7 @@ fn other_sizes_are_resized_in_and_out_with_pillow_lanczos() {
             .save(dir.join(&format!("pose_{n:04}.png")))
             .expect("write pose");
     }
-    let reference = reference_render(dir.path(), WINDOW, OVERLAP, 0..3);
+    let reference = cli_render(dir.path(), WINDOW, OVERLAP, 0..3);
     let out = TempDir::new("resize-out");
     let mut args: Vec<String> = vec![
         "--input".into(),
