@@ -8,11 +8,12 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use make_your_anchor::engine::device::{parse_dtype, select_device, DeviceChoice};
-use make_your_anchor::engine::model::{inspect_model, BodyModel};
+use make_your_anchor::engine::face;
+use make_your_anchor::engine::model::{inspect_model, AnchorModel, BodyModel, ModelPart};
 use make_your_anchor::engine::pipeline::{self, BodyNetworks, DdimStep, PoseSequence};
 use make_your_anchor::engine::sampler::ddim::DdimScheduler;
 use make_your_anchor::engine::temporal::{
-    Cache, Counters, Fusion, Progress, SamplingParams, Tail, WindowPlan,
+    Cache, Counters, Fusion, NoProgress, Progress, SamplingParams, Tail, WindowPlan,
 };
 use make_your_anchor::engine::{EngineError, Result};
 use make_your_anchor::tools;
@@ -117,6 +118,64 @@ struct RenderArgs {
     /// Cache budget in MiB.
     #[arg(long, default_value_t = 4096)]
     cache_mib: usize,
+    /// The face pass (issue 7): re-render each frame's face with a head model.
+    #[command(flatten)]
+    face: FaceArgs,
+}
+
+/// Face enhancement options (spec §5); the defaults are the reference's.
+#[derive(clap::Args)]
+struct FaceArgs {
+    /// Face (head) model folder: a 9-channel inpainting unet/ (or head/), controlnet/, shared
+    /// components as for the body model. Enables the face pass.
+    #[arg(long)]
+    face_model: Option<PathBuf>,
+    /// Landmarks JSON: frame (file stem or index) -> five [x, y] pairs.
+    #[arg(long, requires = "face_model")]
+    face_landmarks: Option<PathBuf>,
+    /// Folder of face mattes named like the pose frames (255 = head).
+    #[arg(long, requires = "face_model")]
+    face_matte: Option<PathBuf>,
+    /// Head reference photo [the face model's head.png, else the --appearance photo].
+    #[arg(long, requires = "face_model")]
+    face_appearance: Option<PathBuf>,
+    /// Aligned crop side in pixels.
+    #[arg(long, default_value_t = 512)]
+    face_crop: usize,
+    /// Inpainting side in pixels.
+    #[arg(long, default_value_t = 256)]
+    face_size: usize,
+    /// Face DDIM steps.
+    #[arg(long, default_value_t = 20)]
+    face_steps: usize,
+    /// Face classifier-free guidance scale.
+    #[arg(long, default_value_t = 3.5)]
+    face_cfg: f64,
+    /// Face ControlNet conditioning scale.
+    #[arg(long, default_value_t = 1.0)]
+    face_control_scale: f64,
+    /// Seed of the face's initial noise (shared by all frames).
+    #[arg(long, default_value_t = 999)]
+    face_seed: u64,
+    /// Smooth the crop transform over time with this weight on the new frame (0-1) [off].
+    #[arg(long)]
+    face_smooth: Option<f64>,
+    /// Temporal face (beyond the paper): denoise the face crops jointly in overlapping windows
+    /// with the inflated head UNet (use with --face-smooth for stable crops).
+    #[arg(long)]
+    face_temporal: bool,
+    /// Face crops per window (temporal face).
+    #[arg(long, default_value_t = 16)]
+    face_window: usize,
+    /// Face crops shared by consecutive windows (temporal face).
+    #[arg(long, default_value_t = 4)]
+    face_overlap: usize,
+    /// Paste-back mask erosion box side in frame pixels.
+    #[arg(long, default_value_t = 40)]
+    face_erode: usize,
+    /// Paste-back mask Gaussian kernel side in frame pixels (odd).
+    #[arg(long, default_value_t = 41)]
+    face_blur: usize,
 }
 
 fn parse_frames(spec: &str, len: usize) -> Result<std::ops::RangeInclusive<usize>> {
@@ -176,6 +235,57 @@ fn write_rgb8(path: &Path, rgb: Vec<u8>, w: usize, h: usize) -> Result<()> {
         path: path.to_path_buf(),
         source: e,
     })
+}
+
+/// The loaded face model and head appearance of a render.
+struct FaceStage {
+    model: AnchorModel,
+    tokens: candle_core::Tensor,
+    key: make_your_anchor::engine::temporal::Key,
+}
+
+impl FaceStage {
+    fn load(
+        args: &FaceArgs,
+        dir: &Path,
+        appearance: &Path,
+        dtype: candle_core::DType,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        let model = AnchorModel::load_part(dir, ModelPart::Head, dtype, device)?;
+        face::inpaint::check_head_model(&model)?;
+        // The head reference: --face-appearance, else the face model's head.png (the reference's
+        // head photo), else the body appearance photo.
+        let in_model = dir.join("head.png");
+        let photo = match &args.face_appearance {
+            Some(p) => p.as_path(),
+            None if in_model.is_file() => in_model.as_path(),
+            None => appearance,
+        };
+        let (rgb, w, h) = pipeline::read_rgb8(photo)?;
+        let tokens = face::inpaint::encode_head_appearance(&model, &rgb, w, h)?;
+        let key = pipeline::folder_identity(&model.layout)?;
+        Ok(Self { model, tokens, key })
+    }
+
+    fn pass(&self, args: &FaceArgs) -> Result<face::FacePass<'_>> {
+        let settings = face::FaceSettings {
+            crop: args.face_crop,
+            inpaint: face::inpaint::InpaintSettings {
+                size: args.face_size,
+                steps: args.face_steps,
+                guidance: args.face_cfg,
+                control_scale: args.face_control_scale,
+                seed: args.face_seed,
+                ..Default::default()
+            },
+            feather: face::feather::FeatherSettings {
+                erode: args.face_erode,
+                blur: args.face_blur,
+            },
+        };
+        face::FacePass::new(&self.model, &self.tokens, settings, self.key)
+    }
 }
 
 fn render(a: RenderArgs) -> Result<()> {
@@ -239,6 +349,78 @@ fn render(a: RenderArgs) -> Result<()> {
         source: e,
     })?;
 
+    let face_stage = match &a.face.face_model {
+        Some(dir) => Some(FaceStage::load(
+            &a.face,
+            dir,
+            &a.appearance,
+            dtype,
+            &device,
+        )?),
+        None => None,
+    };
+    let face_pass = match &face_stage {
+        Some(stage) => Some(stage.pass(&a.face)?),
+        None => None,
+    };
+    let face_inputs = match &face_pass {
+        Some(_) => Some(face::inputs::FaceInputs::open(
+            a.face.face_landmarks.as_deref(),
+            a.face.face_matte.as_deref(),
+            poses.paths(),
+            (res, res),
+        )?),
+        None => None,
+    };
+    let smoothed = match (&face_pass, &face_inputs, a.face.face_smooth) {
+        (Some(pass), Some(inputs), Some(alpha)) => {
+            let frames = (0..len)
+                .map(|f| inputs.frame(f))
+                .collect::<Result<Vec<_>>>()?;
+            let placements: Vec<face::Placement> = frames
+                .iter()
+                .map(|fr| face::Placement {
+                    matte: fr.matte.as_deref(),
+                    landmarks: fr.landmarks,
+                })
+                .collect();
+            Some(pass.clip_transforms(&placements, res, res, Some(alpha)))
+        }
+        _ => None,
+    };
+    let face_counts = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    // Temporal face: the body frames of a window's cone come from the body denoiser (cached).
+    let body_rgb = |f: usize| -> Result<Vec<u8>> {
+        Ok(pipeline::image_to_rgb8(&denoiser.image(f, &NoProgress)?)?.0)
+    };
+    let mesh_rgb = |f: usize| poses.rgb8(f);
+    let clip_source = face_inputs
+        .as_ref()
+        .map(|inputs| face::inputs::RenderedClip {
+            inputs,
+            len,
+            body: &body_rgb,
+            mesh: &mesh_rgb,
+        });
+    let temporal_face = match (&face_pass, &clip_source, a.face.face_temporal) {
+        (Some(pass), Some(src), true) => Some(face::temporal::TemporalFace::new(
+            pass,
+            src,
+            face::temporal::TemporalFaceSettings {
+                window: a.face.face_window,
+                overlap: a.face.face_overlap,
+                smoothing: a.face.face_smooth,
+            },
+        )?),
+        _ => None,
+    };
+    let face_cache = Cache::new(a.cache_mib.saturating_mul(1 << 20));
+    let face_counters = Counters::default();
+    let face_denoiser = match &temporal_face {
+        Some(t) => Some(t.denoiser(&face_cache, &face_counters)?),
+        None => None,
+    };
+
     let bar = Bar {
         total: (denoiser.plan().windows().len() * steps) as u64,
         done: AtomicU64::new(0),
@@ -256,6 +438,42 @@ fn render(a: RenderArgs) -> Result<()> {
                 let Some(&f) = order.get(i) else { break };
                 let r = denoiser.image(f, &bar).and_then(|img| {
                     let (rgb, w, h) = pipeline::image_to_rgb8(&img)?;
+                    let rgb = match (&face_pass, &face_inputs) {
+                        (Some(pass), Some(inputs)) => {
+                            let mesh = poses.rgb8(f)?;
+                            let fr = inputs.frame(f)?;
+                            let placement = face::Placement {
+                                matte: fr.matte.as_deref(),
+                                landmarks: fr.landmarks,
+                            };
+                            let body = face::RgbFrame {
+                                data: &rgb,
+                                width: w,
+                                height: h,
+                            };
+                            let mesh = face::RgbFrame {
+                                data: &mesh,
+                                width: w,
+                                height: h,
+                            };
+                            let out = match (&temporal_face, &face_denoiser) {
+                                (Some(t), Some(d)) => Some(t.frame(d, f)?),
+                                _ => None,
+                            };
+                            let out = match (out, smoothed.as_ref().and_then(|s| s.get(f))) {
+                                (Some(out), _) => out,
+                                (None, Some(Ok(resolved))) => {
+                                    pass.enhance_with(body, mesh, &placement, resolved)?
+                                }
+                                (None, _) => pass.enhance(body, mesh, &placement)?,
+                            };
+                            let i =
+                                usize::from(!matches!(out.status, face::FaceStatus::Enhanced(_)));
+                            face_counts[i].fetch_add(1, Ordering::Relaxed);
+                            out.rgb
+                        }
+                        _ => rgb,
+                    };
                     let name = poses.paths()[f]
                         .file_name()
                         .map(PathBuf::from)
@@ -284,6 +502,16 @@ fn render(a: RenderArgs) -> Result<()> {
             tensors.insert(format!("latents_step{}", s - 1), t);
         }
         candle_core::safetensors::save(&tensors, path)?;
+    }
+    if let Some(pass) = &face_pass {
+        for w in pass.warnings() {
+            eprintln!("anchor: warning: {w}");
+        }
+        println!(
+            "face pass: {} frames enhanced, {} passed through",
+            face_counts[0].load(Ordering::Relaxed),
+            face_counts[1].load(Ordering::Relaxed)
+        );
     }
     let stats = cache.stats();
     println!(

@@ -3,6 +3,7 @@
 //! Make-Your-Anchor (CVPR 2024, arXiv 2403.16510); semantics in `shared/spec/reference-pipeline.md`.
 pub mod device;
 pub mod error;
+pub mod face;
 pub mod memory;
 pub mod model;
 pub mod networks;
