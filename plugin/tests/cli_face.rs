@@ -429,3 +429,53 @@ fn anchor_synth_outputs_drive_the_face_pass() -> TestResult {
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
+
+#[test]
+fn face_parser_flag_changes_the_mask_and_rejects_a_wrong_checkpoint() -> TestResult {
+    let tmp = tempdir("parser")?;
+    let n = 2;
+    let poses = poses(&tmp, n)?;
+    let mut map = serde_json::Map::new();
+    for i in 0..n {
+        map.insert(format!("{i:06}"), serde_json::json!(landmarks(i)));
+    }
+    let lm_file = tmp.join("landmarks.json");
+    std::fs::write(&lm_file, serde_json::Value::Object(map).to_string())?;
+
+    let template_dir = tmp.join("template");
+    render(&poses, &template_dir, &face_args(Some(&lm_file), None))?;
+    // The width-reduced parity checkpoint, in the legacy format of the published 79999_iter.pth.
+    let parser = fixtures().join("bisenet_tiny_legacy.pth");
+    let mut extra = face_args(Some(&lm_file), None);
+    extra.extend(["--face-parser".to_string(), parser.to_string_lossy().into()]);
+    let parsed_dir = tmp.join("parsed");
+    let r = render(&poses, &parsed_dir, &extra)?;
+    assert!(
+        r.stdout.contains("face pass: 2 frames enhanced"),
+        "{}",
+        r.stdout
+    );
+    let differing = (0..n)
+        .map(|i| {
+            Ok::<_, Box<dyn std::error::Error>>(read(&template_dir, i)? != read(&parsed_dir, i)?)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    println!("frames whose output differs from the template-mask run: {differing:?}");
+    assert!(
+        differing.iter().all(|&d| d),
+        "the parser's mask was not used"
+    );
+
+    // Another network's weights are a named error, and the render stops.
+    let vae = fixtures().join("tiny/vae/diffusion_pytorch_model.safetensors");
+    let mut bad = face_args(Some(&lm_file), None);
+    bad.extend(["--face-parser".to_string(), vae.to_string_lossy().into()]);
+    let err = render(&poses, &tmp.join("bad"), &bad)
+        .err()
+        .ok_or("a VAE checkpoint was accepted as a face parser")?
+        .to_string();
+    println!("{err}");
+    assert!(err.contains("not a face-parsing.PyTorch BiSeNet"), "{err}");
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}

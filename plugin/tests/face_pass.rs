@@ -45,6 +45,7 @@ fn settings() -> FaceSettings {
         },
         // The reference's 40/41 px feather is sized for 512² frames; these frames are 64².
         feather: FeatherSettings { erode: 4, blur: 5 },
+        parser: None,
     }
 }
 

@@ -136,6 +136,11 @@ struct FaceArgs {
     /// Folder of face mattes named like the pose frames (255 = head).
     #[arg(long, requires = "face_model")]
     face_matte: Option<PathBuf>,
+    /// BiSeNet face-parsing checkpoint (face-parsing.PyTorch 79999_iter.pth, or the same weights
+    /// as .safetensors): the crop mask of frames without a matte (precedence: matte,
+    /// parser, landmark template).
+    #[arg(long, requires = "face_model")]
+    face_parser: Option<PathBuf>,
     /// Head reference photo [the face model's head.png, else the --appearance photo].
     #[arg(long, requires = "face_model")]
     face_appearance: Option<PathBuf>,
@@ -283,6 +288,7 @@ impl FaceStage {
                 erode: args.face_erode,
                 blur: args.face_blur,
             },
+            parser: args.face_parser.clone(),
         };
         face::FacePass::new(&self.model, &self.tokens, settings, self.key)
     }

@@ -4,6 +4,7 @@
 pub mod device;
 pub mod error;
 pub mod face;
+pub mod legacy_pth;
 pub mod memory;
 pub mod model;
 pub mod networks;

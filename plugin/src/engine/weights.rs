@@ -1,4 +1,5 @@
-//! Strict weight loading: `.safetensors` and PyTorch `.bin`, cast to the run dtype, with a key check.
+//! Strict weight loading: `.safetensors` and PyTorch `.bin` (zip, or legacy pre-1.6 through
+//! `legacy_pth`), cast to the run dtype, with a key check.
 //!
 //! The reference loads its 3D UNet with `strict=False`, so a wrong key is silently random-initialised
 //! (spec §1.2, §7.17). Here every tensor a network asks for must exist with the expected shape, and
@@ -171,6 +172,8 @@ pub struct TensorEntry {
 enum Source {
     Safetensors(candle_core::safetensors::MmapedSafetensors),
     Pth(candle_core::pickle::PthTensors),
+    /// PyTorch < 1.6 `torch.save` (non-zip), e.g. the BiSeNet `79999_iter.pth`.
+    LegacyPth(super::legacy_pth::LegacyPth),
 }
 
 struct Inner {
@@ -294,6 +297,27 @@ impl StrictWeights {
                 );
             }
             (Source::Safetensors(st), index)
+        } else if (ext == "bin" || ext == "pt" || ext == "pth" || ext == "ckpt")
+            && super::legacy_pth::is_legacy(path)
+        {
+            // As below, a panic in candle's pickle machine must not reach the host.
+            let opened = std::panic::catch_unwind(|| super::legacy_pth::LegacyPth::open(path))
+                .map_err(|_| corrupt("the pickle reader failed".to_string()))?;
+            let legacy = opened.map_err(|e| corrupt(e.to_string()))?;
+            let index = legacy
+                .entries()
+                .iter()
+                .map(|(name, e)| {
+                    (
+                        name.clone(),
+                        TensorEntry {
+                            shape: e.shape.clone(),
+                            dtype: e.dtype.as_str().to_string(),
+                        },
+                    )
+                })
+                .collect();
+            (Source::LegacyPth(legacy), index)
         } else if ext == "bin" || ext == "pt" || ext == "pth" || ext == "ckpt" {
             // candle's pickle reader is defensive, but a panic there must not reach the host.
             let opened =
@@ -550,6 +574,7 @@ impl Inner {
                     None => Err(candle_err(format!("no tensor '{key}'"))),
                 }
             }
+            Source::LegacyPth(legacy) => legacy.load(key, device),
         }
     }
 

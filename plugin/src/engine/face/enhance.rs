@@ -11,12 +11,15 @@
 //! a [`FaceStatus::Skipped`] status; the first frame of each kind logs one warning per pass (one
 //! pass per clip), and [`FacePass::warnings`] lists them.
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use candle_core::Tensor;
 use parking_lot::Mutex;
 
 use crate::engine::model::AnchorModel;
+use crate::engine::networks::bisenet::FaceParser;
 use crate::engine::temporal::{Key, KeyHasher};
 use crate::engine::{EngineError, Result};
 
@@ -37,6 +40,11 @@ pub struct FaceSettings {
     pub inpaint: InpaintSettings,
     /// The paste-back feather.
     pub feather: FeatherSettings,
+    /// An optional BiSeNet face-parsing checkpoint (face-parsing.PyTorch `79999_iter.pth` as
+    /// published, a re-saved `.pth`, or `.safetensors`): when set, frames without a matte get
+    /// the reference's parsed mask (spec §5.2) instead of the landmark template. Mask precedence:
+    /// matte, parser, template (see `mask`).
+    pub parser: Option<PathBuf>,
 }
 
 impl Default for FaceSettings {
@@ -45,6 +53,7 @@ impl Default for FaceSettings {
             crop: 512,
             inpaint: InpaintSettings::default(),
             feather: FeatherSettings::default(),
+            parser: None,
         }
     }
 }
@@ -88,7 +97,8 @@ pub struct Placement<'a> {
 pub enum PlacementSource {
     /// The matte's box and principal axis; the matte is also the mask.
     Matte,
-    /// The landmarks (Umeyama to the FFHQ template); the mask is the template ellipse.
+    /// The landmarks (Umeyama to the FFHQ template); the mask is the face parser's when one is
+    /// loaded, else the template ellipse.
     Landmarks,
 }
 
@@ -189,6 +199,10 @@ const MEMO_CAPACITY: usize = 32;
 pub struct FacePass<'m> {
     inpainter: HeadInpainter<'m>,
     settings: FaceSettings,
+    /// The loaded [`FaceSettings::parser`].
+    parser: Option<FaceParser>,
+    /// Whether the parser fallback warning was logged.
+    parser_warned: AtomicBool,
     identity: Key,
     memo: Mutex<HashMap<Key, Arc<FaceResult>>>,
     warned: Mutex<HashSet<SkipReason>>,
@@ -227,6 +241,11 @@ impl<'m> FacePass<'m> {
                 settings.feather.blur
             )));
         }
+        // The parser runs on the head model's device (a 512² ResNet-18: cheap next to the UNet).
+        let parser = match &settings.parser {
+            Some(path) => Some(FaceParser::load(path, &inpainter.model().device)?),
+            None => None,
+        };
         let mut h = KeyHasher::tagged("face-pass");
         h.key(model_key);
         h.str(&format!("{settings:?}"));
@@ -239,6 +258,8 @@ impl<'m> FacePass<'m> {
         Ok(Self {
             inpainter,
             settings,
+            parser,
+            parser_warned: AtomicBool::new(false),
             identity: h.finish(),
             memo: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
@@ -411,10 +432,11 @@ impl<'m> FacePass<'m> {
         }
         let crop = self.settings.crop;
         let size = self.settings.inpaint.size;
-        let mask = self.crop_mask(placement, resolved, w, h)?;
         // Spec §5.1: the same M crops the mesh render and the generated body frame.
         let mesh_crop = warp_affine_u8(mesh.data, w, h, 3, &m, crop, crop);
         let body_crop = warp_affine_u8(body.data, w, h, 3, &m, crop, crop);
+        // Spec §5.2: the parser reads the aligned crop of the generated body frame.
+        let mask = self.crop_mask_with(placement, resolved, w, h, Some(&body_crop))?;
         // Spec §5.3: every head input is cv2-resized to the working size.
         Ok(FaceCrops {
             control: resize_linear_u8(&mesh_crop, crop, crop, 3, size, size),
@@ -424,8 +446,11 @@ impl<'m> FacePass<'m> {
         })
     }
 
-    /// The working-size crop mask (255 = keep) of a placement in a `w × h` frame; `Err` when it
-    /// has no face pixel.
+    /// The working-size crop mask (255 = keep) of a placement in a `w × h` frame from the matte
+    /// or the landmark template (no pixels needed, so it can vet a whole clip up front); `Err`
+    /// when it has no face pixel. With a parser, [`Self::crops`] replaces the template by the
+    /// parsed mask, and falls back to the template when the parser finds no face, so this check
+    /// stays valid.
     pub fn crop_mask(
         &self,
         placement: &Placement,
@@ -433,19 +458,56 @@ impl<'m> FacePass<'m> {
         w: usize,
         h: usize,
     ) -> std::result::Result<Vec<u8>, SkipReason> {
+        self.crop_mask_with(placement, resolved, w, h, None)
+    }
+
+    /// Whether a face parser is loaded.
+    pub fn has_parser(&self) -> bool {
+        self.parser.is_some()
+    }
+
+    /// [`Self::crop_mask`] with the crop-size RGB body crop for the parser. Precedence: the
+    /// matte, then the parser (when loaded and given the crop), then the landmark template.
+    fn crop_mask_with(
+        &self,
+        placement: &Placement,
+        resolved: &ResolvedPlacement,
+        w: usize,
+        h: usize,
+        body_crop: Option<&[u8]>,
+    ) -> std::result::Result<Vec<u8>, SkipReason> {
         let crop = self.settings.crop;
         let size = self.settings.inpaint.size;
         let mask_crop = match (resolved.source, placement.matte) {
             (PlacementSource::Matte, Some(matte)) if matte.len() == w * h => {
                 mask::from_matte(matte, w, h, &resolved.transform, crop)
             }
-            _ => mask::from_template(crop),
+            _ => match (&self.parser, body_crop) {
+                (Some(parser), Some(rgb)) => self.parsed_or_template(parser, rgb, crop),
+                _ => mask::from_template(crop),
+            },
         };
         let small = resize_linear_u8(&mask_crop, crop, crop, 1, size, size);
         if mask::coverage(&small) == Coverage::NoFace {
             return Err(SkipReason::EmptyMask);
         }
         Ok(small)
+    }
+
+    /// The parser's crop mask; the template when the parser fails or finds no face (one warning
+    /// per pass), so a frame the template would enhance is never dropped by the parser.
+    fn parsed_or_template(&self, parser: &FaceParser, rgb: &[u8], crop: usize) -> Vec<u8> {
+        let problem = match mask::from_parser(parser, rgb, crop) {
+            Ok(m) if mask::coverage(&m) != Coverage::NoFace => return m,
+            Ok(_) => "the face parser found no face in the crop".to_string(),
+            Err(e) => format!("the face parser failed ({e})"),
+        };
+        if !self.parser_warned.swap(true, Ordering::Relaxed) {
+            let msg = format!("face pass: {problem}; using the landmark template mask instead");
+            log::warn!("{msg}");
+            self.warnings.lock().push(msg);
+        }
+        mask::from_template(crop)
     }
 
     /// The transforms of a whole clip (`w × h` frames), optionally smoothed over time with

@@ -4,12 +4,28 @@
 //! - From the face matte: the matte is warped into the crop with the alignment `M` (bilinear,
 //!   border 0), pixels ≥ 128 are face, the face is dilated once with a 3×3 box (as the reference
 //!   dilates its BiSeNet classes 1–13), then inverted.
-//! - Without a matte, from the landmarks: the crop is aligned to the FFHQ template, so the face
+//! - Without a matte, from a BiSeNet face parser when the user gave its checkpoint (the
+//!   reference's own mask, spec §5.2): the parser runs on the aligned crop of the generated body
+//!   frame, classes 1–13 are face, dilated once 3×3, inverted ([`from_parser`]).
+//! - Otherwise, from the landmarks: the crop is aligned to the FFHQ template, so the face
 //!   always sits at the same place in it. The region is the ellipse centred at
 //!   [`TEMPLATE_FACE_CENTRE`] with semi-axes [`TEMPLATE_FACE_AXES`] (crop-512 pixels, scaled by
 //!   `crop / 512`): from the brows' top to below the chin and from cheek to cheek, the skin area
 //!   the reference's classes 1–13 cover in FFHQ-aligned crops (hair and neck excluded).
+//!
+//! Precedence (first present wins): matte, parser, landmark template. The matte comes first
+//! because it is the user's own ground truth of the head; the parser reads the generated pixels,
+//! the template only assumes an average face.
+use std::ops::RangeInclusive;
+
 use super::warp::{warp_affine_u8, Affine};
+use crate::engine::networks::bisenet::FaceParser;
+use crate::engine::Result;
+
+/// The CelebAMask-HQ classes the reference regenerates (spec §5.2): skin, brows, eyes,
+/// eyeglasses, ears, earring, nose, mouth, lips. Background (0), neck (14), necklace (15),
+/// cloth (16), hair (17) and hat (18) are kept.
+pub const FACE_CLASSES: RangeInclusive<u8> = 1..=13;
 
 /// Centre of the landmark-based face ellipse in a 512 crop (between the template's eyes and
 /// mouth, slightly low to reach the chin).
@@ -75,6 +91,23 @@ pub fn from_matte(matte: &[u8], w: usize, h: usize, m: &Affine, crop: usize) -> 
         .collect()
 }
 
+/// The crop mask from a parser's per-pixel classes (`w × h`): face = [`FACE_CLASSES`], dilated
+/// once 3×3, inverted (255 = keep).
+pub fn from_classes(classes: &[u8], w: usize, h: usize) -> Vec<u8> {
+    let face: Vec<u8> = classes
+        .iter()
+        .map(|c| if FACE_CLASSES.contains(c) { 255 } else { 0 })
+        .collect();
+    dilate3(&face, w, h).into_iter().map(|v| 255 - v).collect()
+}
+
+/// The crop mask from the BiSeNet parser run on the aligned RGB crop (`crop × crop`) of the
+/// generated body frame, as the reference's `get_mask.py` parses `raw_aligned` (spec §5.2).
+pub fn from_parser(parser: &FaceParser, crop_rgb: &[u8], crop: usize) -> Result<Vec<u8>> {
+    let classes = parser.classes(crop_rgb, crop, crop)?;
+    Ok(from_classes(&classes, crop, crop))
+}
+
 /// The crop mask from the landmark template (see the module docs).
 pub fn from_template(crop: usize) -> Vec<u8> {
     let s = crop as f64 / 512.0;
@@ -104,6 +137,22 @@ mod tests {
         assert_eq!(m[300 * 512 + 256], 0, "the face centre is regenerated");
         assert_eq!(coverage(&[255; 9]), Coverage::NoFace);
         assert_eq!(coverage(&[0; 9]), Coverage::AllFace);
+    }
+
+    #[test]
+    fn class_mask_keeps_hair_and_neck_and_dilates_face() {
+        let (w, h) = (5, 3);
+        // Row 0: background, skin, lips, neck, hair; rows 1-2: hat.
+        let mut classes = vec![18u8; w * h];
+        classes[..5].copy_from_slice(&[0, 1, 13, 14, 17]);
+        let m = from_classes(&classes, w, h);
+        // Columns 0..=3 of rows 0-1 are face after the 3x3 dilation of columns 1-2 in row 0.
+        let expect: Vec<u8> = vec![
+            0, 0, 0, 0, 255, //
+            0, 0, 0, 0, 255, //
+            255, 255, 255, 255, 255,
+        ];
+        assert_eq!(m, expect);
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //! | `warp.rs`      | `cv2.warpAffine` / `cv2.resize` bilinear, affine inverse               |
 //! | `feather.rs`   | erode 40 + Gaussian 41 paste-back mask                                 |
 //! | `landmarks.rs` | the landmarks JSON file; degenerate / out-of-frame checks              |
-//! | `mask.rs`      | the inverted crop mask from the matte or the landmark template         |
+//! | `mask.rs`      | the inverted crop mask: matte, else BiSeNet parser, else template      |
 //! | `inpaint.rs`   | the 9-channel inpainting diffusion with the head ControlNet            |
 //! | `blend.rs`     | inverse warp and feathered mix, truncated to 8 bits                    |
 //! | `enhance.rs`   | the per-frame pass, degradation, memo                                  |

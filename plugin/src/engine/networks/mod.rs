@@ -1,6 +1,7 @@
 //! The networks, one file per diffusers/transformers class, built from their `config.json`.
 pub mod attention;
 mod attention_cpu;
+pub mod bisenet;
 pub mod clip;
 pub mod controlnet;
 pub mod embeddings;
