@@ -3,6 +3,8 @@ pub mod attention;
 mod attention_cpu;
 pub mod clip;
 pub mod controlnet;
+pub mod conv;
+pub mod differentiable;
 pub mod embeddings;
 pub mod group_norm;
 pub mod resnet;
