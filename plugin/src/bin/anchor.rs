@@ -15,6 +15,7 @@ use make_your_anchor::engine::sampler::ddim::DdimScheduler;
 use make_your_anchor::engine::temporal::{
     Cache, Counters, Fusion, NoProgress, Progress, SamplingParams, Tail, WindowPlan,
 };
+use make_your_anchor::engine::train;
 use make_your_anchor::engine::{EngineError, Result};
 use make_your_anchor::tools;
 
@@ -50,6 +51,10 @@ enum Command {
     Synth(tools::synth::SynthArgs),
     /// Compare rendered frames with ground truth: PSNR, SSIM, silhouette IoU, seam flicker.
     Eval(tools::eval::EvalArgs),
+    /// Train the UNet and ControlNet (pretrain or finetune) on JSON-Lines data.
+    Train(Box<train::cli::TrainArgs>),
+    /// Train a KL autoencoder (VAE) for a tiny model family.
+    TrainVae(Box<train::cli::TrainVaeArgs>),
 }
 
 #[derive(clap::Args)]
@@ -547,6 +552,8 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Synth(a) => return tools::exit_code(tools::synth::run(&a)),
         Command::Eval(a) => return tools::exit_code(tools::eval::run(&a)),
+        Command::Train(a) => return train::cli::exit_code(train::cli::run_train(&a)),
+        Command::TrainVae(a) => return train::cli::exit_code(train::cli::run_train_vae(&a)),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

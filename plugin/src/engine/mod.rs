@@ -13,6 +13,7 @@ pub mod resample;
 pub mod sampler;
 pub mod service;
 pub mod temporal;
+pub mod train;
 pub mod weights;
 
 pub use error::{EngineError, Result};

@@ -33,6 +33,10 @@ const MIN_KEY_BLOCK_ROWS: usize = 512;
 /// Exact up to float rounding. Uses [`fused_attention`] where it applies (the CPU), else
 /// [`blocked_attention`] with the default block sizes.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    // Training: the kernels below have no backward pass (see `differentiable`).
+    if super::differentiable::needs_grad(&[q, k, v]) {
+        return super::differentiable::attention(q, k, v, scale);
+    }
     if let Some(out) = fused_attention(q, k, v, scale)? {
         return Ok(out);
     }

@@ -8,8 +8,9 @@
 //! (`IndividualAttention`, spec §2, §7.2).
 use std::path::{Path, PathBuf};
 
+use super::conv::{Conv2d, Conv2dConfig};
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
@@ -441,7 +442,7 @@ impl ControlNetModel {
             }
         }
         let zero_conv =
-            |c: usize, vb: VarBuilder| candle_nn::conv2d(c, c, 1, Conv2dConfig::default(), vb);
+            |c: usize, vb: VarBuilder| super::conv::conv2d(c, c, 1, Conv2dConfig::default(), vb);
         let controlnet_down_blocks = widths
             .iter()
             .enumerate()
@@ -491,6 +492,62 @@ impl ControlNetModel {
         mode: Temporal,
     ) -> Result<ControlNetOutput> {
         let b = check_sample(sample, self.arch.in_channels, "ControlNet sample")?;
+        let t_proj = self
+            .arch
+            .time_proj
+            .forward(timestep, b, sample.dtype(), sample.device())?;
+        self.forward_embedded(
+            sample,
+            &t_proj,
+            encoder_hidden_states,
+            controlnet_cond,
+            conditioning_scale,
+            mode,
+        )
+    }
+
+    /// [`Self::forward`] with one timestep per batch entry (training, spec §6).
+    pub fn forward_timesteps(
+        &self,
+        sample: &Tensor,
+        timesteps: &[f64],
+        encoder_hidden_states: &Tensor,
+        controlnet_cond: &Tensor,
+        conditioning_scale: f64,
+        mode: Temporal,
+    ) -> Result<ControlNetOutput> {
+        let b = check_sample(sample, self.arch.in_channels, "ControlNet sample")?;
+        if timesteps.len() != b {
+            return Err(EngineError::Input(format!(
+                "{} timesteps for a batch of {b}",
+                timesteps.len()
+            )));
+        }
+        let t_proj =
+            self.arch
+                .time_proj
+                .forward_each(timesteps, sample.dtype(), sample.device())?;
+        self.forward_embedded(
+            sample,
+            &t_proj,
+            encoder_hidden_states,
+            controlnet_cond,
+            conditioning_scale,
+            mode,
+        )
+    }
+
+    /// The network after the timestep sinusoid `t_proj: [B, C0]`.
+    fn forward_embedded(
+        &self,
+        sample: &Tensor,
+        t_proj: &Tensor,
+        encoder_hidden_states: &Tensor,
+        controlnet_cond: &Tensor,
+        conditioning_scale: f64,
+        mode: Temporal,
+    ) -> Result<ControlNetOutput> {
+        let b = sample.dim(0)?;
         let (_, _, h, w) = sample.dims4()?;
         let s = self.arch.conditioning_downscale();
         let expected = [b, self.arch.conditioning_channels, h * s, w * s];
@@ -502,12 +559,7 @@ impl ControlNetModel {
         }
         let context = context_for_batch(encoder_hidden_states, b, self.arch.cross_attention_dim())?;
         let layout = FrameLayout::new(mode, b, false)?;
-        let temb = self.time_embedding.forward(&self.arch.time_proj.forward(
-            timestep,
-            b,
-            sample.dtype(),
-            sample.device(),
-        )?)?;
+        let temb = self.time_embedding.forward(t_proj)?;
         let cond = controlnet_cond.to_dtype(sample.dtype())?;
         let cond = if self.arch.bgr {
             let c = self.arch.conditioning_channels;

@@ -90,4 +90,22 @@ impl Timesteps {
         .broadcast_as((batch, self.num_channels))?
         .contiguous()
     }
+
+    /// One sinusoid row per batch entry, `[timesteps.len(), num_channels]`: training draws a
+    /// timestep per sample (spec §6).
+    pub fn forward_each(&self, timesteps: &[f64], dtype: DType, device: &Device) -> Result<Tensor> {
+        let rows = timesteps
+            .iter()
+            .map(|&t| {
+                timestep_sinusoid(
+                    t,
+                    self.num_channels,
+                    self.flip_sin_to_cos,
+                    self.freq_shift,
+                    device,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&rows, 0)?.to_dtype(dtype)
+    }
 }

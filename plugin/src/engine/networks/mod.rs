@@ -4,6 +4,8 @@ mod attention_cpu;
 pub mod bisenet;
 pub mod clip;
 pub mod controlnet;
+pub mod conv;
+pub mod differentiable;
 pub mod embeddings;
 pub mod group_norm;
 pub mod resnet;

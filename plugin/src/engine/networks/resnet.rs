@@ -2,8 +2,9 @@
 //!
 //! In a window (spec §2) the two GroupNorms of a ResNet block take statistics over all frames of the
 //! window; convolutions and resampling stay per frame.
+use super::conv::{Conv2d, Conv2dConfig};
 use candle_core::{Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, Module, VarBuilder};
+use candle_nn::{Linear, Module, VarBuilder};
 
 use super::group_norm::GroupNorm;
 
@@ -20,7 +21,7 @@ pub(crate) fn conv(
         stride,
         ..Default::default()
     };
-    candle_nn::conv2d(cin, cout, k, cfg, vb)
+    super::conv::conv2d(cin, cout, k, cfg, vb)
 }
 
 /// `ResnetBlock2D`: `norm1 → SiLU → conv1 → + time_emb_proj(SiLU(temb)) → norm2 → SiLU → conv2`,
@@ -48,7 +49,7 @@ impl ResnetBlock2D {
         vb: VarBuilder,
     ) -> Result<Self> {
         let conv_shortcut = if cin != cout {
-            Some(candle_nn::conv2d(
+            Some(super::conv::conv2d(
                 cin,
                 cout,
                 1,
@@ -111,7 +112,7 @@ impl Downsample2D {
             ..Default::default()
         };
         Ok(Self {
-            conv: candle_nn::conv2d(channels, channels, 3, cfg, vb.pp("conv"))?,
+            conv: super::conv::conv2d(channels, channels, 3, cfg, vb.pp("conv"))?,
             padding,
         })
     }

@@ -4,10 +4,12 @@
 //! In a window (spec §2) only `attn1` of the UNet sees all frames; the transformer's own GroupNorm
 //! (`norm`, eps 1e-6), `attn2` (cross-attention to the appearance tokens), the FF and the
 //! projections stay per frame. GEGLU uses the exact erf GELU (spec §7.9).
+use super::conv::{Conv2d, Conv2dConfig};
 use candle_core::{Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{LayerNorm, Linear, Module, VarBuilder};
 
 use super::attention::Attention;
+use super::differentiable::layer_norm;
 use super::group_norm::GroupNorm;
 
 /// What a `Transformer2DModel` needs beyond its channel count (from the UNet/ControlNet config).
@@ -120,13 +122,13 @@ impl BasicTransformerBlock {
     pub fn forward(&self, x: &Tensor, context: &Tensor, attn_frames: usize) -> Result<Tensor> {
         let mut x = (self
             .attn1
-            .forward(&self.norm1.forward(x)?, None, attn_frames)?
+            .forward(&layer_norm(&self.norm1, x)?, None, attn_frames)?
             + x)?;
         x = (self
             .attn2
-            .forward(&self.norm2.forward(&x)?, Some(context), 1)?
+            .forward(&layer_norm(&self.norm2, &x)?, Some(context), 1)?
             + &x)?;
-        self.ff.forward(&self.norm3.forward(&x)?)? + x
+        self.ff.forward(&layer_norm(&self.norm3, &x)?)? + x
     }
 }
 
@@ -142,7 +144,7 @@ impl Projection {
         Ok(if linear {
             Self::Linear(candle_nn::linear(cin, cout, vb)?)
         } else {
-            Self::Conv(candle_nn::conv2d(
+            Self::Conv(super::conv::conv2d(
                 cin,
                 cout,
                 1,

@@ -8,8 +8,9 @@
 //! weights. ControlNet residuals (spec §1.4) are added to the skip states and the mid block.
 use std::path::{Path, PathBuf};
 
+use super::conv::Conv2d;
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 pub use super::controlnet::ControlNetOutput;
@@ -767,14 +768,49 @@ impl UNet2DConditionModel {
         mode: Temporal,
     ) -> Result<Tensor> {
         let b = check_sample(sample, self.arch.in_channels, "UNet sample")?;
+        let t_proj = self
+            .arch
+            .time_proj
+            .forward(timestep, b, sample.dtype(), sample.device())?;
+        self.forward_embedded(sample, &t_proj, encoder_hidden_states, residuals, mode)
+    }
+
+    /// [`Self::forward`] with one timestep per batch entry (training, spec §6).
+    pub fn forward_timesteps(
+        &self,
+        sample: &Tensor,
+        timesteps: &[f64],
+        encoder_hidden_states: &Tensor,
+        residuals: Option<&ControlNetOutput>,
+        mode: Temporal,
+    ) -> Result<Tensor> {
+        let b = check_sample(sample, self.arch.in_channels, "UNet sample")?;
+        if timesteps.len() != b {
+            return Err(EngineError::Input(format!(
+                "{} timesteps for a batch of {b}",
+                timesteps.len()
+            )));
+        }
+        let t_proj =
+            self.arch
+                .time_proj
+                .forward_each(timesteps, sample.dtype(), sample.device())?;
+        self.forward_embedded(sample, &t_proj, encoder_hidden_states, residuals, mode)
+    }
+
+    /// The network after the timestep sinusoid `t_proj: [B, C0]`.
+    fn forward_embedded(
+        &self,
+        sample: &Tensor,
+        t_proj: &Tensor,
+        encoder_hidden_states: &Tensor,
+        residuals: Option<&ControlNetOutput>,
+        mode: Temporal,
+    ) -> Result<Tensor> {
+        let b = sample.dim(0)?;
         let context = context_for_batch(encoder_hidden_states, b, self.arch.cross_attention_dim())?;
         let layout = FrameLayout::new(mode, b, true)?;
-        let temb = self.time_embedding.forward(&self.arch.time_proj.forward(
-            timestep,
-            b,
-            sample.dtype(),
-            sample.device(),
-        )?)?;
+        let temb = self.time_embedding.forward(t_proj)?;
         let x = if self.arch.center_input_sample {
             ((sample * 2.0)? - 1.0)?
         } else {

@@ -11,8 +11,9 @@
 //! and the legacy `query/key/value/proj_attn`.
 use std::path::Path;
 
+use super::conv::{Conv2d, Conv2dConfig};
 use candle_core::{Module, Result as CResult, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::engine::error::{EngineError, Result};
@@ -160,7 +161,7 @@ fn conv(
         stride,
         ..Default::default()
     };
-    candle_nn::conv2d(cin, cout, k, cfg, vb)
+    super::conv::conv2d(cin, cout, k, cfg, vb)
 }
 
 /// diffusers `ResnetBlock2D` without time embedding (eps 1e-6 in the VAE).
@@ -253,8 +254,9 @@ impl Module for MidAttention {
         // diffusers upcasts the softmax for this block (`upcast_softmax=True`).
         let scores = (q.matmul(&k.t()?)? * self.scale)?;
         let dtype = scores.dtype();
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(candle_core::DType::F32)?)?
-            .to_dtype(dtype)?;
+        let probs =
+            super::differentiable::softmax_last_dim(&scores.to_dtype(candle_core::DType::F32)?)?
+                .to_dtype(dtype)?;
         let out = probs.matmul(&v)?;
         let out = self.to_out.forward(&out)?;
         let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Trains the embedded default model resources/models/tiny-anchor/ from `anchor synth` data
+# (issue 6). Every seed is fixed, so the result is a pure function of this script and the build.
+#
+#   QUICK=1 resources/models/tiny-anchor/train.sh   # a few steps of every stage (minutes)
+#   resources/models/tiny-anchor/train.sh           # the full recipe (hours on 2 CPU cores)
+#   INSTALL=1 ...                                   # also copy the result into this folder
+#
+# On a machine shared with other jobs, RAYON_NUM_THREADS=1 avoids candle's spinning thread
+# barriers (about half the CPU time); with dedicated cores leave it unset.
+#
+# Each stage resumes from its newest checkpoint when run again (--resume), so the recipe can be
+# interrupted and restarted; a finished stage is skipped.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../../.." && pwd)
+WORK=${WORK:-$ROOT/target/tiny-anchor}
+QUICK=${QUICK:-0}
+SIZE=${SIZE:-128}
+INSTALL=${INSTALL:-0}
+if [ "$QUICK" = 1 ]; then
+  FRAMES=48; VAE_STEPS=6; PRE_STEPS=6; FT_STEPS=4; CK=3; WORK=$WORK-quick
+else
+  FRAMES=1800; VAE_STEPS=4000; PRE_STEPS=8000; FT_STEPS=3000; CK=500
+fi
+if [ -z "${ANCHOR:-}" ]; then
+  cargo build --release -p make-your-anchor --bin anchor
+  ANCHOR=$ROOT/target/release/anchor
+fi
+mkdir -p "$WORK"
+log() { echo "== $(date -u +%H:%M:%S) $*"; }
+
+# 1. Data: 4 pre-training identities + the held-out target, $SIZE² (a multiple of 16), 30 fps.
+if [ ! -f "$WORK/data/target/train.jsonl" ]; then
+  log synth
+  "$ANCHOR" synth --out "$WORK/data" --seed 0 --identities 4 --frames "$FRAMES" --size "$SIZE"
+fi
+PRE=("$WORK"/data/pre0*/train.jsonl)
+
+# 2. VAE (factor 4: 128² frames -> 32² latents) on every training frame.
+if [ ! -d "$WORK/vae/vae" ]; then
+  log train-vae
+  "$ANCHOR" train-vae --config "$HERE/configs/vae.json" \
+    --data "${PRE[@]}" "$WORK/data/target/train.jsonl" --out "$WORK/vae" \
+    --steps "$VAE_STEPS" --batch-size 8 --lr 1e-3 --kl-weight 1e-4 --recon l1 --seed 1 \
+    --checkpoint-every "$CK" --resume
+fi
+
+# 3. The base folder: the new VAE, the SD1.5 scheduler config, and the tiny random CLIP towers
+#    (a stand-in for the pretrained CLIP: they are not trained). CFG and control scale 1.0: the
+#    model never saw the unconditional embedding, and the ControlNet trains at scale 1.0.
+BASE=$WORK/base
+rm -rf "$BASE"; mkdir -p "$BASE"
+cp -r "$WORK/vae/vae" "$BASE/vae"
+for c in scheduler text_encoder image_encoder; do cp -r "$ROOT/tests/fixtures/tiny/$c" "$BASE/$c"; done
+cat > "$BASE/anchor.json" <<'JSON'
+{ "defaults": { "steps": 20, "guidance_scale": 1.0, "control_scale": 1.0,
+                "window": 16, "overlap": 4, "width": SIZE, "height": SIZE, "seed": 42 } }
+JSON
+sed -i "s/SIZE/$SIZE/g" "$BASE/anchor.json"
+
+# 4. Pre-training on the 4 identities: random UNet, ControlNet from it.
+if [ ! -d "$WORK/pre/model" ]; then
+  log pretrain
+  "$ANCHOR" train --stage pretrain --init random --unet-config "$HERE/configs/unet.json" \
+    --conditioning-embedding-channels 16,32,64 --base "$BASE" --data "${PRE[@]}" \
+    --out "$WORK/pre" --lr 1e-4 --batch-size 8 --steps "$PRE_STEPS" --seed 2 \
+    --checkpoint-every "$CK" --keep-checkpoints 2 --resume
+fi
+
+# 5. Fine-tuning on the target identity, validated on the held-out poses.
+if [ ! -d "$WORK/ft/model" ]; then
+  log finetune
+  "$ANCHOR" train --stage finetune --base "$WORK/pre/model" \
+    --data "$WORK/data/target/train.jsonl" --out "$WORK/ft" --lr 5e-5 --batch-size 8 \
+    --steps "$FT_STEPS" --seed 3 --checkpoint-every "$CK" --keep-checkpoints 2 --resume \
+    --validate-every "$CK" --val-poses "$WORK/data/heldout/mesh" --val-frames 4 \
+    --appearance "$WORK/data/target/reference.png"
+fi
+
+# 6. Render the held-out segment and evaluate it.
+log render
+rm -rf "$WORK/render"
+"$ANCHOR" render --model "$WORK/ft/model" --poses "$WORK/data/heldout/mesh" \
+  --appearance "$WORK/data/target/reference.png" --out "$WORK/render"
+"$ANCHOR" eval --pred "$WORK/render" --truth "$WORK/data/heldout/person" \
+  --mesh "$WORK/data/heldout/mesh" --json "$WORK/eval.json"
+du -sh "$WORK/ft/model/"{unet,controlnet,vae,text_encoder,image_encoder}
+
+if [ "$INSTALL" = 1 ]; then
+  log install
+  for c in unet controlnet vae scheduler text_encoder image_encoder; do
+    rm -rf "${HERE:?}/$c"; cp -rL "$WORK/ft/model/$c" "$HERE/$c"
+  done
+  cp "$WORK/ft/model/appearance.png" "$WORK/ft/model/anchor.json" "$HERE/"
+fi
+log done
