@@ -19,6 +19,8 @@ pub enum ParamType {
     Int,
     /// `kOfxParamTypeDouble`.
     Double,
+    /// `kOfxParamTypeDouble2D` (e.g. a position on the image plane).
+    Double2D,
     /// `kOfxParamTypeBoolean`.
     Bool,
     /// `kOfxParamTypeChoice` (an index into options).
@@ -37,6 +39,7 @@ impl ParamType {
         match self {
             Self::Int => names::kOfxParamTypeInteger,
             Self::Double => names::kOfxParamTypeDouble,
+            Self::Double2D => names::kOfxParamTypeDouble2D,
             Self::Bool => names::kOfxParamTypeBoolean,
             Self::Choice => names::kOfxParamTypeChoice,
             Self::String => names::kOfxParamTypeString,
@@ -201,6 +204,34 @@ impl ParamDef {
         Ok(self)
     }
 
+    /// Default of a 2D double parameter.
+    pub fn default_double2d(&self, x: f64, y: f64) -> Result<&Self> {
+        self.props
+            .set_double_n(names::kOfxParamPropDefault, &[x, y])?;
+        Ok(self)
+    }
+
+    /// A 2D double parameter as an absolute position on the image plane, in canonical
+    /// coordinates (`kOfxParamDoubleTypeXYAbsolute`, default in `kOfxParamCoordinatesCanonical`).
+    pub fn xy_absolute_canonical(&self) -> Result<&Self> {
+        let t = names::kOfxParamDoubleTypeXYAbsolute
+            .to_str()
+            .unwrap_or_default();
+        self.props
+            .set_string(names::kOfxParamPropDoubleType, 0, t)?;
+        let c = names::kOfxParamCoordinatesCanonical
+            .to_str()
+            .unwrap_or_default();
+        // OFX 1.2+; older hosts take canonical defaults anyway.
+        if let Err(e) = self
+            .props
+            .set_string(names::kOfxParamPropDefaultCoordinateSystem, 0, c)
+        {
+            log::debug!("host ignores kOfxParamPropDefaultCoordinateSystem: {e}");
+        }
+        Ok(self)
+    }
+
     /// Default of a boolean parameter.
     pub fn default_bool(&self, v: bool) -> Result<&Self> {
         self.props
@@ -353,6 +384,18 @@ impl Param {
             "paramGetValueAtTime",
         )?;
         Ok(v)
+    }
+
+    /// Value of a 2D double parameter at `time`.
+    pub fn double2d_at(&self, time: OfxTime) -> Result<(f64, f64)> {
+        let f = func(host()?.parameter.paramGetValueAtTime, "paramGetValueAtTime")?;
+        let (mut x, mut y) = (0.0f64, 0.0f64);
+        // SAFETY: a 2D double parameter takes two `double*` after the time.
+        Status::check(
+            unsafe { f(self.handle, time, &mut x as *mut f64, &mut y as *mut f64) },
+            "paramGetValueAtTime",
+        )?;
+        Ok((x, y))
     }
 
     /// Value of a string parameter at `time`, copied out of host memory.

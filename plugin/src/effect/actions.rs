@@ -7,9 +7,9 @@ use super::error::EffectError;
 use super::params::{self, FACE_ENHANCE, FACE_MODEL_FOLDER, MODEL_FOLDER};
 use super::state::{self, HostInfo};
 use super::{
-    anchor, logging, render, APPEARANCE_CLIP, OUTPUT_CLIP, PLUGIN_DESCRIPTION, PLUGIN_GROUPING,
-    PLUGIN_LABEL, SOURCE_CLIP, SUPPORTS_MULTI_RESOLUTION, SUPPORTS_TILES, VERSION_LABEL,
-    VERSION_MAJOR, VERSION_MINOR,
+    anchor, logging, render, APPEARANCE_CLIP, FACE_APPEARANCE_CLIP, FACE_MATTE_CLIP, OUTPUT_CLIP,
+    PLUGIN_DESCRIPTION, PLUGIN_GROUPING, PLUGIN_LABEL, SOURCE_CLIP, SUPPORTS_MULTI_RESOLUTION,
+    SUPPORTS_TILES, VERSION_LABEL, VERSION_MAJOR, VERSION_MINOR,
 };
 use anchor_ofx::message::{self, MessageType};
 use anchor_ofx::names::*;
@@ -275,6 +275,20 @@ fn describe_in_context(effect: ImageEffect, in_args: PropertySet) -> Result<Stat
         appearance.set_bool(kOfxImageEffectPropTemporalClipAccess, false)?;
         appearance.set_bool(kOfxImageEffectPropSupportsTiles, SUPPORTS_TILES)?;
         appearance.set_bool(kOfxImageClipPropOptional, true)?;
+        // FaceMatte: a matte/ID pass of the head rendered with the mesh (issue 7). Fetched at
+        // other times only for faceSmoothing.
+        let matte = effect.define_clip(FACE_MATTE_CLIP)?;
+        matte.set_string_n(kOfxImageEffectPropSupportedComponents, &all_components)?;
+        matte.set_bool(kOfxImageEffectPropTemporalClipAccess, true)?;
+        matte.set_bool(kOfxImageEffectPropSupportsTiles, SUPPORTS_TILES)?;
+        matte.set_bool(kOfxImageClipPropOptional, true)?;
+        matte.set_bool(kOfxImageClipPropIsMask, true)?;
+        // FaceAppearance: the head reference still of the face pass.
+        let face_photo = effect.define_clip(FACE_APPEARANCE_CLIP)?;
+        face_photo.set_string_n(kOfxImageEffectPropSupportedComponents, &rgba_rgb)?;
+        face_photo.set_bool(kOfxImageEffectPropTemporalClipAccess, false)?;
+        face_photo.set_bool(kOfxImageEffectPropSupportsTiles, SUPPORTS_TILES)?;
+        face_photo.set_bool(kOfxImageClipPropOptional, true)?;
     }
     params::define_all(effect.param_set()?)?;
     log::debug!("described context {context}");
@@ -324,7 +338,7 @@ fn instance_changed(effect: ImageEffect, in_args: PropertySet) -> Result<Status,
     Ok(Status::Ok)
 }
 
-/// Grey out `faceModelFolder` unless `faceEnhance` is on, and flag a model folder that does not
+/// Grey out the Face page's parameters unless `faceEnhance` is on, and flag a model folder that does not
 /// exist with a persistent message (cleared once it is fixed). Best effort: UI niceties never
 /// fail an action.
 fn update_ui(effect: ImageEffect) {
@@ -332,6 +346,17 @@ fn update_ui(effect: ImageEffect) {
         let params = effect.param_set()?;
         let face = params.param(FACE_ENHANCE)?.int()? != 0;
         params.param(FACE_MODEL_FOLDER)?.set_enabled(face)?;
+        for p in params::PARAMS
+            .iter()
+            .filter(|p| p.page == params::PAGE_FACE && p.name != FACE_ENHANCE)
+            .filter(|p| p.name != FACE_MODEL_FOLDER)
+        {
+            // Best effort per parameter: a host without one (string parameters in the demo
+            // host) must not keep the others enabled.
+            if let Err(e) = params.param(p.name).and_then(|q| q.set_enabled(face)) {
+                log::debug!("could not grey out {}: {e}", p.name);
+            }
+        }
         let folder = params.param(MODEL_FOLDER)?.string()?;
         let env = std::env::var(params::ENV_MODEL_FOLDER).ok();
         match params::resolve_model_folder(&folder, env.as_deref()) {
@@ -385,7 +410,12 @@ fn regions_of_interest(
     let mut any = false;
     let general = effect.context()?.as_bytes() == kOfxImageEffectContextGeneral.to_bytes();
     let clips: &[&str] = if general {
-        &[SOURCE_CLIP, APPEARANCE_CLIP]
+        &[
+            SOURCE_CLIP,
+            APPEARANCE_CLIP,
+            FACE_MATTE_CLIP,
+            FACE_APPEARANCE_CLIP,
+        ]
     } else {
         &[SOURCE_CLIP]
     };
@@ -426,6 +456,11 @@ fn frames_needed(
         }
         let clip = anchor::ClipFrames::of(&source)?;
         let temporal = state::with(|g| g.host.temporal_clip_access);
+        if temporal && settings.face_enhance && settings.face_temporal {
+            // The temporal face reads every frame's placement, and the mesh and body frames
+            // (whose own cones reach further) of the face windows around this frame.
+            return Ok(Some((clip.first, clip.last)));
+        }
         Ok(anchor::frames_needed(
             &settings, &folder, temporal, &clip, time,
         ))
@@ -440,6 +475,42 @@ fn frames_needed(
         &clip_prop("OfxImageClipPropFrameRange_", SOURCE_CLIP)?,
         &[a, b],
     )?;
+    // FaceMatte: this frame, with faceSmoothing also the previous frames whose placements the
+    // smoothing reads, and with faceTemporal the whole clip (face.rs).
+    let matte = (|| -> Result<Option<(f64, f64)>, EffectError> {
+        if effect.context()?.as_bytes() != kOfxImageEffectContextGeneral.to_bytes() {
+            return Ok(None);
+        }
+        if !effect.clip(FACE_MATTE_CLIP)?.is_connected()? {
+            return Ok(None);
+        }
+        let settings = params::Settings::read(effect.param_set()?, time)?;
+        let temporal = state::with(|g| g.host.temporal_clip_access);
+        let weight = super::face::smoothing_weight(settings.face_smoothing);
+        let clip = anchor::ClipFrames::of(&effect.clip(SOURCE_CLIP)?)?;
+        if settings.face_enhance && temporal && settings.face_temporal {
+            return Ok(Some((clip.first, clip.last)));
+        }
+        let first = match (settings.face_enhance && temporal, weight) {
+            (true, Some(alpha)) => {
+                let back = super::face_service::smoothing_history(alpha).min(1 << 20) as f64;
+                (time - back).max(clip.first).min(time)
+            }
+            _ => time,
+        };
+        Ok(Some((first, time)))
+    })()
+    .unwrap_or_else(|e| {
+        log::debug!("GetFramesNeeded at {time} (FaceMatte): {e}");
+        None
+    });
+    if let Some((first, last)) = matte {
+        log::debug!("GetFramesNeeded at {time}: FaceMatte {first}-{last}");
+        out_args.set_double_n(
+            &clip_prop("OfxImageClipPropFrameRange_", FACE_MATTE_CLIP)?,
+            &[first, last],
+        )?;
+    }
     Ok(Status::Ok)
 }
 

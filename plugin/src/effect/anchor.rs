@@ -185,7 +185,7 @@ pub fn frames_needed(
 }
 
 /// An image as interleaved 8-bit sRGB, top row first.
-fn image_rgb8(
+pub(super) fn image_rgb8(
     clip: &Clip,
     time: f64,
     name: &'static str,
@@ -279,6 +279,17 @@ impl Progress for HostProgress {
 
     fn cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst) || self.effect.abort()
+    }
+}
+
+/// The host's abort flag as the engine's progress (no bar): body frames the temporal face reads.
+struct AbortOnly(ImageEffect);
+
+impl Progress for AbortOnly {
+    fn window_done(&self, _step: usize, _steps: usize, _window: usize) {}
+
+    fn cancelled(&self) -> bool {
+        self.0.abort()
     }
 }
 
@@ -485,10 +496,41 @@ pub fn render(
             height: h,
         });
     }
-    let rgb = if (w, h) == (frame.size, frame.size) {
-        frame.rgb
+    // Issue 7: the face pass on the body frame at the working resolution. The temporal face
+    // reads other frames' body frames through the same (cached) engine requests.
+    let abort_only = AbortOnly(effect);
+    let body_at = |f: usize| -> EngineResult<Vec<u8>> {
+        engine
+            .render_frame(&rs, appearance, &source, f, &abort_only)
+            .map(|r| r.rgb)
+            .map_err(|e| match e {
+                ServiceError::Render(EngineError::Cancelled) => EngineError::Cancelled,
+                e => EngineError::Input(format!("body frame {f}: {e}")),
+            })
+    };
+    let body = if settings.face_enhance {
+        let face = super::face::FaceFrame {
+            effect,
+            settings,
+            body: &rs,
+            source: &source.clip,
+            frames: source.frames,
+            index,
+            time,
+            encoding,
+            general,
+            temporal,
+            body_photo: appearance_rgb.as_ref(),
+            body_at: &body_at,
+        };
+        super::face::enhance(&face, frame.rgb, frame.size)?
     } else {
-        resize_rgb8(&frame.rgb, frame.size, frame.size, w, h, Filter::Lanczos)
+        frame.rgb
+    };
+    let rgb = if (w, h) == (frame.size, frame.size) {
+        body
+    } else {
+        resize_rgb8(&body, frame.size, frame.size, w, h, Filter::Lanczos)
     };
     let mut out = Frame::new(window);
     let stride = window.width() * 4;
@@ -591,6 +633,20 @@ mod tests {
             resolution: 64,
             face_enhance: false,
             face_model_folder: String::new(),
+            face_points: None,
+            face_landmarks_file: String::new(),
+            face_smoothing: 0.0,
+            face_temporal: false,
+            face_window: 16,
+            face_overlap: 4,
+            face_crop: 512,
+            face_size: 256,
+            face_steps: 20,
+            face_guidance: 3.5,
+            face_control_scale: 1.0,
+            face_seed: 999,
+            face_erode: 40,
+            face_blur: 41,
             device: params::Device::Cpu,
             precision: params::Precision::F32,
             cache_mib: 64,

@@ -78,6 +78,28 @@ pub enum EffectError {
         /// What the loader found wrong.
         detail: String,
     },
+    /// `faceEnhance` is on but `faceModelFolder` is empty or not a directory.
+    #[error("{}", face_folder_text(path.as_deref()))]
+    FaceModelFolderMissing {
+        /// The folder named, when one is.
+        path: Option<PathBuf>,
+    },
+    /// The face model folder exists but does not hold a face (head inpainting) model.
+    #[error("The face model folder {} is not a usable Make-Your-Anchor face model ({detail}): choose a folder holding a 9-channel inpainting unet/ (or a head/ subfolder with unet/ and controlnet/), controlnet/, vae/, scheduler/, text_encoder/ and image_encoder/, or turn faceEnhance off", path.display())]
+    IncompatibleFaceModel {
+        /// The folder.
+        path: PathBuf,
+        /// What the loader found wrong.
+        detail: String,
+    },
+    /// `faceLandmarksFile` cannot be read or parsed.
+    #[error("The face landmarks file {} cannot be used ({detail}): give faceLandmarksFile a JSON object mapping frames (000012 or 12) to five [x, y] points or null, or clear it", path.display())]
+    FaceLandmarks {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        detail: String,
+    },
     /// No appearance image: no Appearance clip and no default photo in the model folder.
     #[error("Make Your Anchor has no appearance image at frame {time} ({detail}): connect a reference still to the Appearance input, or put the person's photo in the model folder as appearance.png")]
     NoAppearance {
@@ -131,6 +153,17 @@ pub enum EffectError {
     },
 }
 
+/// The text of [`EffectError::FaceModelFolderMissing`].
+fn face_folder_text(path: Option<&std::path::Path>) -> String {
+    match path {
+        None => "faceEnhance is on but faceModelFolder is empty: set faceModelFolder to a Make-Your-Anchor face model folder, or turn faceEnhance off".into(),
+        Some(p) => format!(
+            "Face model folder {} does not exist: set faceModelFolder to a Make-Your-Anchor face model folder, or turn faceEnhance off",
+            p.display()
+        ),
+    }
+}
+
 impl EffectError {
     /// The status the action returns.
     pub fn status(&self) -> Status {
@@ -165,6 +198,11 @@ impl EffectError {
             Self::UnsupportedContext(_) => "org.makeyouranchor.Anchor.unsupportedContext",
             Self::IncompatibleModel { .. } => "org.makeyouranchor.Anchor.incompatibleModel",
             Self::NoAppearance { .. } => "org.makeyouranchor.Anchor.noAppearance",
+            Self::FaceModelFolderMissing { .. } => {
+                "org.makeyouranchor.Anchor.faceModelFolderMissing"
+            }
+            Self::IncompatibleFaceModel { .. } => "org.makeyouranchor.Anchor.incompatibleFaceModel",
+            Self::FaceLandmarks { .. } => "org.makeyouranchor.Anchor.faceLandmarks",
             Self::OutOfMemory { .. } => "org.makeyouranchor.Anchor.outOfMemory",
             Self::FrameOutsideClip { .. } => "org.makeyouranchor.Anchor.frameOutsideClip",
             Self::Engine { .. } => "org.makeyouranchor.Anchor.engine",
@@ -211,6 +249,14 @@ mod tests {
             MessageType::Log
         );
         assert_eq!(EffectError::SourceNotConnected.status(), Status::Failed);
+        assert_eq!(
+            EffectError::FaceModelFolderMissing { path: None }.to_string(),
+            "faceEnhance is on but faceModelFolder is empty: set faceModelFolder to a Make-Your-Anchor face model folder, or turn faceEnhance off"
+        );
+        assert_eq!(
+            EffectError::FaceModelFolderMissing { path: Some("/f".into()) }.to_string(),
+            "Face model folder /f does not exist: set faceModelFolder to a Make-Your-Anchor face model folder, or turn faceEnhance off"
+        );
         assert_eq!(
             EffectError::UnsupportedContext("x".into()).status(),
             Status::ErrUnsupported

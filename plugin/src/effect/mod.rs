@@ -7,12 +7,16 @@
 //!
 //! Files: `params.rs` (the parameter table), `actions.rs` (one handler per action), `render.rs`
 //! (pixel I/O and the pass-through), `anchor.rs` (the engine behind Render and GetFramesNeeded),
+//! `face.rs` (the face pass's inputs from the host) and `face_service.rs` (its process-global
+//! models and cache),
 //! `colour.rs` (the `colorspace` choice and sRGB transfer), `state.rs` (process-global state),
 //! `logging.rs` (file logger), `error.rs` (errors and their message texts).
 pub mod actions;
 pub mod anchor;
 pub mod colour;
 pub mod error;
+pub mod face;
+pub mod face_service;
 pub mod logging;
 pub mod params;
 pub mod render;
@@ -48,6 +52,10 @@ pub const SOURCE_CLIP: &str = "Source";
 pub const OUTPUT_CLIP: &str = "Output";
 /// The optional reference-still clip (General context only).
 pub const APPEARANCE_CLIP: &str = "Appearance";
+/// The optional matte/ID pass of the head, rendered with the mesh (General context only).
+pub const FACE_MATTE_CLIP: &str = "FaceMatte";
+/// The optional head reference still of the face pass (General context only).
+pub const FACE_APPEARANCE_CLIP: &str = "FaceAppearance";
 
 /// No tiles: diffusion needs the whole frame at once.
 pub const SUPPORTS_TILES: bool = false;

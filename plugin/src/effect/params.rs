@@ -32,6 +32,54 @@ pub const RESOLUTION: &str = "resolution";
 pub const FACE_ENHANCE: &str = "faceEnhance";
 /// `faceModelFolder`: the face model folder.
 pub const FACE_MODEL_FOLDER: &str = "faceModelFolder";
+/// `faceUsePoints`: place the face with the five point parameters.
+pub const FACE_USE_POINTS: &str = "faceUsePoints";
+/// `faceLeftEye`: the eye on the image's left (the person's right eye).
+pub const FACE_LEFT_EYE: &str = "faceLeftEye";
+/// `faceRightEye`: the eye on the image's right (the person's left eye).
+pub const FACE_RIGHT_EYE: &str = "faceRightEye";
+/// `faceNose`: the nose tip.
+pub const FACE_NOSE: &str = "faceNose";
+/// `faceMouthLeft`: the mouth corner on the image's left.
+pub const FACE_MOUTH_LEFT: &str = "faceMouthLeft";
+/// `faceMouthRight`: the mouth corner on the image's right.
+pub const FACE_MOUTH_RIGHT: &str = "faceMouthRight";
+/// The five point parameters in the order of the reference's FFHQ 5-point template
+/// (InsightFace order: image-left eye, image-right eye, nose, image-left and image-right mouth
+/// corners), the order of the landmarks file too.
+pub const FACE_POINTS: [&str; 5] = [
+    FACE_LEFT_EYE,
+    FACE_RIGHT_EYE,
+    FACE_NOSE,
+    FACE_MOUTH_LEFT,
+    FACE_MOUTH_RIGHT,
+];
+/// `faceLandmarksFile`: per-frame landmarks, JSON (the CLI's `--face-landmarks` format).
+pub const FACE_LANDMARKS_FILE: &str = "faceLandmarksFile";
+/// `faceSmoothing`: temporal smoothing of the face crop's transform (0 = off).
+pub const FACE_SMOOTHING: &str = "faceSmoothing";
+/// `faceTemporal`: denoise the face crops jointly in overlapping windows (beyond the paper).
+pub const FACE_TEMPORAL: &str = "faceTemporal";
+/// `faceWindow`: face crops per window of the temporal face.
+pub const FACE_WINDOW: &str = "faceWindow";
+/// `faceOverlap`: face crops shared by consecutive windows of the temporal face.
+pub const FACE_OVERLAP: &str = "faceOverlap";
+/// `faceCrop`: side of the aligned face crop in frame pixels.
+pub const FACE_CROP: &str = "faceCrop";
+/// `faceSize`: side of the face inpainting in pixels.
+pub const FACE_SIZE: &str = "faceSize";
+/// `faceSteps`: DDIM steps of the face pass.
+pub const FACE_STEPS: &str = "faceSteps";
+/// `faceGuidance`: classifier-free guidance of the face pass.
+pub const FACE_GUIDANCE: &str = "faceGuidance";
+/// `faceControlScale`: head ControlNet conditioning scale.
+pub const FACE_CONTROL_SCALE: &str = "faceControlScale";
+/// `faceSeed`: seed of the face pass's noise (shared by all frames).
+pub const FACE_SEED: &str = "faceSeed";
+/// `faceErode`: erosion of the paste-back mask in frame pixels.
+pub const FACE_ERODE: &str = "faceErode";
+/// `faceBlur`: Gaussian kernel side of the paste-back feather in frame pixels (odd).
+pub const FACE_BLUR: &str = "faceBlur";
 /// `device`: where the engine runs.
 pub const DEVICE: &str = "device";
 /// `precision`: floating-point precision of the networks.
@@ -144,6 +192,11 @@ pub enum Kind {
     },
     /// A directory path with a folder browser; empty by default.
     Directory,
+    /// A file path with a file browser; empty by default.
+    File,
+    /// An animatable position on the image plane (a 2D double in canonical coordinates, OFX's
+    /// y-up convention), default (0, 0).
+    Point,
 }
 
 /// One parameter: script name, label, hint (a full sentence), page, and kind.
@@ -306,9 +359,142 @@ pub const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: FACE_MODEL_FOLDER,
         label: "Face Model Folder",
-        hint: "Folder holding the Make-Your-Anchor face model used when Face Enhance is on.",
+        hint: "Folder holding the Make-Your-Anchor face model used when Face Enhance is on: a 9-channel inpainting unet/ (or a head/ subfolder), controlnet/, vae/, scheduler/, text_encoder/ and image_encoder/.",
         page: PAGE_FACE,
         kind: Kind::Directory,
+    },
+    ParamSpec {
+        name: FACE_USE_POINTS,
+        label: "Use Face Points",
+        hint: "Place the face with the five face points below at the frames where this is on (it can be animated); without a FaceMatte input they come before the landmarks file.",
+        page: PAGE_FACE,
+        kind: Kind::Bool { default: false },
+    },
+    ParamSpec {
+        name: FACE_LEFT_EYE,
+        label: "Left Eye",
+        hint: "Centre of the eye on the image's left (the person's right eye), in canonical image coordinates with y up; keyframe it or link it to a tracker.",
+        page: PAGE_FACE,
+        kind: Kind::Point,
+    },
+    ParamSpec {
+        name: FACE_RIGHT_EYE,
+        label: "Right Eye",
+        hint: "Centre of the eye on the image's right (the person's left eye), in canonical image coordinates with y up.",
+        page: PAGE_FACE,
+        kind: Kind::Point,
+    },
+    ParamSpec {
+        name: FACE_NOSE,
+        label: "Nose",
+        hint: "Tip of the nose, in canonical image coordinates with y up.",
+        page: PAGE_FACE,
+        kind: Kind::Point,
+    },
+    ParamSpec {
+        name: FACE_MOUTH_LEFT,
+        label: "Mouth Left",
+        hint: "Corner of the mouth on the image's left, in canonical image coordinates with y up.",
+        page: PAGE_FACE,
+        kind: Kind::Point,
+    },
+    ParamSpec {
+        name: FACE_MOUTH_RIGHT,
+        label: "Mouth Right",
+        hint: "Corner of the mouth on the image's right, in canonical image coordinates with y up.",
+        page: PAGE_FACE,
+        kind: Kind::Point,
+    },
+    ParamSpec {
+        name: FACE_LANDMARKS_FILE,
+        label: "Landmarks File",
+        hint: "JSON file mapping each frame of the Source clip (its 0-based index, as 000012 or 12) to five [x, y] points in Source pixels with y down (the format of anchor render --face-landmarks); used where neither the FaceMatte input nor the face points place the face.",
+        page: PAGE_FACE,
+        kind: Kind::File,
+    },
+    ParamSpec {
+        name: FACE_SMOOTHING,
+        label: "Smoothing",
+        hint: "Temporal smoothing of the face crop's placement, from 0 (off, as the reference) towards 1 (steadier crops that follow motion more slowly); a jittery crop flickers.",
+        page: PAGE_FACE,
+        kind: double(0.0, 0.0, 0.95, 0.0, 0.95),
+    },
+    ParamSpec {
+        name: FACE_TEMPORAL,
+        label: "Temporal Face",
+        hint: "Beyond the paper: denoise the face crops of the clip together in overlapping windows with the inflated head UNet, as the body is, instead of frame by frame; use it with Smoothing so that the crops are stably aligned (needs temporal clip access).",
+        page: PAGE_FACE,
+        kind: Kind::Bool { default: false },
+    },
+    ParamSpec {
+        name: FACE_WINDOW,
+        label: "Face Window",
+        hint: "Number of face crops denoised together in one window of the temporal face.",
+        page: PAGE_FACE,
+        kind: int(16, 1, 256, 2, 32),
+    },
+    ParamSpec {
+        name: FACE_OVERLAP,
+        label: "Face Overlap",
+        hint: "Number of face crops shared by neighbouring windows of the temporal face; it must be smaller than the face window.",
+        page: PAGE_FACE,
+        kind: int(4, 0, 255, 0, 16),
+    },
+    ParamSpec {
+        name: FACE_CROP,
+        label: "Face Crop",
+        hint: "Side in frame pixels of the square aligned crop around the face (the reference's 512).",
+        page: PAGE_FACE,
+        kind: int(512, 16, 4096, 64, 1024),
+    },
+    ParamSpec {
+        name: FACE_SIZE,
+        label: "Face Size",
+        hint: "Side in pixels at which the face is inpainted, a multiple of 8 (the reference's 256).",
+        page: PAGE_FACE,
+        kind: int(256, 8, 2048, 64, 512),
+    },
+    ParamSpec {
+        name: FACE_STEPS,
+        label: "Face Steps",
+        hint: "Number of DDIM steps of the face pass (the reference's 20).",
+        page: PAGE_FACE,
+        kind: int(20, 1, 1000, 1, 100),
+    },
+    ParamSpec {
+        name: FACE_GUIDANCE,
+        label: "Face Guidance",
+        hint: "Classifier-free guidance scale of the face pass (the reference's 3.5).",
+        page: PAGE_FACE,
+        kind: double(3.5, 0.0, 50.0, 1.0, 15.0),
+    },
+    ParamSpec {
+        name: FACE_CONTROL_SCALE,
+        label: "Face Control Scale",
+        hint: "Strength of the head ControlNet's conditioning on the mesh crop (the reference's 1.0).",
+        page: PAGE_FACE,
+        kind: double(1.0, 0.0, 10.0, 0.0, 4.0),
+    },
+    ParamSpec {
+        name: FACE_SEED,
+        label: "Face Seed",
+        hint: "Seed of the face pass's initial noise, shared by every frame.",
+        page: PAGE_FACE,
+        kind: int(999, 0, i32::MAX, 0, 1000),
+    },
+    ParamSpec {
+        name: FACE_ERODE,
+        label: "Face Erode",
+        hint: "Side in frame pixels of the erosion of the paste-back mask (the reference's 40).",
+        page: PAGE_FACE,
+        kind: int(40, 0, 1024, 0, 100),
+    },
+    ParamSpec {
+        name: FACE_BLUR,
+        label: "Face Feather",
+        hint: "Side in frame pixels of the Gaussian feather of the paste-back mask, an odd number (the reference's 41).",
+        page: PAGE_FACE,
+        kind: int(41, 1, 1023, 1, 101),
     },
 ];
 
@@ -343,15 +529,17 @@ fn define(params: ParamSet, spec: &ParamSpec) -> anchor_ofx::Result<()> {
         Kind::Double { .. } => ParamType::Double,
         Kind::Bool { .. } => ParamType::Bool,
         Kind::Choice { .. } => ParamType::Choice,
-        Kind::Directory => ParamType::String,
+        Kind::Directory | Kind::File => ParamType::String,
+        Kind::Point => ParamType::Double2D,
     };
     let def = params.define(kind, spec.name)?;
     def.label(spec.label)?
         .hint(spec.hint)?
         .script_name(spec.name)?
         .parent(spec.page.group)?;
-    // A temporal model needs the same settings across a window: nothing animates.
-    def.animates(false)?;
+    // A temporal model needs the same settings across a window: nothing animates but the face
+    // placement, which follows the head from frame to frame.
+    def.animates(spec.animates())?;
     match spec.kind {
         Kind::Int {
             default,
@@ -384,8 +572,21 @@ fn define(params: ParamSet, spec: &ParamSpec) -> anchor_ofx::Result<()> {
             def.string_mode(StringMode::DirectoryPath)?
                 .default_string("")?;
         }
+        Kind::File => {
+            def.string_mode(StringMode::FilePath)?.default_string("")?;
+        }
+        Kind::Point => {
+            def.xy_absolute_canonical()?.default_double2d(0.0, 0.0)?;
+        }
     }
     Ok(())
+}
+
+impl ParamSpec {
+    /// Whether the value may be keyframed: only the face placement (points and their switch).
+    pub fn animates(&self) -> bool {
+        matches!(self.kind, Kind::Point) || self.name == FACE_USE_POINTS
+    }
 }
 
 /// `fusion` values.
@@ -520,6 +721,35 @@ pub struct Settings {
     pub face_enhance: bool,
     /// `faceModelFolder`.
     pub face_model_folder: String,
+    /// The five face points at this time (canonical coordinates, y up, [`FACE_POINTS`] order)
+    /// when `faceUsePoints` is on and the host gives all five; `None` otherwise.
+    pub face_points: Option<[[f64; 2]; 5]>,
+    /// `faceLandmarksFile` as typed (may be empty).
+    pub face_landmarks_file: String,
+    /// `faceSmoothing` (0 = off).
+    pub face_smoothing: f64,
+    /// `faceTemporal`.
+    pub face_temporal: bool,
+    /// `faceWindow`.
+    pub face_window: i32,
+    /// `faceOverlap`.
+    pub face_overlap: i32,
+    /// `faceCrop`.
+    pub face_crop: i32,
+    /// `faceSize`.
+    pub face_size: i32,
+    /// `faceSteps`.
+    pub face_steps: i32,
+    /// `faceGuidance`.
+    pub face_guidance: f64,
+    /// `faceControlScale`.
+    pub face_control_scale: f64,
+    /// `faceSeed`.
+    pub face_seed: i32,
+    /// `faceErode`.
+    pub face_erode: i32,
+    /// `faceBlur`.
+    pub face_blur: i32,
     /// `device`.
     pub device: Device,
     /// `precision`.
@@ -575,6 +805,20 @@ impl Settings {
             resolution: int(RESOLUTION),
             face_enhance: int(FACE_ENHANCE) != 0,
             face_model_folder: string(FACE_MODEL_FOLDER),
+            face_points: face_points_at(params, time),
+            face_landmarks_file: string(FACE_LANDMARKS_FILE),
+            face_smoothing: double(FACE_SMOOTHING),
+            face_temporal: int(FACE_TEMPORAL) != 0,
+            face_window: int(FACE_WINDOW),
+            face_overlap: int(FACE_OVERLAP),
+            face_crop: int(FACE_CROP),
+            face_size: int(FACE_SIZE),
+            face_steps: int(FACE_STEPS),
+            face_guidance: double(FACE_GUIDANCE),
+            face_control_scale: double(FACE_CONTROL_SCALE),
+            face_seed: int(FACE_SEED),
+            face_erode: int(FACE_ERODE),
+            face_blur: int(FACE_BLUR),
             device: Device::from_index(int(DEVICE)),
             precision: Precision::from_index(int(PRECISION)),
             cache_mib: int(CACHE_MIB),
@@ -612,6 +856,29 @@ impl Settings {
             }
         }
     }
+}
+
+/// The five face points at `time` (canonical coordinates, [`FACE_POINTS`] order) when
+/// `faceUsePoints` is on there; `None` when it is off or a point cannot be read.
+pub fn face_points_at(params: ParamSet, time: f64) -> Option<[[f64; 2]; 5]> {
+    let on = params
+        .param(FACE_USE_POINTS)
+        .and_then(|p| p.bool_at(time))
+        .unwrap_or(false);
+    if !on {
+        return None;
+    }
+    let mut points = [[0.0; 2]; 5];
+    for (p, name) in points.iter_mut().zip(FACE_POINTS) {
+        match params.param(name).and_then(|q| q.double2d_at(time)) {
+            Ok((x, y)) => *p = [x, y],
+            Err(e) => {
+                fallback(name, &e, ());
+                return None;
+            }
+        }
+    }
+    Some(points)
 }
 
 /// The table default of an int, bool or choice parameter.
@@ -692,6 +959,25 @@ mod tests {
             "resolution",
             "faceEnhance",
             "faceModelFolder",
+            "faceUsePoints",
+            "faceLeftEye",
+            "faceRightEye",
+            "faceNose",
+            "faceMouthLeft",
+            "faceMouthRight",
+            "faceLandmarksFile",
+            "faceSmoothing",
+            "faceTemporal",
+            "faceWindow",
+            "faceOverlap",
+            "faceCrop",
+            "faceSize",
+            "faceSteps",
+            "faceGuidance",
+            "faceControlScale",
+            "faceSeed",
+            "faceErode",
+            "faceBlur",
             "device",
             "precision",
             "cacheMiB",
@@ -726,6 +1012,33 @@ mod tests {
         assert_eq!(kind(FACE_ENHANCE), Some(Kind::Bool { default: false }));
         assert_eq!(kind(MODEL_FOLDER), Some(Kind::Directory));
         assert_eq!(kind(FACE_MODEL_FOLDER), Some(Kind::Directory));
+        assert_eq!(kind(FACE_LANDMARKS_FILE), Some(Kind::File));
+        for name in FACE_POINTS {
+            assert_eq!(kind(name), Some(Kind::Point), "{name}");
+        }
+        assert_eq!(kind(FACE_USE_POINTS), Some(Kind::Bool { default: false }));
+        assert_eq!(
+            kind(FACE_SMOOTHING)
+                .map(|k| matches!(k, Kind::Double { default, .. } if default == 0.0)),
+            Some(true),
+            "smoothing is off by default (parity with the reference)"
+        );
+        let animated: Vec<&str> = PARAMS
+            .iter()
+            .filter(|p| p.animates())
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(
+            animated,
+            [
+                "faceUsePoints",
+                "faceLeftEye",
+                "faceRightEye",
+                "faceNose",
+                "faceMouthLeft",
+                "faceMouthRight"
+            ]
+        );
         assert_eq!(FUSION_OPTIONS, &["flat", "pyramid", "overlap-linear"]);
         assert_eq!(TAIL_OPTIONS, &["paper", "full"]);
         assert_eq!(PRECISION_OPTIONS, &["f32", "f16", "bf16"]);

@@ -36,10 +36,11 @@ pub struct Caches {
 
 impl Caches {
     /// Drop everything cached: the engine's frame cache, and its models when no render is
-    /// running (`engine::service`).
+    /// running (`engine::service`); the face pass's models and frames (`face_service`).
     pub fn clear(&mut self) {
         self.purges += 1;
         crate::engine::service::global().purge();
+        super::face_service::global().purge();
     }
 }
 

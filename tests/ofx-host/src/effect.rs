@@ -52,6 +52,8 @@ pub struct Session {
     pub source_mode: SourceMode,
     /// The Appearance image (General context), the same at every time.
     pub appearance: Option<Arc<RgbaImage>>,
+    /// The FaceMatte frames (General context), by frame number like the Source.
+    pub face_matte: Option<Arc<FrameStore>>,
     /// Row layout of every image the host allocates.
     pub rows: RowLayout,
     /// Whether the host grants temporal clip access.
@@ -240,6 +242,7 @@ impl Effect {
                     "Output" => true,
                     "Source" => session.source_mode != SourceMode::Unconnected,
                     "Appearance" => session.appearance.is_some(),
+                    "FaceMatte" => session.face_matte.is_some(),
                     _ => false,
                 };
                 c.props.int(kOfxImageClipPropConnected, &[connected as i32]);
@@ -363,6 +366,17 @@ impl Effect {
             }
         }
         time
+    }
+
+    /// The FaceMatte frame for `time`, if any (the same temporal rules as the Source).
+    pub fn face_matte_frame(&self, time: f64) -> Option<Arc<RgbaImage>> {
+        let s = self.session()?;
+        let t = self.source_time(&s, time);
+        let f = t.round();
+        if (t - f).abs() > 1e-6 {
+            return None;
+        }
+        s.face_matte.as_ref()?.get(f as i32)
     }
 
     /// The Source frame for `time`, if any.
@@ -491,6 +505,10 @@ impl Clip {
                 None => size(s.project.0, s.project.1),
             },
             "Appearance" => match &s.appearance {
+                Some(img) => size(img.width(), img.height()),
+                None => zero,
+            },
+            "FaceMatte" => match effect.face_matte_frame(time) {
                 Some(img) => size(img.width(), img.height()),
                 None => zero,
             },
@@ -675,11 +693,13 @@ unsafe extern "C" fn clip_get_property_set(
 fn source_image(e: &Effect, c: &Clip, s: &Session, time: f64) -> Option<OfxPropertySetHandle> {
     match (c.name.as_str(), s.source_mode) {
         ("Source", SourceMode::Unconnected | SourceMode::NoImage) => return None,
-        ("Source", _) | ("Appearance", _) => {}
+        ("Source", _) | ("Appearance", _) | ("FaceMatte", _) => {}
         _ => return None,
     }
     let (img, uid) = if c.name == "Appearance" {
         (s.appearance.clone()?, "appearance".to_string())
+    } else if c.name == "FaceMatte" {
+        (e.face_matte_frame(time)?, format!("face-matte:{time}"))
     } else {
         let t = e.source_time(s, time);
         (e.source_frame(time)?, format!("source:{t}"))

@@ -110,6 +110,10 @@ struct Cli {
     /// Appearance image (general context).
     #[arg(long, value_name = "IMAGE")]
     appearance: Option<PathBuf>,
+    /// FaceMatte sequence (general context): a directory of PNGs or a printf pattern, numbered
+    /// like the input; a missing frame has no image.
+    #[arg(long, value_name = "DIR|PATTERN")]
+    face_matte: Option<String>,
     /// Begin/EndSequenceRender around every frame (Natron, MLT).
     #[arg(long, help_heading = "Host emulation")]
     per_frame_sequence: bool,
@@ -299,6 +303,7 @@ fn main() -> ExitCode {
         temporal: !cli.no_temporal,
         abort_after: cli.abort_after,
         appearance: cli.appearance.clone(),
+        face_matte: cli.face_matte.clone(),
         source_mode,
         extra_loads: cli.extra_loads,
         minimal_params: cli.minimal_params,

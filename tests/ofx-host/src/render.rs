@@ -102,6 +102,9 @@ pub struct RenderOptions {
     pub abort_after: Option<usize>,
     /// Appearance image (General context).
     pub appearance: Option<PathBuf>,
+    /// FaceMatte sequence (General context): a directory of PNGs or a printf pattern, frame
+    /// numbers as the input's; a missing frame has no image.
+    pub face_matte: Option<String>,
     /// Source clip behaviour.
     pub source_mode: SourceMode,
     /// Extra Load actions before Describe (MLT loads a plugin several times); each is matched
@@ -140,6 +143,7 @@ impl Default for RenderOptions {
             temporal: true,
             abort_after: None,
             appearance: None,
+            face_matte: None,
             source_mode: SourceMode::Normal,
             extra_loads: 0,
             minimal_params: false,
@@ -684,6 +688,15 @@ pub fn render(opts: &RenderOptions) -> Result<RenderReport, HostError> {
     } else {
         Context::Filter
     });
+    let face_matte = match &opts.face_matte {
+        Some(spec) => Some(Arc::new(FrameStore::new(Sequence::open(spec)?))),
+        None => None,
+    };
+    if face_matte.is_some() && context != Context::General {
+        return Err(HostError::Usage(
+            "--face-matte needs the general context".into(),
+        ));
+    }
     if appearance.is_some() && context != Context::General {
         return Err(HostError::Usage(
             "--appearance needs the general context".into(),
@@ -721,6 +734,7 @@ pub fn render(opts: &RenderOptions) -> Result<RenderReport, HostError> {
         context,
         store,
         appearance,
+        face_matte,
         project: (first_img.width(), first_img.height()),
         range: (first, last),
         frames,
@@ -736,6 +750,7 @@ struct Prepared {
     context: Context,
     store: Arc<FrameStore>,
     appearance: Option<Arc<RgbaImage>>,
+    face_matte: Option<Arc<FrameStore>>,
     project: (u32, u32),
     range: (i32, i32),
     frames: Vec<i32>,
@@ -789,6 +804,7 @@ fn describe_and_render(
         context,
         store,
         appearance,
+        face_matte,
         project,
         range,
         frames,
@@ -853,6 +869,7 @@ fn describe_and_render(
         source: store,
         source_mode: opts.source_mode,
         appearance,
+        face_matte,
         rows: opts.rows,
         temporal: opts.temporal,
         abort: AtomicBool::new(false),

@@ -53,7 +53,15 @@ fn target_dir() -> PathBuf {
     exe.ancestors().nth(3).expect("target dir").to_path_buf()
 }
 
+/// The demo host, built once per test process: the two tests run in parallel, and two
+/// concurrent `build.sh` runs rewrite the binary one of them is already running (a truncated
+/// output picture was the symptom).
 fn build_demo_host() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(build_demo_host_once).clone()
+}
+
+fn build_demo_host_once() -> PathBuf {
     if let Some(p) = prebuilt() {
         return p;
     }

@@ -199,6 +199,7 @@ fn run(mode: usize, input: &Path, output: &Path) -> Result<RenderReport, HostErr
         context: Context::Filter,
         store: Arc::new(FrameStore::new(seq)),
         appearance: None,
+        face_matte: None,
         project: (5, 3),
         range: (0, 2),
         frames: vec![0, 1, 2],

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use image::RgbaImage;
 
@@ -200,4 +201,92 @@ pub fn pngs(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// The cargo profile whose output directory holds this test executable
+/// (`target/<dir>/deps/<test>`): `debug` is the `test` profile's directory under `cargo test`.
+fn profile_of(profile_dir: &Path) -> String {
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "test".into(),
+        Some(other) => other.into(),
+    }
+}
+
+/// Modification time of `path`, if it exists.
+fn mtime(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The `anchor` CLI (`plugin/src/bin/anchor.rs`) of this build, once per test process.
+///
+/// `cargo test --workspace` builds it next to this test's profile directory in the same run:
+/// it is used as it is when it is at least as new as the plugin library cargo built for this
+/// run (`deps/libmake_your_anchor.so`, the same crate) and as its own source. Otherwise (only
+/// `-p ofx-render` was built, or the library changed since) it is built with cargo for this
+/// test's profile and target directory, and the path comes from cargo's JSON messages.
+pub fn anchor_exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps/<test>");
+        let built = profile_dir.join("anchor");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugin/src/bin/anchor.rs");
+        let newest_input = [plugin_library(), source]
+            .iter()
+            .filter_map(|p| mtime(p))
+            .max();
+        if let (Some(bin), Some(input)) = (mtime(&built), newest_input) {
+            if bin >= input {
+                eprintln!("anchor CLI: {} (built by this cargo run)", built.display());
+                return built;
+            }
+        }
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.arg("build")
+            .arg("--manifest-path")
+            .arg(workspace.join("Cargo.toml"))
+            .args(["-p", "make-your-anchor", "--bin", "anchor"])
+            .args(["--profile", &profile_of(profile_dir)])
+            .arg("--message-format=json-render-diagnostics");
+        // The target directory is the one holding this test (it has cargo's CACHEDIR.TAG), so
+        // the dependencies built for this run are reused.
+        if let Some(target) = profile_dir
+            .ancestors()
+            .take(3)
+            .find(|d| d.join("CACHEDIR.TAG").is_file())
+        {
+            cmd.arg("--target-dir").arg(target);
+        }
+        let start = Instant::now();
+        let out = cmd.output().expect("spawn cargo build for the anchor CLI");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "cargo build of the anchor CLI failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            stdout
+        );
+        // The compiler-artifact message of the bin carries `"executable":"<path>"`.
+        let path = stdout
+            .lines()
+            .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
+            .filter_map(|l| {
+                let rest = l.split_once("\"executable\":\"")?.1;
+                Some(PathBuf::from(rest.split_once('"')?.0))
+            })
+            .find(|p| p.file_name().is_some_and(|n| n == "anchor"))
+            .unwrap_or_else(|| panic!("cargo did not name the anchor executable:\n{stdout}"));
+        assert!(path.is_file(), "{} is missing", path.display());
+        eprintln!(
+            "anchor CLI: {} (cargo build {:.1} s)",
+            path.display(),
+            start.elapsed().as_secs_f64()
+        );
+        path
+    })
 }
