@@ -635,6 +635,7 @@ mod tests {
             face_model_folder: String::new(),
             face_points: None,
             face_landmarks_file: String::new(),
+            face_parser: String::new(),
             face_smoothing: 0.0,
             face_temporal: false,
             face_window: 16,

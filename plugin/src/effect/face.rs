@@ -115,6 +115,9 @@ pub fn face_settings(settings: &Settings) -> FaceSettings {
             erode: pos(settings.face_erode),
             blur: pos(settings.face_blur),
         },
+        parser: Some(settings.face_parser.trim())
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
     }
 }
 

@@ -56,6 +56,8 @@ pub const FACE_POINTS: [&str; 5] = [
 ];
 /// `faceLandmarksFile`: per-frame landmarks, JSON (the CLI's `--face-landmarks` format).
 pub const FACE_LANDMARKS_FILE: &str = "faceLandmarksFile";
+/// `faceParser`: an optional BiSeNet face-parsing checkpoint for the crop mask (spec §5.2).
+pub const FACE_PARSER: &str = "faceParser";
 /// `faceSmoothing`: temporal smoothing of the face crop's transform (0 = off).
 pub const FACE_SMOOTHING: &str = "faceSmoothing";
 /// `faceTemporal`: denoise the face crops jointly in overlapping windows (beyond the paper).
@@ -413,6 +415,13 @@ pub const PARAMS: &[ParamSpec] = &[
         kind: Kind::File,
     },
     ParamSpec {
+        name: FACE_PARSER,
+        label: "Face Parser",
+        hint: "Optional BiSeNet face-parsing checkpoint (face-parsing.PyTorch 79999_iter.pth, non-commercial weights, see the README): when set and no FaceMatte input is connected, the face mask inside the crop is the parser's classes 1-13 instead of the landmark template's ellipse.",
+        page: PAGE_FACE,
+        kind: Kind::File,
+    },
+    ParamSpec {
         name: FACE_SMOOTHING,
         label: "Smoothing",
         hint: "Temporal smoothing of the face crop's placement, from 0 (off, as the reference) towards 1 (steadier crops that follow motion more slowly); a jittery crop flickers.",
@@ -726,6 +735,8 @@ pub struct Settings {
     pub face_points: Option<[[f64; 2]; 5]>,
     /// `faceLandmarksFile` as typed (may be empty).
     pub face_landmarks_file: String,
+    /// `faceParser` as typed (may be empty).
+    pub face_parser: String,
     /// `faceSmoothing` (0 = off).
     pub face_smoothing: f64,
     /// `faceTemporal`.
@@ -807,6 +818,7 @@ impl Settings {
             face_model_folder: string(FACE_MODEL_FOLDER),
             face_points: face_points_at(params, time),
             face_landmarks_file: string(FACE_LANDMARKS_FILE),
+            face_parser: string(FACE_PARSER),
             face_smoothing: double(FACE_SMOOTHING),
             face_temporal: int(FACE_TEMPORAL) != 0,
             face_window: int(FACE_WINDOW),
@@ -966,6 +978,7 @@ mod tests {
             "faceMouthLeft",
             "faceMouthRight",
             "faceLandmarksFile",
+            "faceParser",
             "faceSmoothing",
             "faceTemporal",
             "faceWindow",

@@ -569,6 +569,7 @@ fn face_parameters_are_listed() {
         "faceMouthLeft",
         "faceMouthRight",
         "faceLandmarksFile",
+        "faceParser",
         "faceSmoothing",
         "faceTemporal",
         "faceWindow",
