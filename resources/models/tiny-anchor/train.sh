@@ -21,7 +21,8 @@ INSTALL=${INSTALL:-0}
 if [ "$QUICK" = 1 ]; then
   FRAMES=48; VAE_STEPS=6; PRE_STEPS=6; FT_STEPS=4; CK=3; WORK=$WORK-quick
 else
-  FRAMES=1800; VAE_STEPS=4000; PRE_STEPS=8000; FT_STEPS=3000; CK=500
+  FRAMES=${FRAMES:-1800}; VAE_STEPS=${VAE_STEPS:-4000}; PRE_STEPS=${PRE_STEPS:-8000}
+  FT_STEPS=${FT_STEPS:-3000}; CK=${CK:-500}
 fi
 if [ -z "${ANCHOR:-}" ]; then
   cargo build --release -p make-your-anchor --bin anchor
