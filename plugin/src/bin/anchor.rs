@@ -51,10 +51,12 @@ enum Command {
     Synth(tools::synth::SynthArgs),
     /// Compare rendered frames with ground truth: PSNR, SSIM, silhouette IoU, seam flicker.
     Eval(tools::eval::EvalArgs),
-    /// Train the UNet and ControlNet (pretrain or finetune) on JSON-Lines data.
+    /// Train the UNet and ControlNet (pretrain, finetune, or the face model) on JSON-Lines data.
     Train(Box<train::cli::TrainArgs>),
     /// Train a KL autoencoder (VAE) for a tiny model family.
     TrainVae(Box<train::cli::TrainVaeArgs>),
+    /// Build head (face) training data from an `anchor synth` identity folder.
+    FaceData(train::face_data::FaceDataArgs),
 }
 
 #[derive(clap::Args)]
@@ -554,6 +556,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(a) => return tools::exit_code(tools::eval::run(&a)),
         Command::Train(a) => return train::cli::exit_code(train::cli::run_train(&a)),
         Command::TrainVae(a) => return train::cli::exit_code(train::cli::run_train_vae(&a)),
+        Command::FaceData(a) => return train::cli::exit_code(train::face_data::run(&a)),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -19,11 +19,13 @@ QUICK=${QUICK:-0}
 SIZE=${SIZE:-128}
 INSTALL=${INSTALL:-0}
 if [ "$QUICK" = 1 ]; then
-  FRAMES=48; VAE_STEPS=6; PRE_STEPS=6; FT_STEPS=4; CK=3; WORK=$WORK-quick
+  FRAMES=48; VAE_STEPS=6; PRE_STEPS=6; FT_STEPS=4; FACE_STEPS=4; CK=3; WORK=$WORK-quick
 else
   FRAMES=${FRAMES:-1800}; VAE_STEPS=${VAE_STEPS:-4000}; PRE_STEPS=${PRE_STEPS:-8000}
-  FT_STEPS=${FT_STEPS:-3000}; CK=${CK:-500}
+  FT_STEPS=${FT_STEPS:-3000}; FACE_STEPS=${FACE_STEPS:-2000}; CK=${CK:-500}
 fi
+# Face crops: half the frame side (a multiple of 16 for the face UNet's two downsamplers).
+FACE_SIZE=$((SIZE / 2))
 if [ -z "${ANCHOR:-}" ]; then
   cargo build --release -p make-your-anchor --bin anchor
   ANCHOR=$ROOT/target/release/anchor
@@ -79,14 +81,31 @@ if [ ! -d "$WORK/ft/model" ]; then
     --appearance "$WORK/data/target/reference.png"
 fi
 
-# 6. Render the held-out segment and evaluate it.
+# 6. The target's face (head) model (issue 7): head crops aligned from the landmarks at 512 and
+#    saved at $FACE_SIZE², a random 9-channel inpainting UNet, its 4-channel ControlNet made from
+#    it. The shared components come from the fine-tuned body model.
+if [ ! -f "$WORK/data/target/head/head_train.jsonl" ]; then
+  log face-data
+  "$ANCHOR" face-data --synth "$WORK/data/target" --out "$WORK/data/target/head" \
+    --resolution "$FACE_SIZE"
+fi
+if [ ! -d "$WORK/face/model" ]; then
+  log face
+  "$ANCHOR" train --stage face --init random --unet-config "$HERE/configs/unet_face.json" \
+    --conditioning-embedding-channels 16,32,64 --base "$WORK/ft/model" \
+    --data "$WORK/data/target/head/head_train.jsonl" --out "$WORK/face" --lr 1e-4 \
+    --batch-size 8 --steps "$FACE_STEPS" --seed 4 --checkpoint-every "$CK" --keep-checkpoints 2 \
+    --resume
+fi
+
+# 7. Render the held-out segment and evaluate it.
 log render
 rm -rf "$WORK/render"
 "$ANCHOR" render --model "$WORK/ft/model" --poses "$WORK/data/heldout/mesh" \
   --appearance "$WORK/data/target/reference.png" --out "$WORK/render"
 "$ANCHOR" eval --pred "$WORK/render" --truth "$WORK/data/heldout/person" \
   --mesh "$WORK/data/heldout/mesh" --json "$WORK/eval.json"
-du -sh "$WORK/ft/model/"{unet,controlnet,vae,text_encoder,image_encoder}
+du -sh "$WORK/ft/model/"{unet,controlnet,vae,text_encoder,image_encoder} "$WORK/face/model/head"
 
 if [ "$INSTALL" = 1 ]; then
   log install
@@ -94,5 +113,7 @@ if [ "$INSTALL" = 1 ]; then
     rm -rf "${HERE:?}/$c"; cp -rL "$WORK/ft/model/$c" "$HERE/$c"
   done
   cp "$WORK/ft/model/appearance.png" "$WORK/ft/model/anchor.json" "$HERE/"
+  rm -rf "${HERE:?}/head"; cp -rL "$WORK/face/model/head" "$HERE/head"
+  cp "$WORK/face/model/head.png" "$HERE/"
 fi
 log done

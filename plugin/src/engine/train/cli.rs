@@ -18,6 +18,9 @@ pub enum StageArg {
     Pretrain,
     /// UNet and ControlNet from a pre-trained folder.
     Finetune,
+    /// The head (face-inpainting) model on head JSON-Lines (with "mask"); UNet from the base's
+    /// head/unet (or a 9-channel unet/) or --init random; writes head/{unet,controlnet}.
+    Face,
 }
 
 /// `--init`.
@@ -48,7 +51,8 @@ pub struct TrainArgs {
     /// controlnet/ for finetune).
     #[arg(long)]
     pub base: PathBuf,
-    /// JSON-Lines file(s) of {"source", "target", "reference"} (paths relative to the file).
+    /// JSON-Lines file(s) of {"source", "target", "reference"} (and "mask" for --stage face;
+    /// paths relative to the file).
     #[arg(long, required = true, num_args = 1..)]
     pub data: Vec<PathBuf>,
     /// Output folder: checkpoints/, model/, loss.csv, loss.png, validation/.
@@ -130,7 +134,8 @@ pub struct TrainArgs {
     /// DDIM steps of validation renders.
     #[arg(long, default_value_t = 20)]
     pub val_steps: usize,
-    /// The trained model's appearance.png [the first sample's reference].
+    /// The trained model's appearance.png (head.png for --stage face) [the first sample's
+    /// reference].
     #[arg(long)]
     pub appearance: Option<PathBuf>,
     /// auto, cpu or cuda:N.
@@ -197,6 +202,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     let stage = match a.stage {
         StageArg::Pretrain => Stage::Pretrain,
         StageArg::Finetune => Stage::Finetune,
+        StageArg::Face => Stage::Face,
     };
     let mut cfg = TrainConfig::new(stage, a.base.clone(), a.data.clone(), a.out.clone());
     cfg.unet_config = a.unet_config.clone();

@@ -1,6 +1,8 @@
 //! The training data: the reference's JSON-Lines format, one object per line,
 //! `{"source": mesh render, "target": frame, "reference": appearance image}` with paths relative
-//! to the file (spec §6, "Data format"), and the seeded order in which samples are drawn.
+//! to the file (spec §6, "Data format"), and the seeded order in which samples are drawn. The
+//! head (face) format adds `"mask"`: the inverted face mask of the aligned crop (255 = keep,
+//! 0 = face, spec §5.3), required by [`Dataset::open_head`].
 //!
 //! Everything is checked before the first step, so a bad dataset fails in seconds with the file,
 //! line and path at fault: a missing image, an empty dataset, and `source`/`target` images of
@@ -20,6 +22,8 @@ pub struct Sample {
     pub target: PathBuf,
     /// The appearance image (CLIP tokens).
     pub reference: PathBuf,
+    /// The inverted face mask (head data only).
+    pub mask: Option<PathBuf>,
     /// The JSON-Lines file it came from.
     pub file: PathBuf,
     /// Its 1-based line number.
@@ -57,6 +61,16 @@ impl Dataset {
     /// Reads and checks `files`. With `resolution`, every `source`/`target` is resized to that
     /// square size when used; without it they must all have the size of the first one.
     pub fn open(files: &[PathBuf], resolution: Option<usize>) -> Result<Self> {
+        Self::open_with(files, resolution, false)
+    }
+
+    /// As [`Dataset::open`] for the head format: every line must also name an existing `mask`
+    /// image ([`TrainError::NoMask`], [`TrainError::MissingImage`]).
+    pub fn open_head(files: &[PathBuf], resolution: Option<usize>) -> Result<Self> {
+        Self::open_with(files, resolution, true)
+    }
+
+    fn open_with(files: &[PathBuf], resolution: Option<usize>, head: bool) -> Result<Self> {
         if files.is_empty() {
             return Err(TrainError::EmptyDataset(
                 "no JSON-Lines file was given".into(),
@@ -77,14 +91,28 @@ impl Dataset {
                     source: field(&v, "source", file, line)?,
                     target: field(&v, "target", file, line)?,
                     reference: field(&v, "reference", file, line)?,
+                    mask: match (head, v.get("mask").is_some_and(|m| m.is_string())) {
+                        (false, _) => None,
+                        (true, true) => Some(field(&v, "mask", file, line)?),
+                        (true, false) => {
+                            return Err(TrainError::NoMask {
+                                file: file.clone(),
+                                line,
+                            })
+                        }
+                    },
                     file: file.clone(),
                     line,
                 };
                 for (name, p) in [
-                    ("source", &sample.source),
-                    ("target", &sample.target),
-                    ("reference", &sample.reference),
-                ] {
+                    ("source", Some(&sample.source)),
+                    ("target", Some(&sample.target)),
+                    ("reference", Some(&sample.reference)),
+                    ("mask", sample.mask.as_ref()),
+                ]
+                .into_iter()
+                .filter_map(|(n, p)| Some((n, p?)))
+                {
                     if !p.is_file() {
                         return Err(TrainError::MissingImage {
                             file: file.clone(),
@@ -146,6 +174,12 @@ impl Dataset {
     /// True when there are no samples (never, after [`Dataset::open`]).
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
+    }
+
+    /// The mask image at `path` as one byte per pixel at the working size (its first channel,
+    /// resized bilinearly as the reference's `cv2.resize`; the inpainting step binarises it).
+    pub fn load_mask(&self, path: &Path) -> Result<Vec<u8>> {
+        Ok(self.load_rgb(path)?.chunks_exact(3).map(|p| p[0]).collect())
     }
 
     /// `path` as 8-bit RGB at the working size (bilinear, like the reference's `cv2.resize`).

@@ -17,6 +17,21 @@
 //!
 //! The ControlNet runs with conditioning scale 1.0 in training (diffusers' training scripts);
 //! inference uses the body scale 2.0 (spec §1.4).
+//!
+//! Stage `face` trains the head (face-inpainting) model on the head JSON-Lines format (spec §5.3,
+//! §6 "Head"): the UNet takes `cat[x_t, mask, masked_latents]` (9 channels for 4 latent
+//! channels), built by the inference code's own steps ([`prepare_mask_and_masked_image`],
+//! [`downsample_mask`]) with the inverted mask (1 = keep) and a seeded posterior sample of the
+//! masked target; the head ControlNet sees the 4-channel `x_t` and the aligned mesh crop. The
+//! UNet comes from the base's `head/unet` (or a 9-channel top-level `unet/`, e.g.
+//! SD-inpainting), or a random init of `--unet-config`; the ControlNet from the base's
+//! `head/controlnet` when present (the reference fine-tunes the pre-trained head ControlNet),
+//! else it is made from the UNet as `from_unet` with `in_channels` = latent channels and the
+//! latent part of `conv_in` (the reference's comes from the 4-channel SD1.5 UNet, spec §1.4).
+//! The appearance is the CLIP of the head reference resized to 256² as at inference. The output
+//! is a model folder with `head/{unet,controlnet}` that
+//! `AnchorModel::load_part(.., ModelPart::Head, ..)` loads, and `head.png` (the head reference
+//! `anchor render --face-model` uses by default) instead of `appearance.png`.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,7 +44,11 @@ use super::optim::{clip_factor, grad_norm, AdamW, AdamWParams};
 use super::params::{self, ParamSet};
 use super::validate::{self, ValidationSpec};
 use super::{io_err, normals, stream, tags, Result, TrainError};
-use crate::engine::model::ModelLayout;
+use crate::engine::face::inpaint::{
+    downsample_mask, prepare_mask_and_masked_image, HEAD_REFERENCE_SIZE,
+};
+use crate::engine::face::warp::resize_linear_u8;
+use crate::engine::model::{ModelLayout, ModelPart};
 use crate::engine::networks::clip::ClipVisionEncoder;
 use crate::engine::networks::controlnet::ControlNetModel;
 use crate::engine::networks::unet::UNet2DConditionModel;
@@ -37,6 +56,7 @@ use crate::engine::networks::unet_blocks::Temporal;
 use crate::engine::networks::vae::{AutoencoderKl, DiagonalGaussian};
 use crate::engine::pipeline::{read_rgb8, rgb8_to_tensor};
 use crate::engine::sampler::ddim::{DdimConfig, DdimScheduler, PredictionType};
+use crate::engine::EngineError;
 
 /// Which stage (spec §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +65,17 @@ pub enum Stage {
     Pretrain,
     /// UNet and ControlNet from a pre-trained folder.
     Finetune,
+    /// The head (face-inpainting) model on head data (see the module docs).
+    Face,
+}
+
+impl Stage {
+    fn part(self) -> ModelPart {
+        match self {
+            Self::Face => ModelPart::Head,
+            _ => ModelPart::Body,
+        }
+    }
 }
 
 /// Where the UNet's initial weights come from in `pretrain`.
@@ -179,6 +210,76 @@ struct Frozen {
     alphas_cumprod: Vec<f32>,
 }
 
+/// The fixed part of one face sample's UNet conditioning.
+#[derive(Clone)]
+struct MaskedMoments {
+    mask: Tensor,
+    mean: Tensor,
+    logvar: Tensor,
+}
+
+/// The UNet folder of a face base: `head/unet`, else a top-level `unet/` (an SD-inpainting base).
+fn face_unet_dir(layout: &ModelLayout) -> Result<PathBuf> {
+    let head = layout.component("unet")?.to_path_buf();
+    let top = layout.root.join("unet");
+    Ok(if head.is_dir() || !top.is_dir() {
+        head
+    } else {
+        top
+    })
+}
+
+/// A ControlNet made from the UNet (`from_unet`, spec §6 stage 1), with `in_channels` input
+/// channels: the UNet's `conv_in` is narrowed to its first `in_channels` inputs (the face stage's
+/// `x_t` part of `[x_t, mask, masked_latents]`).
+fn controlnet_from_unet(
+    cfg: &TrainConfig,
+    unet_json: &serde_json::Value,
+    unet_params: &ParamSet,
+    base_cn: &Path,
+    in_channels: usize,
+) -> Result<(ControlNetModel, ParamSet)> {
+    // The embedding widths of the base's ControlNet config when it has one, else diffusers'
+    // default.
+    let from_base = params::read_config_json(&base_cn.join("config.json"))
+        .ok()
+        .and_then(|v| {
+            serde_json::from_value::<Vec<usize>>(
+                v.get("conditioning_embedding_out_channels")?.clone(),
+            )
+            .ok()
+        });
+    let widths = cfg
+        .controlnet_embedding
+        .clone()
+        .or(from_base)
+        .unwrap_or_else(|| vec![16, 32, 96, 256]);
+    let mut cn_json = params::controlnet_config_from_unet(unet_json, &widths);
+    cn_json["in_channels"] = in_channels.into();
+    let (net, p) = params::build_controlnet(cn_json, &cfg.device)?;
+    p.random_init(cfg.seed ^ 0xC0, |_| true)?;
+    p.copy_shared(unet_params, &params::FROM_UNET_PREFIXES[1..])?;
+    let theirs: HashMap<String, candle_core::Var> = unet_params.vars().into_iter().collect();
+    for (name, var) in p.vars() {
+        if !name.starts_with(params::FROM_UNET_PREFIXES[0]) {
+            continue;
+        }
+        let src = theirs.get(&name).ok_or_else(|| {
+            TrainError::Data(format!(
+                "the UNet has no parameter '{name}' for the ControlNet"
+            ))
+        })?;
+        let t = src.as_tensor().detach();
+        let t = if t.rank() == 4 {
+            t.narrow(1, 0, in_channels)?
+        } else {
+            t
+        };
+        var.set(&t.contiguous()?.copy()?)?;
+    }
+    Ok((net, p))
+}
+
 /// A run in progress.
 struct Trainer<'a> {
     cfg: &'a TrainConfig,
@@ -192,6 +293,8 @@ struct Trainer<'a> {
     cn_params: ParamSet,
     opt: AdamW,
     moments: Vec<Option<(Tensor, Tensor)>>,
+    /// Face stage: per sample, the latent-size mask and the masked image's posterior moments.
+    masked: Vec<Option<MaskedMoments>>,
     tokens: HashMap<PathBuf, Tensor>,
     appearance: PathBuf,
 }
@@ -215,7 +318,8 @@ fn check_divisible(cfg_json: &serde_json::Value, side: usize, vae_factor: usize)
 impl<'a> Trainer<'a> {
     fn new(cfg: &'a TrainConfig, data: Dataset) -> Result<Self> {
         let device = &cfg.device;
-        let layout = ModelLayout::resolve(&cfg.base)?;
+        let face = cfg.stage == Stage::Face;
+        let layout = ModelLayout::resolve_part(&cfg.base, cfg.stage.part())?;
         let vae = AutoencoderKl::load(layout.component("vae")?, DType::F32, device)?.0;
         let clip =
             ClipVisionEncoder::load(layout.component("image_encoder")?, DType::F32, device)?.0;
@@ -230,11 +334,39 @@ impl<'a> Trainer<'a> {
         }
         let alphas_cumprod = DdimScheduler::new(sched_cfg, 1)?.alphas_cumprod().to_vec();
 
+        let unet_dir = if face {
+            face_unet_dir(&layout)?
+        } else {
+            layout.component("unet")?.to_path_buf()
+        };
         let unet_cfg_path = cfg
             .unet_config
             .clone()
-            .unwrap_or_else(|| layout.components["unet"].join("config.json"));
+            .unwrap_or_else(|| unet_dir.join("config.json"));
         let unet_json = params::read_config_json(&unet_cfg_path)?;
+        let latent = vae.config().latent_channels;
+        let unet_in = unet_json
+            .get("in_channels")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(4) as usize;
+        let want_in = cfg.stage.part().unet_in_channels(latent);
+        if unet_in != want_in {
+            return Err(EngineError::config(
+                &unet_cfg_path,
+                format!(
+                    "the UNet takes in_channels = {unet_in}; stage {:?} needs {want_in} (spec \
+                     §7.8: the face UNet takes [latent, mask, masked latent])",
+                    cfg.stage
+                ),
+            )
+            .into());
+        }
+        if face && data.width != data.height {
+            return Err(TrainError::Data(format!(
+                "face crops are square; these are {}×{}: give --resolution",
+                data.width, data.height
+            )));
+        }
         check_divisible(&unet_json, data.width, vae.config().downsample_factor())?;
         check_divisible(&unet_json, data.height, vae.config().downsample_factor())?;
         let (unet, unet_params) = params::build_unet(unet_json.clone(), device)?;
@@ -247,37 +379,25 @@ impl<'a> Trainer<'a> {
                             .into(),
                     ));
                 }
-                unet_params.load_strict(layout.component("unet")?)?;
+                unet_params.load_strict(&unet_dir)?;
                 let cn_json = params::read_config_json(&base_cn.join("config.json"))?;
                 let (net, p) = params::build_controlnet(cn_json, device)?;
                 p.load_strict(&base_cn)?;
                 (net, p)
             }
-            Stage::Pretrain => {
+            Stage::Pretrain | Stage::Face => {
                 match cfg.init {
-                    UnetInit::Base => unet_params.load_strict(layout.component("unet")?)?,
+                    UnetInit::Base => unet_params.load_strict(&unet_dir)?,
                     UnetInit::Random => unet_params.random_init(cfg.seed, |_| true)?,
                 }
-                // The embedding widths of the base's ControlNet config when it has one, else
-                // diffusers' default.
-                let from_base = params::read_config_json(&base_cn.join("config.json"))
-                    .ok()
-                    .and_then(|v| {
-                        serde_json::from_value::<Vec<usize>>(
-                            v.get("conditioning_embedding_out_channels")?.clone(),
-                        )
-                        .ok()
-                    });
-                let widths = cfg
-                    .controlnet_embedding
-                    .clone()
-                    .or(from_base)
-                    .unwrap_or_else(|| vec![16, 32, 96, 256]);
-                let cn_json = params::controlnet_config_from_unet(&unet_json, &widths);
-                let (net, p) = params::build_controlnet(cn_json, device)?;
-                p.random_init(cfg.seed ^ 0xC0, |_| true)?;
-                p.copy_shared(&unet_params, &params::FROM_UNET_PREFIXES)?;
-                (net, p)
+                if face && cfg.init == UnetInit::Base && base_cn.join("config.json").is_file() {
+                    let cn_json = params::read_config_json(&base_cn.join("config.json"))?;
+                    let (net, p) = params::build_controlnet(cn_json, device)?;
+                    p.load_strict(&base_cn)?;
+                    (net, p)
+                } else {
+                    controlnet_from_unet(cfg, &unet_json, &unet_params, &base_cn, latent)?
+                }
             }
         };
         let mut vars: Vec<_> = unet_params
@@ -318,6 +438,7 @@ impl<'a> Trainer<'a> {
             cn_params,
             opt,
             moments: vec![None; n],
+            masked: vec![None; n],
             tokens: HashMap::new(),
             appearance,
         })
@@ -358,10 +479,41 @@ impl<'a> Trainer<'a> {
         if let Some(t) = self.tokens.get(&path) {
             return Ok(t.clone());
         }
-        let (rgb, w, h) = read_rgb8(&path)?;
+        let (mut rgb, mut w, mut h) = read_rgb8(&path)?;
+        if self.cfg.stage == Stage::Face {
+            // As at inference (`encode_head_appearance`): cv2.resize to 256² first.
+            let s = HEAD_REFERENCE_SIZE;
+            (rgb, w, h) = (resize_linear_u8(&rgb, w, h, 3, s, s), s, s);
+        }
         let t = self.frozen.clip.encode_image(&rgb, w, h)?.detach();
         self.tokens.insert(path, t.clone());
         Ok(t)
+    }
+
+    /// Face stage: sample `i`'s latent-size mask (1 = keep) and the posterior moments of its
+    /// masked target (spec §5.3 steps 1–3, the inference code's own functions).
+    fn masked_moments(&mut self, i: usize) -> Result<MaskedMoments> {
+        if let Some(m) = &self.masked[i] {
+            return Ok(m.clone());
+        }
+        let sample = &self.data.samples[i];
+        let mask_path = sample.mask.clone().ok_or_else(|| TrainError::NoMask {
+            file: sample.file.clone(),
+            line: sample.line,
+        })?;
+        let rgb = self.data.load_rgb(&sample.target)?;
+        let mask = self.data.load_mask(&mask_path)?;
+        let size = self.data.width;
+        let (mask_t, masked) = prepare_mask_and_masked_image(&rgb, &mask, size, &self.cfg.device)?;
+        let post = self.frozen.vae.encode(&masked)?;
+        let (_, _, lh, lw) = post.mean.dims4()?;
+        let m = MaskedMoments {
+            mask: downsample_mask(&mask_t, lh, lw)?.detach(),
+            mean: post.mean.detach(),
+            logvar: post.logvar.detach(),
+        };
+        self.masked[i] = Some(m.clone());
+        Ok(m)
     }
 
     fn last_checkpoint(&self) -> Option<PathBuf> {
@@ -401,6 +553,25 @@ impl<'a> Trainer<'a> {
         };
         let post_noise = draw(&mut rng)?;
         let eps = draw(&mut rng)?;
+        // Face stage: `[mask, masked_latents]`, with a third draw for the masked image's
+        // posterior sample (after the body's two, so the body stream is unchanged).
+        let inpaint = if self.cfg.stage == Stage::Face {
+            let (mut masks, mut mm, mut ml) = (vec![], vec![], vec![]);
+            for &i in &idx {
+                let m = self.masked_moments(i)?;
+                masks.push(m.mask);
+                mm.push(m.mean);
+                ml.push(m.logvar);
+            }
+            let masked_post = DiagonalGaussian {
+                mean: Tensor::cat(&mm, 0)?,
+                logvar: Tensor::cat(&ml, 0)?,
+            };
+            let z = masked_post.sample(&draw(&mut rng)?)?;
+            Some((Tensor::cat(&masks, 0)?, self.frozen.vae.scale_latents(&z)?))
+        } else {
+            None
+        };
         let x0 = self.frozen.vae.scale_latents(&post.sample(&post_noise)?)?;
         let coef = |f: &dyn Fn(f32) -> f32| -> Result<Tensor> {
             let v: Vec<f32> = ts
@@ -423,9 +594,13 @@ impl<'a> Trainer<'a> {
             self.cfg.conditioning_scale,
             Temporal::PerFrame,
         )?;
-        let pred = self
-            .unet
-            .forward_timesteps(&xt, &tf, &ctx, Some(&res), Temporal::PerFrame)?;
+        let unet_in = match &inpaint {
+            Some((mask, masked)) => Tensor::cat(&[&xt, mask, masked], 1)?,
+            None => xt.clone(),
+        };
+        let pred =
+            self.unet
+                .forward_timesteps(&unet_in, &tf, &ctx, Some(&res), Temporal::PerFrame)?;
         let loss = (pred.to_dtype(DType::F32)? - eps)?.sqr()?.mean_all()?;
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {
@@ -482,12 +657,18 @@ impl<'a> Trainer<'a> {
 
     /// Fills `dir` with a complete model folder (and, for checkpoints, the optimizer state).
     fn write_model(&self, dir: &Path, state: &TrainerState, optimizer: bool) -> Result<()> {
-        self.unet_params.save(&dir.join("unet"))?;
-        self.cn_params.save(&dir.join("controlnet"))?;
+        let nets = self.nets_dir(dir);
+        self.unet_params.save(&nets.join("unet"))?;
+        self.cn_params.save(&nets.join("controlnet"))?;
         for c in ["vae", "scheduler", "text_encoder", "image_encoder"] {
             checkpoint::link_or_copy(self.layout.component(c)?, &dir.join(c))?;
         }
-        write_appearance(&self.appearance, &dir.join("appearance.png"))?;
+        // The face model's reference is the head photo `anchor render --face-model` looks for.
+        let name = match self.cfg.stage {
+            Stage::Face => "head.png",
+            _ => "appearance.png",
+        };
+        write_appearance(&self.appearance, &dir.join(name))?;
         if let Some(a) = &self.layout.anchor_json {
             let v = params::read_config_json(a)?;
             if let Some(d) = v.get("defaults") {
@@ -503,9 +684,22 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// Where the trained networks go in a model folder: `head/` for the face stage (the
+    /// released checkpoints' layout), else the top level.
+    fn nets_dir(&self, dir: &Path) -> PathBuf {
+        match self.cfg.stage {
+            Stage::Face => dir.join(ModelPart::Head.subfolder()),
+            _ => dir.to_path_buf(),
+        }
+    }
+
     fn state(&self, step: usize, total: usize, losses: &[LossRow]) -> TrainerState {
         TrainerState {
-            kind: "train".into(),
+            kind: match self.cfg.stage {
+                Stage::Face => "train-face",
+                _ => "train",
+            }
+            .into(),
             step,
             seed: self.cfg.seed,
             batch_size: self.cfg.batch_size,
@@ -519,8 +713,9 @@ impl<'a> Trainer<'a> {
     fn restore(&mut self, dir: &Path, total: usize) -> Result<Vec<LossRow>> {
         let state = TrainerState::read(dir)?;
         state.check_resumable(&self.state(0, total, &[]), dir)?;
-        self.unet_params.load_strict(&dir.join("unet"))?;
-        self.cn_params.load_strict(&dir.join("controlnet"))?;
+        let nets = self.nets_dir(dir);
+        self.unet_params.load_strict(&nets.join("unet"))?;
+        self.cn_params.load_strict(&nets.join("controlnet"))?;
         let moments =
             checkpoint::load_tensors(&dir.join(checkpoint::OPTIMIZER_FILE), &self.cfg.device)?;
         self.opt.restore(&moments, state.step as u64)?;
@@ -550,7 +745,16 @@ pub fn train(cfg: &TrainConfig, progress: &dyn Fn(&str)) -> Result<TrainReport> 
             "--batch-size and --checkpoint-every must be at least 1".into(),
         ));
     }
-    let data = Dataset::open(&cfg.data, cfg.resolution)?;
+    let data = if cfg.stage == Stage::Face {
+        if cfg.validate_every > 0 {
+            return Err(TrainError::Data(
+                "validation renders are for the body stages; the face stage has none".into(),
+            ));
+        }
+        Dataset::open_head(&cfg.data, cfg.resolution)?
+    } else {
+        Dataset::open(&cfg.data, cfg.resolution)?
+    };
     std::fs::create_dir_all(&cfg.out).map_err(io_err(&cfg.out))?;
     let ck_dir = cfg.out.join(checkpoint::CHECKPOINTS);
     for p in checkpoint::remove_partials(&cfg.out)?

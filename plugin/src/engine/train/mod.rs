@@ -11,7 +11,9 @@
 //! - [`checkpoint`]: atomic model folders in the diffusers layout the renderer loads, trainer
 //!   state, resume;
 //! - [`log`]: the loss CSV and PNG plot;
-//! - [`diffusion`]: the `anchor train` loop; [`validate`]: its validation renders;
+//! - [`diffusion`]: the `anchor train` loop (stages pretrain, finetune and face); [`validate`]:
+//!   its validation renders;
+//! - [`face_data`]: `anchor face-data`, the head JSON-Lines set from `anchor synth` output;
 //! - [`vae`]: the `anchor train-vae` loop;
 //! - [`cli`]: the clap arguments of both subcommands.
 //!
@@ -27,6 +29,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod diffusion;
+pub mod face_data;
 pub mod log;
 pub mod optim;
 pub mod params;
@@ -47,10 +50,22 @@ pub enum TrainError {
         file: PathBuf,
         /// 1-based line number.
         line: usize,
-        /// `source`, `target` or `reference`.
+        /// `source`, `target`, `reference` or `mask`.
         field: String,
         /// The resolved image path.
         path: PathBuf,
+    },
+    /// A head (face) JSON-Lines line has no `mask` (spec §5.3: the inverted face mask).
+    #[error(
+        "{file}:{line}: no string field \"mask\"; the face stage needs the head format \
+         {{\"source\", \"target\", \"reference\", \"mask\"}} (mask: 255 = keep, 0 = face); \
+         `anchor face-data` writes it from `anchor synth` output"
+    )]
+    NoMask {
+        /// The JSON-Lines file.
+        file: PathBuf,
+        /// 1-based line number.
+        line: usize,
     },
     /// The dataset holds no samples.
     #[error("the dataset is empty: {0} holds no samples")]
