@@ -190,7 +190,7 @@ const MEMO_CAPACITY: usize = 32;
 
 /// The face pass of one clip and one head appearance.
 ///
-/// ```ignore
+/// ```text
 /// let model = AnchorModel::load_part(dir, ModelPart::Head, DType::F32, &device)?;
 /// let tokens = inpaint::encode_head_appearance(&model, &head_rgb, w, h)?;
 /// let pass = FacePass::new(&model, &tokens, FaceSettings::default(), model_key)?;
