@@ -243,12 +243,16 @@ impl<'m> FacePass<'m> {
         }
         // The parser runs on the head model's device (a 512² ResNet-18: cheap next to the UNet).
         let parser = match &settings.parser {
-            Some(path) => Some(FaceParser::load(path, &inpainter.model().device)?),
+            Some(path) => Some(FaceParser::load_shared(path, &inpainter.model().device)?),
             None => None,
         };
         let mut h = KeyHasher::tagged("face-pass");
         h.key(model_key);
         h.str(&format!("{settings:?}"));
+        // The parser file's version, so that an edited checkpoint is not served stale frames.
+        if let Some(path) = &settings.parser {
+            h.str(&FaceParser::version(path).unwrap_or_default());
+        }
         h.f32s(
             &appearance
                 .to_dtype(candle_core::DType::F32)?

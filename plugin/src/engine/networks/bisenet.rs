@@ -26,7 +26,11 @@
 //! Checkpoints: PyTorch `.pth` or `.safetensors` through the strict loader (`engine::weights`). The
 //! published `79999_iter.pth` (2019) is in PyTorch's legacy non-zip format, which
 //! `engine::legacy_pth` reads; files re-saved by a newer PyTorch (zip) load as well.
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 
 use candle_core::{DType, Device, Module, Result as CResult, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
@@ -514,6 +518,41 @@ impl FaceParser {
         })
     }
 
+    /// [`Self::load`] once per process for each version of the file (path, size, mtime) and
+    /// device: the face pass is set up per frame, and re-reading a 53 MB checkpoint per frame
+    /// would be wasted work on the render path. An edited checkpoint is a new version.
+    pub fn load_shared(path: &Path, device: &Device) -> Result<Self> {
+        let Some(version) = Self::version(path) else {
+            // Unreadable metadata: `load` reports the problem with its usual message.
+            return Self::load(path, device);
+        };
+        let key = (version, format!("{:?}", device.location()));
+        let cache = loaded_parsers();
+        if let Some(p) = cache.lock().get(&key) {
+            return Ok(p.clone());
+        }
+        let parser = Self::load(path, device)?;
+        let mut map = cache.lock();
+        // Older versions of this file on this device are dropped with the new one's arrival.
+        map.retain(|(v, d), _| {
+            !(d == &key.1 && v.starts_with(&format!("{}\u{0}", path.display())))
+        });
+        map.insert(key, parser.clone());
+        Ok(parser)
+    }
+
+    /// The identity of the checkpoint file's current version (path, size and mtime), or `None`
+    /// when its metadata cannot be read. Part of the face pass's cache key.
+    pub fn version(path: &Path) -> Option<String> {
+        let meta = std::fs::metadata(path).ok()?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Some(format!("{}\u{0}{}\u{0}{mtime}", path.display(), meta.len()))
+    }
+
     /// The network.
     pub fn net(&self) -> &BiSeNet {
         &self.net
@@ -558,5 +597,59 @@ impl FaceParser {
             .into_iter()
             .map(|c| u8::try_from(c).unwrap_or(u8::MAX))
             .collect())
+    }
+}
+
+/// The parsers [`FaceParser::load_shared`] keeps, by (file version, device).
+fn loaded_parsers() -> &'static Mutex<HashMap<(String, String), FaceParser>> {
+    static LOADED: OnceLock<Mutex<HashMap<(String, String), FaceParser>>> = OnceLock::new();
+    LOADED.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions_of(path: &Path) -> Vec<String> {
+        let prefix = format!("{}\u{0}", path.display());
+        loaded_parsers()
+            .lock()
+            .keys()
+            .filter(|(v, _)| v.starts_with(&prefix))
+            .map(|(v, _)| v.clone())
+            .collect()
+    }
+
+    #[test]
+    fn shared_parser_loads_once_per_file_version(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/bisenet_tiny.pth");
+        let dir = std::env::temp_dir().join(format!("mya-bisenet-shared-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("parser.pth");
+        std::fs::copy(&fixture, &path)?;
+        let first = FaceParser::load_shared(&path, &Device::Cpu)?;
+        let v1 = versions_of(&path);
+        assert_eq!(v1.len(), 1);
+        let again = FaceParser::load_shared(&path, &Device::Cpu)?;
+        assert_eq!(
+            versions_of(&path),
+            v1,
+            "a second request must reuse the loaded parser"
+        );
+        assert_eq!(first.path(), again.path());
+        // A rewritten checkpoint (new mtime) is a new version and replaces the old one.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, std::fs::read(&fixture)?)?;
+        let bumped = std::fs::File::options().write(true).open(&path)?;
+        bumped.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))?;
+        drop(bumped);
+        FaceParser::load_shared(&path, &Device::Cpu)?;
+        let v2 = versions_of(&path);
+        assert_eq!(v2.len(), 1);
+        assert_ne!(v2, v1, "an edited checkpoint must be reloaded");
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 }
