@@ -12,7 +12,11 @@
 //!   frames, the matte and landmarks, and the smoothed transform. Render clones, per-frame
 //!   instances, concurrent renders and farm nodes therefore agree bit for bit, and a frame being
 //!   enhanced by one thread is awaited by the others.
-//! - **One face inpainting at a time** runs on the accelerator (`accelerator` lock).
+//! - **The accelerator runs one batch at a time, process-wide:** head-model loads, head-appearance
+//!   encodes and per-frame inpaintings hold the body engine's lock
+//!   ([`crate::engine::service::Service::lock_accelerator`]), so a face pass never overlaps a body
+//!   batch. The temporal face's window batches do not take it yet (they read body frames through
+//!   the body service, which takes the same lock).
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -127,7 +131,6 @@ pub struct FaceService {
     /// The temporal face's window cache (noise predictions, latents, decoded crops).
     temporal: Cache,
     temporal_counters: Counters,
-    accelerator: Mutex<()>,
     loads: AtomicUsize,
     inpaintings: AtomicUsize,
 }
@@ -146,7 +149,6 @@ impl Default for FaceService {
             cache: Cache::new(CACHE_BYTES),
             temporal: Cache::new(TEMPORAL_CACHE_BYTES),
             temporal_counters: Counters::default(),
-            accelerator: Mutex::new(()),
             loads: AtomicUsize::new(0),
             inpaintings: AtomicUsize::new(0),
         }
@@ -229,7 +231,7 @@ impl FaceService {
             );
         }
         let model = {
-            let _g = self.accelerator.lock();
+            let _g = crate::engine::service::global().lock_accelerator();
             AnchorModel::load_part(&req.folder, ModelPart::Head, req.dtype, device).map_err(bad)?
         };
         // A body UNet (4 channels) loads fine but cannot inpaint: say so before any frame.
@@ -261,7 +263,7 @@ impl FaceService {
             return Ok(t.clone());
         }
         let t = {
-            let _g = self.accelerator.lock();
+            let _g = crate::engine::service::global().lock_accelerator();
             face::inpaint::encode_head_appearance(
                 &loaded.model,
                 photo.data,
@@ -353,7 +355,7 @@ impl FaceService {
         let entry = self.cache.get_or_compute(key, || {
             computed = true;
             let out = {
-                let _g = self.accelerator.lock();
+                let _g = crate::engine::service::global().lock_accelerator();
                 pass.enhance_with(body, mesh, &placement, &resolved)?
             };
             self.inpaintings.fetch_add(1, Ordering::SeqCst);

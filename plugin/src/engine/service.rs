@@ -389,6 +389,13 @@ impl Service {
         &self.cache
     }
 
+    /// Holds the accelerator for network work outside this service (the face pass), so that the
+    /// whole process runs one batch at a time. Never hold it while calling back into this
+    /// service: the lock is not re-entrant.
+    pub fn lock_accelerator(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.accelerator.lock()
+    }
+
     /// Work counters since the process started.
     pub fn counters(&self) -> &Counters {
         &self.counters
