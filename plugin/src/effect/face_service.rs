@@ -15,8 +15,8 @@
 //! - **The accelerator runs one batch at a time, process-wide:** head-model loads, head-appearance
 //!   encodes and per-frame inpaintings hold the body engine's lock
 //!   ([`crate::engine::service::Service::lock_accelerator`]), so a face pass never overlaps a body
-//!   batch. The temporal face's window batches do not take it yet (they read body frames through
-//!   the body service, which takes the same lock).
+//!   batch. The temporal face takes it around each window batch and decode only, never while it
+//!   reads body frames through the body service (which takes the same lock).
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -411,7 +411,8 @@ impl FaceService {
                 overlap,
                 smoothing: req.smoothing,
             },
-        )?;
+        )?
+        .serialise_on(crate::engine::service::global().accelerator());
         let denoiser = temporal.denoiser(&self.temporal, &self.temporal_counters)?;
         let before = self.temporal_counters.network_calls.load(Ordering::Relaxed);
         let out = temporal.frame(&denoiser, frame)?;

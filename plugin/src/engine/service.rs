@@ -396,6 +396,11 @@ impl Service {
         self.accelerator.lock()
     }
 
+    /// The accelerator lock itself, for engines that take it per batch (the temporal face).
+    pub fn accelerator(&self) -> &Mutex<()> {
+        &self.accelerator
+    }
+
     /// Work counters since the process started.
     pub fn counters(&self) -> &Counters {
         &self.counters

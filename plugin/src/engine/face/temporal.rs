@@ -77,6 +77,8 @@ impl Default for TemporalFaceSettings {
 struct HeadWindows<'p> {
     pass: &'p FacePass<'p>,
     identity: Key,
+    /// Held around each batch and decode when set (the process's one-batch-at-a-time lock).
+    accelerator: Option<&'p Mutex<()>>,
 }
 
 impl HeadWindows<'_> {
@@ -113,6 +115,7 @@ impl WindowNetworks for HeadWindows<'_> {
     ) -> Result<(Tensor, Tensor)> {
         let model = self.pass.inpainter().model();
         let (rgb, mask, masked) = self.unpack(control)?;
+        let _g = self.accelerator.map(Mutex::lock);
         let n = latents.dim(0)?;
         let t = timestep as f64;
         let unet_in = Tensor::cat(&[latents, &mask, &masked], 1)?;
@@ -136,6 +139,7 @@ impl WindowNetworks for HeadWindows<'_> {
 
     fn decode(&self, latent: &Tensor) -> Result<Tensor> {
         let model = self.pass.inpainter().model();
+        let _g = self.accelerator.map(Mutex::lock);
         let x = model.vae.decode_scaled(&latent.unsqueeze(0)?)?;
         let x = ((x.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
         Ok(x.squeeze(0)?)
@@ -220,11 +224,23 @@ impl<'p> TemporalFace<'p> {
             resolved,
             valid,
             compact,
-            nets: HeadWindows { pass, identity },
+            nets: HeadWindows {
+                pass,
+                identity,
+                accelerator: None,
+            },
             step,
             plan,
             packed: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Runs every window batch and decode under `lock` (the caller's accelerator lock). The lock
+    /// is taken only around network calls, never while control frames are fetched, so a clip
+    /// source that renders body frames under the same lock cannot deadlock.
+    pub fn serialise_on(mut self, lock: &'p Mutex<()>) -> Self {
+        self.nets.accelerator = Some(lock);
+        self
     }
 
     /// The denoiser over the clip's face crops; `cache` and `counters` as for the body.
