@@ -111,6 +111,10 @@ impl Module for Conv2d {
     }
 }
 
+/// Fewest bands a convolution is split into (two per thread for up to four threads); fixed so
+/// that the split, and with it the rounding, never depends on the thread count.
+const MIN_BANDS: usize = 8;
+
 /// Output pixels per work item that the band height aims for: the im2col band (`K × pixels`
 /// floats, K = in channels × kernel area) stays around the 2 MiB L2 of this machine's cores for
 /// the SD1.5 widths while each `gemm` call still amortises packing the weight.
@@ -259,9 +263,11 @@ pub fn conv2d_cpu_f32(
     } else {
         threads.max(1)
     };
-    // Band height: about BAND_PIXELS pixels, but enough bands for every thread to get two.
+    // Band height: about BAND_PIXELS pixels, but at least MIN_BANDS bands. It depends on the shape
+    // only, never on the thread count: the GEMM's blocking (and so its rounding) depends on the
+    // band width, and the same input must give the same pixels on every machine.
     let mut band = BAND_PIXELS.div_ceil(wo).clamp(1, ho);
-    while band > 1 && sh.batch * ho.div_ceil(band) < 2 * threads {
+    while band > 1 && sh.batch * ho.div_ceil(band) < MIN_BANDS {
         band = band.div_ceil(2);
     }
     let bands = ho.div_ceil(band);
@@ -546,6 +552,37 @@ mod tests {
             let one = conv2d_cpu_f32(&xs, &ws, None, &sh, 1)?;
             let many = conv2d_cpu_f32(&xs, &ws, None, &sh, 5)?;
             assert_eq!(one, many);
+        }
+        Ok(())
+    }
+
+    /// The UNet's `conv_out` at a 32² latent (4 outputs, K = 320·9): the shape whose GEMM
+    /// blocking would change with the band width. Any thread count gives identical bits.
+    #[test]
+    fn thread_count_never_changes_the_result() -> Result<()> {
+        let sh = ConvShape {
+            batch: 2,
+            c_in: 320,
+            h: 32,
+            w: 32,
+            c_out: 4,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let x = Tensor::randn(0f32, 1.0, (2, 320, 32, 32), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 0.05, (4, 320, 3, 3), &Device::Cpu)?;
+        let (xs, ws) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let one = conv2d_cpu_f32(&xs, &ws, None, &sh, 1)?;
+        for threads in [2, 3, 8, 16, 64] {
+            assert!(
+                one == conv2d_cpu_f32(&xs, &ws, None, &sh, threads)?,
+                "{threads} threads changed the result"
+            );
         }
         Ok(())
     }
