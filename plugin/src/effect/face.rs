@@ -17,9 +17,10 @@
 //!   its RGB (as `anchor render --face-matte` reads PNGs), quantised to 8 bits without any
 //!   colour transfer (a matte is data), then resized to the working square bilinearly.
 //! - **Mesh** = the Source frame at the working resolution (PIL LANCZOS, as the body's control).
-//! - **Head reference** = the `FaceAppearance` clip when connected, else the body's reference (the
-//!   Appearance clip, else the model folder's `appearance.png`), as `anchor render` uses
-//!   `--appearance` when `--face-appearance` is absent.
+//! - **Head reference** = the `FaceAppearance` clip when connected, else the face model folder's
+//!   `head.png`, else the body's reference (the Appearance clip, else the body model folder's
+//!   `appearance.png`): the same order as `anchor render` (`--face-appearance`, `head.png`,
+//!   `--appearance`).
 //! - **Frames without a face** pass the body frame through; one warning per clip and kind goes to
 //!   the message suite and the log.
 //! - **Temporal face** (`faceTemporal`, beyond the paper): the clip's face crops are denoised
@@ -265,8 +266,19 @@ pub fn enhance(frame: &FaceFrame<'_>, body: Vec<u8>, size: usize) -> Result<Vec<
         None
     };
     let default_photo;
+    let head_photo;
+    // The face model's own head photo (what `anchor train --stage face` writes), as the CLI.
+    let in_model = folder.join("head.png");
     let photo = match (&face_photo, frame.body_photo) {
-        (Some(p), _) | (None, Some(p)) => p,
+        (Some(p), _) => p,
+        (None, _) if in_model.is_file() => {
+            head_photo = pipeline::read_rgb8(&in_model).map_err(|e| EffectError::NoAppearance {
+                time,
+                detail: e.to_string(),
+            })?;
+            &head_photo
+        }
+        (None, Some(p)) => p,
         (None, None) => {
             default_photo =
                 default_photo_of(&frame.body.folder).map_err(|e| EffectError::NoAppearance {

@@ -465,6 +465,47 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A face model folder with its own `head.png` (what `anchor train --stage face` writes): the
+/// effect takes it as the head reference before the body's photo, in the CLI's order.
+#[test]
+fn the_face_models_head_photo_is_the_default_head_reference_as_in_the_cli() {
+    let tmp = TempDir::new("face-head-png");
+    let (poses, _) = inputs(tmp.path());
+    let file = tmp.join("landmarks.json");
+    landmarks_file(&file, &[Some(landmarks(0)), Some(landmarks(1))]);
+    // A copy of the tiny face model beside a link to `tiny`, so its anchor.json resolves.
+    let model = tmp.join("tiny_face");
+    copy_dir(&fixtures().join("tiny_face"), &model);
+    std::os::unix::fs::symlink(fixtures().join("tiny"), tmp.join("tiny")).expect("link tiny");
+    let head = fixtures().join("../../examples/appearance.png");
+    std::fs::copy(&head, model.join("head.png")).expect("copy head.png");
+    let mut face = cli_face(Some(&file), None);
+    face[1] = model.display().to_string();
+    let want = cli(&poses, &tmp.join("cli-head"), &face);
+    let body_photo = cli(&poses, &tmp.join("cli-photo"), &cli_face(Some(&file), None));
+    assert!(
+        changed(&want[0], &body_photo[0]) > 0,
+        "head.png must change the face render"
+    );
+    let out = TempDir::new("face-head-png-out");
+    let args = [
+        format!("faceModelFolder={}", model.display()),
+        format!("faceLandmarksFile={}", file.display()),
+    ]
+    .into_iter()
+    .flat_map(|p| ["--param".to_string(), p])
+    .collect::<Vec<_>>();
+    let run = ofx(&poses, out.path(), true, &args);
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    for i in 0..N {
+        assert!(
+            run.frames[i] == want[i],
+            "frame {i} differs from anchor render in {} pixels",
+            changed(&run.frames[i], &want[i])
+        );
+    }
+}
+
 #[test]
 fn bad_face_models_fail_with_what_to_do() {
     let tmp = TempDir::new("face-bad");
