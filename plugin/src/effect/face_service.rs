@@ -321,9 +321,10 @@ impl FaceService {
             Ok(r) => r,
             Err(reason) => return Ok(skipped(reason)),
         };
-        // The crops decide the skips that need the transform (an empty crop mask); they are
-        // cheap next to the inpainting, which the cache saves.
-        if let Err(reason) = pass.crops(body, mesh, &placement, &resolved) {
+        // The crop mask decides the skips that need the transform (no face pixel in the crop).
+        // It needs no pixels and no parser run (valid with a parser, see `crop_mask`), so a cache
+        // hit costs neither a warp nor a BiSeNet pass.
+        if let Err(reason) = pass.crop_mask(&placement, &resolved, w, h) {
             return Ok(skipped(reason));
         }
         let mut k = KeyHasher::tagged("ofx-face-frame");
