@@ -149,9 +149,16 @@ impl LegacyPth {
             if !info.layout.is_contiguous() {
                 bail!("tensor {} is not contiguous in its storage", info.name)
             }
+            // Sizes come from the (possibly corrupt) file: checked arithmetic, never a panic.
             let offset = info.layout.start_offset() as u64;
-            let need = (info.layout.shape().elem_count() * info.dtype.size_in_bytes()) as u64;
-            if offset + need > bytes {
+            let end = info
+                .layout
+                .shape()
+                .dims()
+                .iter()
+                .try_fold(info.dtype.size_in_bytes(), |n, &d| n.checked_mul(d))
+                .and_then(|need| offset.checked_add(need as u64));
+            if end.is_none_or(|end| end > bytes) {
                 bail!("tensor {} runs past the end of storage {key}", info.name)
             }
             entries.insert(
@@ -179,8 +186,13 @@ impl LegacyPth {
         let Some(e) = self.entries.get(name) else {
             bail!("no tensor '{name}'")
         };
-        let count: usize = e.shape.iter().product();
-        let mut bytes = vec![0u8; count * e.dtype.size_in_bytes()];
+        // `open` checked that the tensor fits its storage, so this product cannot overflow.
+        let len = e
+            .shape
+            .iter()
+            .try_fold(e.dtype.size_in_bytes(), |n, &d| n.checked_mul(d))
+            .ok_or_else(|| candle_core::Error::Msg(format!("tensor '{name}' is too large")))?;
+        let mut bytes = vec![0u8; len];
         let mut f = std::fs::File::open(&self.path)?;
         f.seek(SeekFrom::Start(e.start))?;
         f.read_exact(&mut bytes)?;
