@@ -15,8 +15,9 @@
 //!
 //! Coordinates: landmarks and transforms are in pixels of the frame handed to the pass (x right,
 //! y down, pixel centres at integers, as OpenCV). An OFX host's 2D point parameters are canonical
-//! coordinates with y up and the origin at the bottom-left: the effect converts them with the
-//! render scale (`x·s`, `H − 1 − y·s`) before building a [`Placement`]. Mattes are one byte per
+//! coordinates with y up and the origin at the bottom-left: the effect converts them to image
+//! points (`x = (X − x1)/par − 0.5`, `y = y2 − Y − 0.5`, then `(x + 0.5)·s − 0.5` to the working
+//! size; see `effect::face`) before building a [`Placement`]. Mattes are one byte per
 //! pixel, row 0 at the top, ≥ 128 = head.
 //!
 //! | file           | owns                                                                  |
