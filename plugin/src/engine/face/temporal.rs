@@ -29,7 +29,9 @@ use crate::engine::temporal::{
 use crate::engine::{EngineError, Result};
 
 use super::blend::blend_back;
-use super::enhance::{FacePass, FaceResult, FaceStatus, Placement, ResolvedPlacement, SkipReason};
+use super::enhance::{
+    FaceCrops, FacePass, FaceResult, FaceStatus, Placement, ResolvedPlacement, SkipReason,
+};
 use super::inpaint::downsample_mask;
 use super::landmarks::FivePoints;
 use super::RgbFrame;
@@ -152,7 +154,10 @@ impl WindowNetworks for HeadWindows<'_> {
 
 struct Packed {
     key: Key,
-    control: Tensor,
+    crops: FaceCrops,
+    /// The packed control tensor, made on first use: computing keys needs only the crops, and
+    /// the VAE encode of the masked crop is wasted on frames whose windows are cached.
+    control: Mutex<Option<Tensor>>,
     transform: ResolvedPlacement,
 }
 
@@ -305,6 +310,24 @@ impl<'p> TemporalFace<'p> {
             .pass
             .crops(frame(&body), frame(&mesh), &placement, &resolved)
             .map_err(|e| EngineError::Input(format!("frame {f}: {e}")))?;
+        let packed = Arc::new(Packed {
+            key: crops.key(self.pass.identity()),
+            crops,
+            control: Mutex::new(None),
+            transform: resolved,
+        });
+        self.packed.lock().insert(i, packed.clone());
+        Ok(packed)
+    }
+
+    /// The control tensor of a packed frame: the mesh crop in [0, 1], then the downsampled mask
+    /// and the masked latents repeated to the crop size (made once per frame and render).
+    fn control(&self, packed: &Packed) -> Result<Tensor> {
+        let mut slot = packed.control.lock();
+        if let Some(t) = slot.as_ref() {
+            return Ok(t.clone());
+        }
+        let crops = &packed.crops;
         let inp = self.pass.inpainter();
         let model = inp.model();
         let size = inp.settings().size;
@@ -319,13 +342,8 @@ impl<'p> TemporalFace<'p> {
             .upsample_nearest2d(size, size)?
             .squeeze(0)?;
         let control = Tensor::cat(&[&ctrl, &rest], 0)?;
-        let packed = Arc::new(Packed {
-            key: crops.key(self.pass.identity()),
-            control,
-            transform: resolved,
-        });
-        self.packed.lock().insert(i, packed.clone());
-        Ok(packed)
+        *slot = Some(control.clone());
+        Ok(control)
     }
 
     /// The final frame `f` of the clip: the body frame with the temporally denoised face blended
@@ -378,6 +396,6 @@ impl ControlFrames for TemporalFace<'_> {
     }
 
     fn frame(&self, f: usize) -> Result<Tensor> {
-        Ok(self.pack(f)?.control.clone())
+        self.control(self.pack(f)?.as_ref())
     }
 }
