@@ -33,6 +33,7 @@ use crate::engine::face::{
 };
 use crate::engine::model::{AnchorModel, ModelLayout, ModelPart};
 use crate::engine::pipeline;
+use crate::engine::service::{ModelSlots, Slot};
 use crate::engine::temporal::{Cache, Counters, Entry, Key, KeyHasher};
 use crate::engine::{EngineError, Result};
 
@@ -120,13 +121,9 @@ type LandmarkFile = (
     Arc<face::landmarks::LandmarkTrack>,
 );
 
-/// (folder, dtype, device): one slot of the model table.
-type Slot = (PathBuf, &'static str, String);
-
 /// The process's face models and face-frame cache.
 pub struct FaceService {
-    models: Mutex<HashMap<Slot, Arc<Loaded>>>,
-    loading: Mutex<()>,
+    models: ModelSlots<Loaded>,
     cache: Cache,
     /// The temporal face's window cache (noise predictions, latents, decoded crops).
     temporal: Cache,
@@ -144,8 +141,7 @@ const TEMPORAL_CACHE_BYTES: usize = 1024 << 20;
 impl Default for FaceService {
     fn default() -> Self {
         Self {
-            models: Mutex::new(HashMap::new()),
-            loading: Mutex::new(()),
+            models: ModelSlots::default(),
             cache: Cache::new(CACHE_BYTES),
             temporal: Cache::new(TEMPORAL_CACHE_BYTES),
             temporal_counters: Counters::default(),
@@ -192,7 +188,7 @@ impl FaceService {
     pub fn purge(&self) {
         self.cache.purge();
         self.temporal.purge();
-        self.models.lock().clear();
+        self.models.clear();
     }
 
     fn model(
@@ -211,45 +207,27 @@ impl FaceService {
             dtype_name(req.dtype),
             device_name(device),
         );
-        let current = |models: &HashMap<Slot, Arc<Loaded>>| {
-            models
-                .get(&slot)
-                .filter(|m| m.identity == identity)
-                .cloned()
-        };
-        if let Some(m) = current(&self.models.lock()) {
-            return Ok(m);
-        }
-        let _loading = self.loading.lock();
-        if let Some(m) = current(&self.models.lock()) {
-            return Ok(m);
-        }
-        if self.models.lock().remove(&slot).is_some() {
+        self.models.get_or_load(slot, identity, || {
+            let model = {
+                let _g = crate::engine::service::global().lock_accelerator();
+                AnchorModel::load_part(&req.folder, ModelPart::Head, req.dtype, device)
+                    .map_err(bad)?
+            };
+            // A body UNet (4 channels) loads fine but cannot inpaint: say so before any frame.
+            face::inpaint::check_head_model(&model).map_err(bad)?;
+            let loads = self.loads.fetch_add(1, Ordering::SeqCst) + 1;
             log::info!(
-                "face model folder {} changed on disk: reloading",
-                req.folder.display()
+                "face model loaded from {} ({} on {}; {loads} face model load(s) in this process)",
+                req.folder.display(),
+                dtype_name(req.dtype),
+                device_name(device)
             );
-        }
-        let model = {
-            let _g = crate::engine::service::global().lock_accelerator();
-            AnchorModel::load_part(&req.folder, ModelPart::Head, req.dtype, device).map_err(bad)?
-        };
-        // A body UNet (4 channels) loads fine but cannot inpaint: say so before any frame.
-        face::inpaint::check_head_model(&model).map_err(bad)?;
-        let loads = self.loads.fetch_add(1, Ordering::SeqCst) + 1;
-        log::info!(
-            "face model loaded from {} ({} on {}; {loads} face model load(s) in this process)",
-            req.folder.display(),
-            dtype_name(req.dtype),
-            device_name(device)
-        );
-        let loaded = Arc::new(Loaded {
-            model,
-            identity,
-            tokens: Mutex::new(HashMap::new()),
-        });
-        self.models.lock().insert(slot, loaded.clone());
-        Ok(loaded)
+            Ok(Loaded {
+                model,
+                identity,
+                tokens: Mutex::new(HashMap::new()),
+            })
+        })
     }
 
     /// Head-appearance tokens of an RGB photo, memoised per model by content.

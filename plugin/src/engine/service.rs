@@ -204,14 +204,81 @@ struct Loaded {
     appearances: Mutex<HashMap<Key, Tensor>>,
 }
 
-/// (folder, dtype, device): one slot of the model table.
-type Slot = (PathBuf, &'static str, String);
+/// (folder, dtype, device): one slot of a model table.
+pub type Slot = (PathBuf, &'static str, String);
+
+/// Models loaded once per [`Slot`] and reloaded when their folder's identity changes (configs,
+/// weight sizes and mtimes). One load runs at a time; a second request for the same model waits
+/// for it and then finds it. Shared by the body service and the effect's face service.
+pub struct ModelSlots<T> {
+    models: Mutex<HashMap<Slot, (Key, Arc<T>)>>,
+    loading: Mutex<()>,
+}
+
+impl<T> Default for ModelSlots<T> {
+    fn default() -> Self {
+        Self {
+            models: Mutex::new(HashMap::new()),
+            loading: Mutex::new(()),
+        }
+    }
+}
+
+impl<T> ModelSlots<T> {
+    /// The model of `slot` whose folder has `identity`, loading it with `load` when it is absent
+    /// or its folder changed on disk.
+    pub fn get_or_load<E>(
+        &self,
+        slot: Slot,
+        identity: Key,
+        load: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<Arc<T>, E> {
+        let current = |models: &HashMap<Slot, (Key, Arc<T>)>| {
+            models
+                .get(&slot)
+                .filter(|(k, _)| *k == identity)
+                .map(|(_, m)| m.clone())
+        };
+        if let Some(m) = current(&self.models.lock()) {
+            return Ok(m);
+        }
+        let _loading = self.loading.lock();
+        if let Some(m) = current(&self.models.lock()) {
+            return Ok(m);
+        }
+        if self.models.lock().remove(&slot).is_some() {
+            log::info!(
+                "model folder {} changed on disk: reloading",
+                slot.0.display()
+            );
+        }
+        let model = Arc::new(load()?);
+        self.models.lock().insert(slot, (identity, model.clone()));
+        Ok(model)
+    }
+
+    /// Models loaded now.
+    pub fn len(&self) -> usize {
+        self.models.lock().len()
+    }
+
+    /// True when no model is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every model (a running request keeps its own through its `Arc`); returns how many.
+    pub fn clear(&self) -> usize {
+        let mut models = self.models.lock();
+        let n = models.len();
+        models.clear();
+        n
+    }
+}
 
 /// The process-global engine.
 pub struct Service {
-    models: Mutex<HashMap<Slot, Arc<Loaded>>>,
-    /// Serialises model loads (a second request for the same model waits, then finds it).
-    loading: Mutex<()>,
+    models: ModelSlots<Loaded>,
     cache: Cache,
     counters: Counters,
     accelerator: Mutex<()>,
@@ -228,8 +295,7 @@ const DEFAULT_CACHE_BYTES: usize = 4096 << 20;
 impl Default for Service {
     fn default() -> Self {
         Self {
-            models: Mutex::new(HashMap::new()),
-            loading: Mutex::new(()),
+            models: ModelSlots::default(),
             cache: Cache::new(DEFAULT_CACHE_BYTES),
             counters: Counters::default(),
             accelerator: Mutex::new(()),
@@ -429,7 +495,7 @@ impl Service {
 
     /// Models loaded now.
     pub fn loaded_models(&self) -> usize {
-        self.models.lock().len()
+        self.models.len()
     }
 
     /// Frees every cached frame, and the models too when no request is running (a running
@@ -438,12 +504,7 @@ impl Service {
     pub fn purge(&self) -> bool {
         self.cache.purge();
         if self.active.load(Ordering::SeqCst) == 0 {
-            let n = {
-                let mut models = self.models.lock();
-                let n = models.len();
-                models.clear();
-                n
-            };
+            let n = self.models.clear();
             log::info!("purged the frame cache and {n} model(s)");
             true
         } else {
@@ -470,38 +531,18 @@ impl Service {
             dtype_name(settings.dtype),
             device_name(device),
         );
-        let current = |models: &HashMap<Slot, Arc<Loaded>>| {
-            models
-                .get(&slot)
-                .filter(|m| m.identity == identity)
-                .cloned()
-        };
-        if let Some(m) = current(&self.models.lock()) {
-            return Ok(m);
-        }
-        let _loading = self.loading.lock();
-        if let Some(m) = current(&self.models.lock()) {
-            return Ok(m);
-        }
-        let replaced = self.models.lock().remove(&slot).is_some();
-        if replaced {
-            log::info!(
-                "model folder {} changed on disk: reloading",
-                settings.folder.display()
-            );
-        }
-        let model = {
-            let _g = self.accelerator.lock();
-            BodyModel::load(&settings.folder, settings.dtype, device).map_err(bad)?
-        };
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        let loaded = Arc::new(Loaded {
-            model,
-            identity,
-            appearances: Mutex::new(HashMap::new()),
-        });
-        self.models.lock().insert(slot, loaded.clone());
-        Ok(loaded)
+        self.models.get_or_load(slot, identity, || {
+            let model = {
+                let _g = self.accelerator.lock();
+                BodyModel::load(&settings.folder, settings.dtype, device).map_err(bad)?
+            };
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            Ok(Loaded {
+                model,
+                identity,
+                appearances: Mutex::new(HashMap::new()),
+            })
+        })
     }
 
     /// Appearance tokens of `appearance`, memoised per model.
