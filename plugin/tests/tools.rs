@@ -203,6 +203,8 @@ fn eval_reads_synth_output() -> Result<()> {
         mesh: Some(pre.join("mesh")),
         json: Some(json.clone()),
         threads: Some(2),
+        baseline: None,
+        write_baseline: None,
     };
     eval::run(&args)?;
     let r = eval::evaluate(&args)?;
@@ -230,6 +232,48 @@ fn eval_reads_synth_output() -> Result<()> {
     })?;
     let p = r.psnr_db.unwrap_or(f64::NAN);
     assert!(p > 3.0 && p < 30.0, "psnr {p}");
+
+    // The mean-frame baseline: the mean of the person frames, written out, scored against the
+    // truth; its gain is the prediction's PSNR minus the baseline's.
+    let mean_png = out.join("mean.png");
+    let r = eval::evaluate(&EvalArgs {
+        pred: pre.join("mesh"),
+        mask: None,
+        json: None,
+        baseline: Some(pre.join("person")),
+        write_baseline: Some(mean_png.clone()),
+        ..args.clone()
+    })?;
+    let frames: Vec<eval::Rgb8> = eval::list_frames(&pre.join("person"))?
+        .iter()
+        .map(|f| eval::load_rgb(f))
+        .collect::<Result<_>>()?;
+    let mean = eval::mean_frame(&frames)?.expect("12 frames");
+    assert_eq!(eval::load_rgb(&mean_png)?, mean);
+    let want = frames
+        .iter()
+        .map(|f| eval::psnr(&mean, f, None).map(|v| v.unwrap_or(f64::NAN)))
+        .sum::<Result<f64>>()?
+        / 12.0;
+    let b = r.baseline.clone().expect("baseline report");
+    assert_eq!(b.frames_averaged, 12);
+    assert!((b.psnr_db.unwrap_or(f64::NAN) - want).abs() < 1e-9);
+    assert!(
+        (r.psnr_gain_db.unwrap_or(f64::NAN) - (p - want)).abs() < 1e-9,
+        "{r:?}"
+    );
+    // A still image works as a baseline too, and scores the same.
+    let r2 = eval::evaluate(&EvalArgs {
+        pred: pre.join("mesh"),
+        mask: None,
+        json: None,
+        baseline: Some(mean_png.clone()),
+        ..args.clone()
+    })?;
+    assert_eq!(
+        r2.baseline.map(|b| (b.frames_averaged, b.psnr_db)),
+        Some((1, b.psnr_db))
+    );
 
     // A truth folder missing a frame is a clear error.
     let err = eval::evaluate(&EvalArgs {

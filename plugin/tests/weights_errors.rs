@@ -237,7 +237,8 @@ fn tiny_model(d: &Path) -> PathBuf {
     "text_encoder": "{}",
     "image_encoder": "{}"
   }},
-  "defaults": {{ "steps": 25, "seed": 7 }}
+  "defaults": {{ "steps": 25, "seed": 7 }},
+  "face_defaults": {{ "size": 32, "erode": 2, "blur": 3 }}
 }}"#,
         tiny("scheduler").display(),
         tiny("text_encoder").display(),
@@ -259,6 +260,13 @@ fn tiny_body_model_loads_and_inspects() {
     assert_eq!(layout.component("vae").ok(), Some(m.join("vae").as_path()));
     assert_eq!(layout.defaults.steps, 25);
     assert_eq!(layout.defaults.window, 16);
+    // Face defaults: the given keys, the reference's for the rest.
+    let f = &layout.face_defaults;
+    assert_eq!((f.size, f.erode, f.blur), (32, 2, 3));
+    assert_eq!(
+        (f.crop, f.steps, f.guidance_scale, f.seed),
+        (512, 20, 3.5, 999)
+    );
 
     let info = inspect_model(&m, true).unwrap_or_else(|e| panic!("{e}"));
     println!("{info}");
@@ -346,6 +354,11 @@ fn anchor_json_errors_are_named() {
     let e = err_text(ModelLayout::resolve(&m));
     println!("{e}");
     assert!(e.contains("overlap"));
+    std::fs::write(m.join("anchor.json"), r#"{"face_defaults": {"blur": 4}}"#)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = err_text(ModelLayout::resolve(&m));
+    println!("{e}");
+    assert!(e.contains("face_defaults") && e.contains("blur = 4"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }
 

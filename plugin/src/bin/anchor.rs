@@ -151,24 +151,24 @@ struct FaceArgs {
     /// Head reference photo [the face model's head.png, else the --appearance photo].
     #[arg(long, requires = "face_model")]
     face_appearance: Option<PathBuf>,
-    /// Aligned crop side in pixels.
-    #[arg(long, default_value_t = 512)]
-    face_crop: usize,
-    /// Inpainting side in pixels.
-    #[arg(long, default_value_t = 256)]
-    face_size: usize,
-    /// Face DDIM steps.
-    #[arg(long, default_value_t = 20)]
-    face_steps: usize,
-    /// Face classifier-free guidance scale.
-    #[arg(long, default_value_t = 3.5)]
-    face_cfg: f64,
-    /// Face ControlNet conditioning scale.
-    #[arg(long, default_value_t = 1.0)]
-    face_control_scale: f64,
-    /// Seed of the face's initial noise (shared by all frames).
-    #[arg(long, default_value_t = 999)]
-    face_seed: u64,
+    /// Aligned crop side in pixels [face model's anchor.json face_defaults, else 512].
+    #[arg(long)]
+    face_crop: Option<usize>,
+    /// Inpainting side in pixels [model default, else 256].
+    #[arg(long)]
+    face_size: Option<usize>,
+    /// Face DDIM steps [model default, else 20].
+    #[arg(long)]
+    face_steps: Option<usize>,
+    /// Face classifier-free guidance scale [model default, else 3.5].
+    #[arg(long)]
+    face_cfg: Option<f64>,
+    /// Face ControlNet conditioning scale [model default, else 1.0].
+    #[arg(long)]
+    face_control_scale: Option<f64>,
+    /// Seed of the face's initial noise, shared by all frames [model default, else 999].
+    #[arg(long)]
+    face_seed: Option<u64>,
     /// Smooth the crop transform over time with this weight on the new frame (0-1) [off].
     #[arg(long)]
     face_smooth: Option<f64>,
@@ -182,12 +182,12 @@ struct FaceArgs {
     /// Face crops shared by consecutive windows (temporal face).
     #[arg(long, default_value_t = 4)]
     face_overlap: usize,
-    /// Paste-back mask erosion box side in frame pixels.
-    #[arg(long, default_value_t = 40)]
-    face_erode: usize,
-    /// Paste-back mask Gaussian kernel side in frame pixels (odd).
-    #[arg(long, default_value_t = 41)]
-    face_blur: usize,
+    /// Paste-back mask erosion box side in frame pixels [model default, else 40].
+    #[arg(long)]
+    face_erode: Option<usize>,
+    /// Paste-back mask Gaussian kernel side in frame pixels, odd [model default, else 41].
+    #[arg(long)]
+    face_blur: Option<usize>,
 }
 
 fn parse_frames(spec: &str, len: usize) -> Result<std::ops::RangeInclusive<usize>> {
@@ -281,19 +281,20 @@ impl FaceStage {
     }
 
     fn pass(&self, args: &FaceArgs) -> Result<face::FacePass<'_>> {
+        let d = &self.model.layout.face_defaults;
         let settings = face::FaceSettings {
-            crop: args.face_crop,
+            crop: args.face_crop.unwrap_or(d.crop),
             inpaint: face::inpaint::InpaintSettings {
-                size: args.face_size,
-                steps: args.face_steps,
-                guidance: args.face_cfg,
-                control_scale: args.face_control_scale,
-                seed: args.face_seed,
+                size: args.face_size.unwrap_or(d.size),
+                steps: args.face_steps.unwrap_or(d.steps),
+                guidance: args.face_cfg.unwrap_or(d.guidance_scale),
+                control_scale: args.face_control_scale.unwrap_or(d.control_scale),
+                seed: args.face_seed.unwrap_or(d.seed),
                 ..Default::default()
             },
             feather: face::feather::FeatherSettings {
-                erode: args.face_erode,
-                blur: args.face_blur,
+                erode: args.face_erode.unwrap_or(d.erode),
+                blur: args.face_blur.unwrap_or(d.blur),
             },
             parser: args.face_parser.clone(),
         };

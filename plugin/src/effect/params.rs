@@ -6,7 +6,7 @@
 use super::colour::ColourChoice;
 use super::error::EffectError;
 use anchor_ofx::{ParamSet, ParamType, StringMode};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `modelFolder`: the Make-Your-Anchor model folder.
 pub const MODEL_FOLDER: &str = "modelFolder";
@@ -844,7 +844,8 @@ impl Settings {
     }
 
     /// Replace the sampling values named in `missed` by the model folder's `anchor.json`
-    /// defaults, when a model folder is known and readable.
+    /// defaults (the face values by the face model folder's `face_defaults`), when a model
+    /// folder is known and readable.
     fn apply_model_defaults(&mut self, missed: &[&str]) {
         let env = std::env::var(ENV_MODEL_FOLDER).ok();
         let Ok(Some(folder)) = resolve_model_folder(&self.model_folder, env.as_deref()) else {
@@ -864,6 +865,26 @@ impl Settings {
                 OVERLAP => self.overlap = int(d.overlap),
                 RESOLUTION => self.resolution = int(d.width),
                 SEED => self.seed = i32::try_from(d.seed).unwrap_or(i32::MAX),
+                _ => {}
+            }
+        }
+        // The face values from the face model folder's `face_defaults`.
+        let Ok(face) =
+            crate::engine::model::ModelLayout::resolve(Path::new(self.face_model_folder.trim()))
+        else {
+            return;
+        };
+        let f = face.face_defaults;
+        for &name in missed {
+            match name {
+                FACE_CROP => self.face_crop = int(f.crop),
+                FACE_SIZE => self.face_size = int(f.size),
+                FACE_STEPS => self.face_steps = int(f.steps),
+                FACE_GUIDANCE => self.face_guidance = f.guidance_scale,
+                FACE_CONTROL_SCALE => self.face_control_scale = f.control_scale,
+                FACE_SEED => self.face_seed = i32::try_from(f.seed).unwrap_or(i32::MAX),
+                FACE_ERODE => self.face_erode = int(f.erode),
+                FACE_BLUR => self.face_blur = int(f.blur),
                 _ => {}
             }
         }

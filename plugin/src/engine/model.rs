@@ -177,6 +177,69 @@ impl SamplingDefaults {
     }
 }
 
+/// Default face-pass settings (`anchor.json` → `face_defaults`); absent keys take the
+/// reference values (spec §5). A small head model trained on small crops records its own here.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaceDefaults {
+    /// Aligned crop side in pixels (512).
+    pub crop: usize,
+    /// Inpainting side in pixels (256).
+    pub size: usize,
+    /// DDIM steps (20).
+    pub steps: usize,
+    /// Classifier-free guidance scale (3.5).
+    pub guidance_scale: f64,
+    /// ControlNet conditioning scale (1.0).
+    pub control_scale: f64,
+    /// Seed of the face's initial noise (999).
+    pub seed: u64,
+    /// Paste-back mask erosion box side in frame pixels (40).
+    pub erode: usize,
+    /// Paste-back mask Gaussian kernel side in frame pixels, odd (41).
+    pub blur: usize,
+}
+
+impl Default for FaceDefaults {
+    fn default() -> Self {
+        Self {
+            crop: 512,
+            size: 256,
+            steps: 20,
+            guidance_scale: 3.5,
+            control_scale: 1.0,
+            seed: 999,
+            erode: 40,
+            blur: 41,
+        }
+    }
+}
+
+impl FaceDefaults {
+    /// Checks the values; the message quotes them.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.steps == 0 || self.steps > 1000 {
+            return Err(format!("steps = {} (expected 1..=1000)", self.steps));
+        }
+        if self.crop == 0 || self.size == 0 || !self.size.is_multiple_of(8) {
+            return Err(format!(
+                "crop = {}, size = {} (expected a positive crop and a positive multiple of 8)",
+                self.crop, self.size
+            ));
+        }
+        if self.blur.is_multiple_of(2) {
+            return Err(format!(
+                "blur = {} (expected an odd kernel side)",
+                self.blur
+            ));
+        }
+        if !self.guidance_scale.is_finite() || !self.control_scale.is_finite() {
+            return Err("guidance_scale and control_scale must be finite numbers".into());
+        }
+        Ok(())
+    }
+}
+
 /// `anchor.json`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -185,6 +248,8 @@ pub struct AnchorJson {
     pub components: BTreeMap<String, PathBuf>,
     /// Default sampling settings.
     pub defaults: SamplingDefaults,
+    /// Default face-pass settings.
+    pub face_defaults: FaceDefaults,
 }
 
 impl AnchorJson {
@@ -206,6 +271,9 @@ impl AnchorJson {
         a.defaults
             .validate()
             .map_err(|m| EngineError::config(path, format!("\"defaults\": {m}")))?;
+        a.face_defaults
+            .validate()
+            .map_err(|m| EngineError::config(path, format!("\"face_defaults\": {m}")))?;
         Ok(a)
     }
 }
@@ -227,6 +295,8 @@ pub struct ModelLayout {
     pub mapped: Vec<String>,
     /// Default sampling settings.
     pub defaults: SamplingDefaults,
+    /// Default face-pass settings.
+    pub face_defaults: FaceDefaults,
 }
 
 impl ModelLayout {
@@ -292,7 +362,11 @@ impl ModelLayout {
             anchor_json: anchor.as_ref().map(|_| anchor_path),
             components,
             mapped,
-            defaults: anchor.map(|a| a.defaults).unwrap_or_default(),
+            defaults: anchor
+                .as_ref()
+                .map(|a| a.defaults.clone())
+                .unwrap_or_default(),
+            face_defaults: anchor.map(|a| a.face_defaults).unwrap_or_default(),
         })
     }
 
@@ -591,6 +665,12 @@ impl fmt::Display for ModelInspection {
             f,
             "defaults:     steps {}, guidance {}, control scale {}, window {}/{} overlap, {}×{}, seed {}",
             d.steps, d.guidance_scale, d.control_scale, d.window, d.overlap, d.width, d.height, d.seed
+        )?;
+        let fd = &l.face_defaults;
+        writeln!(
+            f,
+            "face pass:    crop {}, size {}, steps {}, guidance {}, control scale {}, seed {}, erode {}, blur {}",
+            fd.crop, fd.size, fd.steps, fd.guidance_scale, fd.control_scale, fd.seed, fd.erode, fd.blur
         )?;
         for c in &self.components {
             writeln!(

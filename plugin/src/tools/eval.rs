@@ -20,9 +20,14 @@
 //! - **Seam flicker**: `d(t) = mean |pred(t+1) − pred(t)|` over consecutive frames (positions in
 //!   the sorted listing). Pairs where `t+1` is a multiple of the window stride `W − O` straddle a
 //!   window boundary; the ratio of their mean `d` to the mean `d` of all other pairs is 1.0 when
-//!   there is no seam. The same ratio of the truth is printed for comparison.
+//!   there is no seam. The same ratio of the truth is printed for comparison. With `--mask`, `d(t)`
+//!   is taken over the union of the masks of frames `t` and `t+1` (e.g. the face region's flicker).
 //! - **`--mask DIR`**: PSNR and SSIM only over pixels where the mask (same file name, luma) is
 //!   > 127; frames with an empty mask are left out.
+//! - **`--baseline FILE|DIR`**: one still frame scored against every truth frame with the same
+//!   PSNR, SSIM and mask: an image file as is, or the per-pixel mean of a folder's frames (the
+//!   "mean training frame" baseline; `--write-baseline` saves that mean as PNG). The report adds
+//!   the prediction's PSNR gain over it.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -324,14 +329,32 @@ pub fn iou(a: &[bool], b: &[bool]) -> f64 {
 
 /// Mean absolute difference of two frames over all 8-bit values.
 pub fn mean_abs_diff(a: &Rgb8, b: &Rgb8) -> Result<f64> {
+    Ok(mean_abs_diff_masked(a, b, None)?.unwrap_or(0.0))
+}
+
+/// Mean absolute difference over the pixels where `mask` is true (all when `None`); `None` for
+/// an empty mask.
+pub fn mean_abs_diff_masked(a: &Rgb8, b: &Rgb8, mask: Option<&[bool]>) -> Result<Option<f64>> {
     same_size(a, b, "frame difference")?;
-    let s: u64 = a
+    check_mask(a, mask)?;
+    let (mut s, mut n) = (0u64, 0usize);
+    for (px, (p, q)) in a
         .data
-        .iter()
-        .zip(&b.data)
-        .map(|(&p, &q)| u64::from(p.abs_diff(q)))
-        .sum();
-    Ok(s as f64 / a.data.len().max(1) as f64)
+        .chunks_exact(3)
+        .zip(b.data.chunks_exact(3))
+        .enumerate()
+    {
+        if mask.is_some_and(|m| !m[px]) {
+            continue;
+        }
+        s += p
+            .iter()
+            .zip(q)
+            .map(|(&x, &y)| u64::from(x.abs_diff(y)))
+            .sum::<u64>();
+        n += 3;
+    }
+    Ok((n > 0 || mask.is_none()).then(|| s as f64 / n.max(1) as f64))
 }
 
 /// The seam-flicker ratio and its parts.
@@ -360,11 +383,13 @@ pub fn window_stride(window: usize, overlap: usize) -> Result<usize> {
     Ok(window - overlap)
 }
 
-/// Seam flicker from consecutive differences: `diffs[t]` = difference of frames `t` and `t+1`.
+/// Seam flicker from consecutive differences: `diffs[t]` = difference of frames `t` and `t+1`
+/// (NaN: no pixels compared, left out).
 pub fn seam_flicker(diffs: &[f64], window: usize, overlap: usize) -> Result<Flicker> {
     let stride = window_stride(window, overlap)?;
     let (mut bs, mut bn, mut is, mut inn) = (0.0, 0usize, 0.0, 0usize);
-    for (t, &d) in diffs.iter().enumerate() {
+    // NaN marks a pair without pixels to compare (an empty mask): it is left out.
+    for (t, &d) in diffs.iter().enumerate().filter(|(_, d)| !d.is_nan()) {
         if (t + 1) % stride == 0 {
             bs += d;
             bn += 1;
@@ -415,6 +440,26 @@ pub struct EvalArgs {
     /// Threads comparing frames [available cores].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// A still baseline scored like the prediction: an image, or a folder whose per-pixel mean
+    /// frame is used (e.g. the training frames).
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Save the baseline frame (the mean of `--baseline DIR`) as PNG to this file.
+    #[arg(long, requires = "baseline")]
+    pub write_baseline: Option<PathBuf>,
+}
+
+/// The still-frame baseline's scores.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BaselineReport {
+    /// The file or folder it came from.
+    pub source: String,
+    /// Frames averaged into it (1 for an image file).
+    pub frames_averaged: usize,
+    /// Mean PSNR in dB against the truth.
+    pub psnr_db: Option<f64>,
+    /// Mean SSIM against the truth.
+    pub ssim: Option<f64>,
 }
 
 /// What `anchor eval` measures.
@@ -442,6 +487,10 @@ pub struct EvalReport {
     pub flicker: Flicker,
     /// The same ratio measured on the truth.
     pub flicker_truth: Flicker,
+    /// The `--baseline` frame's scores.
+    pub baseline: Option<BaselineReport>,
+    /// `psnr_db` minus the baseline's PSNR.
+    pub psnr_gain_db: Option<f64>,
 }
 
 #[derive(Default, Clone)]
@@ -451,6 +500,44 @@ struct FrameScore {
     iou: Option<f64>,
     pred_diff: Option<f64>,
     truth_diff: Option<f64>,
+    base_psnr: Option<f64>,
+    base_ssim: Option<f64>,
+}
+
+/// The per-pixel mean (rounded) of equally sized frames; `None` for no frames.
+pub fn mean_frame(frames: &[Rgb8]) -> Result<Option<Rgb8>> {
+    let Some(first) = frames.first() else {
+        return Ok(None);
+    };
+    let mut sum = vec![0u64; first.data.len()];
+    for (i, f) in frames.iter().enumerate() {
+        same_size(first, f, &format!("baseline frame {i}"))?;
+        for (s, &v) in sum.iter_mut().zip(&f.data) {
+            *s += u64::from(v);
+        }
+    }
+    let n = frames.len() as u64;
+    let data = sum.iter().map(|&s| ((s + n / 2) / n) as u8).collect();
+    Rgb8::new(first.width, first.height, data).map(Some)
+}
+
+/// Loads `--baseline`: an image file, or the mean of a folder's frames.
+fn load_baseline(path: &Path) -> Result<(Rgb8, usize)> {
+    if path.is_file() {
+        return Ok((load_rgb(path)?, 1));
+    }
+    let files = list_frames(path)?;
+    let frames = files
+        .iter()
+        .map(|p| load_rgb(p))
+        .collect::<Result<Vec<_>>>()?;
+    let mean = mean_frame(&frames)?.ok_or_else(|| {
+        ToolsError::Input(format!(
+            "--baseline {} holds no PNG/JPEG frames",
+            path.display()
+        ))
+    })?;
+    Ok((mean, frames.len()))
 }
 
 fn partner(dir: &Path, name: &std::ffi::OsStr, what: &str) -> Result<PathBuf> {
@@ -465,7 +552,12 @@ fn partner(dir: &Path, name: &std::ffi::OsStr, what: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn score_frame(a: &EvalArgs, preds: &[PathBuf], i: usize) -> Result<FrameScore> {
+fn score_frame(
+    a: &EvalArgs,
+    preds: &[PathBuf],
+    i: usize,
+    baseline: Option<&Rgb8>,
+) -> Result<FrameScore> {
     let name = preds[i].file_name().unwrap_or_default();
     let pred = load_rgb(&preds[i])?;
     let truth = load_rgb(&partner(&a.truth, name, "--truth")?)?;
@@ -490,6 +582,11 @@ fn score_frame(a: &EvalArgs, preds: &[PathBuf], i: usize) -> Result<FrameScore> 
         ssim: ssim(&pred, &truth, mask.as_deref())?,
         ..FrameScore::default()
     };
+    if let Some(base) = baseline {
+        same_size(base, &truth, "--baseline")?;
+        s.base_psnr = psnr(base, &truth, mask.as_deref())?;
+        s.base_ssim = ssim(base, &truth, mask.as_deref())?;
+    }
     if let Some(dir) = &a.mesh {
         let mesh = load_rgb(&partner(dir, name, "--mesh")?)?;
         same_size(&pred, &mesh, &name.to_string_lossy())?;
@@ -497,9 +594,18 @@ fn score_frame(a: &EvalArgs, preds: &[PathBuf], i: usize) -> Result<FrameScore> 
     }
     if let Some(next) = preds.get(i + 1) {
         let next_name = next.file_name().unwrap_or_default();
-        s.pred_diff = Some(mean_abs_diff(&pred, &load_rgb(next)?)?);
+        // With --mask, over the union of both frames' masks (the region as it moves).
+        let union = match (&a.mask, &mask) {
+            (Some(dir), Some(m)) => {
+                let (_, _, n) = load_mask(&partner(dir, next_name, "--mask")?)?;
+                Some(m.iter().zip(&n).map(|(&x, &y)| x || y).collect::<Vec<_>>())
+            }
+            _ => None,
+        };
+        let next_pred = load_rgb(next)?;
+        s.pred_diff = mean_abs_diff_masked(&pred, &next_pred, union.as_deref())?;
         let next_truth = load_rgb(&partner(&a.truth, next_name, "--truth")?)?;
-        s.truth_diff = Some(mean_abs_diff(&truth, &next_truth)?);
+        s.truth_diff = mean_abs_diff_masked(&truth, &next_truth, union.as_deref())?;
     }
     Ok(s)
 }
@@ -519,6 +625,18 @@ pub fn evaluate(a: &EvalArgs) -> Result<EvalReport> {
             a.pred.display()
         )));
     }
+    let baseline = a.baseline.as_deref().map(load_baseline).transpose()?;
+    if let (Some((frame, _)), Some(out)) = (&baseline, &a.write_baseline) {
+        let img =
+            image::RgbImage::from_raw(frame.width as u32, frame.height as u32, frame.data.clone())
+                .ok_or_else(|| {
+                    ToolsError::Input("baseline frame buffer has the wrong size".into())
+                })?;
+        img.save(out).map_err(|source| ToolsError::Image {
+            path: out.clone(),
+            source,
+        })?;
+    }
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -536,7 +654,7 @@ pub fn evaluate(a: &EvalArgs) -> Result<EvalReport> {
                 if i >= preds.len() {
                     break;
                 }
-                let r = score_frame(a, &preds, i);
+                let r = score_frame(a, &preds, i, baseline.as_ref().map(|(f, _)| f));
                 let failed = r.is_err();
                 results.lock()[i] = Some(r);
                 if failed {
@@ -557,13 +675,36 @@ pub fn evaluate(a: &EvalArgs) -> Result<EvalReport> {
     if scores.len() != preds.len() {
         return Err(ToolsError::Input("evaluation stopped early".into()));
     }
-    let pred_diffs: Vec<f64> = scores.iter().filter_map(|s| s.pred_diff).collect();
-    let truth_diffs: Vec<f64> = scores.iter().filter_map(|s| s.truth_diff).collect();
+    // One entry per consecutive pair (the last frame has none); NaN where a mask was empty.
+    let pairs = &scores[..scores.len() - 1];
+    let pred_diffs: Vec<f64> = pairs
+        .iter()
+        .map(|s| s.pred_diff.unwrap_or(f64::NAN))
+        .collect();
+    let truth_diffs: Vec<f64> = pairs
+        .iter()
+        .map(|s| s.truth_diff.unwrap_or(f64::NAN))
+        .collect();
     let ious: Vec<f64> = scores.iter().filter_map(|s| s.iou).collect();
+    let psnr_db = mean(scores.iter().filter_map(|s| s.psnr));
+    let baseline = baseline.map(|(_, n)| BaselineReport {
+        source: a
+            .baseline
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        frames_averaged: n,
+        psnr_db: mean(scores.iter().filter_map(|s| s.base_psnr)),
+        ssim: mean(scores.iter().filter_map(|s| s.base_ssim)),
+    });
+    let psnr_gain_db = match (psnr_db, baseline.as_ref().and_then(|b| b.psnr_db)) {
+        (Some(p), Some(b)) => Some(p - b),
+        _ => None,
+    };
     Ok(EvalReport {
         frames: scores.len(),
         frames_scored: scores.iter().filter(|s| s.psnr.is_some()).count(),
-        psnr_db: mean(scores.iter().filter_map(|s| s.psnr)),
+        psnr_db,
         ssim: mean(scores.iter().filter_map(|s| s.ssim)),
         ssim_mode: "per-channel RGB mean, Gaussian 11x11 sigma 1.5",
         silhouette_iou: mean(ious.iter().copied()),
@@ -572,6 +713,8 @@ pub fn evaluate(a: &EvalArgs) -> Result<EvalReport> {
         overlap: a.overlap,
         flicker: seam_flicker(&pred_diffs, a.window, a.overlap)?,
         flicker_truth: seam_flicker(&truth_diffs, a.window, a.overlap)?,
+        baseline,
+        psnr_gain_db,
     })
 }
 
@@ -612,6 +755,19 @@ pub fn table(r: &EvalReport) -> String {
             fmt_opt(r.flicker_truth.ratio, 3)
         ),
     ));
+    if let Some(b) = &r.baseline {
+        rows.push((
+            "baseline PSNR (dB)".into(),
+            format!(
+                "{} (SSIM {}; {} frame(s) of {}); gain {} dB",
+                fmt_opt(b.psnr_db, 3),
+                fmt_opt(b.ssim, 4),
+                b.frames_averaged,
+                b.source,
+                fmt_opt(r.psnr_gain_db, 3)
+            ),
+        ));
+    }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     rows.iter()
         .map(|(k, v)| format!("{k:<width$}  {v}\n"))

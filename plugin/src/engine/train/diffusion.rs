@@ -670,10 +670,16 @@ impl<'a> Trainer<'a> {
         };
         write_appearance(&self.appearance, &dir.join(name))?;
         if let Some(a) = &self.layout.anchor_json {
+            // The base's sampling and face-pass defaults (not its component map: the trained
+            // model folder is complete).
             let v = params::read_config_json(a)?;
-            if let Some(d) = v.get("defaults") {
+            let kept: serde_json::Map<String, serde_json::Value> = ["defaults", "face_defaults"]
+                .iter()
+                .filter_map(|k| v.get(*k).map(|d| (k.to_string(), d.clone())))
+                .collect();
+            if !kept.is_empty() {
                 let p = dir.join("anchor.json");
-                let text = serde_json::json!({ "defaults": d }).to_string();
+                let text = serde_json::Value::Object(kept).to_string();
                 std::fs::write(&p, text + "\n").map_err(io_err(&p))?;
             }
         }
