@@ -272,10 +272,11 @@ pub fn enhance(frame: &FaceFrame<'_>, body: Vec<u8>, size: usize) -> Result<Vec<
     let photo = match (&face_photo, frame.body_photo) {
         (Some(p), _) => p,
         (None, _) if in_model.is_file() => {
-            head_photo = pipeline::read_rgb8(&in_model).map_err(|e| EffectError::NoAppearance {
-                time,
-                detail: e.to_string(),
-            })?;
+            head_photo =
+                pipeline::read_rgb8_memo(&in_model).map_err(|e| EffectError::NoAppearance {
+                    time,
+                    detail: e.to_string(),
+                })?;
             &head_photo
         }
         (None, Some(p)) => p,
@@ -511,8 +512,8 @@ impl FaceClipSource for OfxFaceClip<'_> {
     }
 }
 
-/// The model folder's default reference photo (`appearance.png`).
-fn default_photo_of(folder: &Path) -> EngineResult<(Vec<u8>, usize, usize)> {
+/// The model folder's default reference photo (`appearance.png`), decoded once.
+fn default_photo_of(folder: &Path) -> EngineResult<std::sync::Arc<(Vec<u8>, usize, usize)>> {
     let layout = ModelLayout::resolve(folder)?;
     let path = pipeline::default_appearance(&layout);
     if !path.is_file() {
@@ -524,7 +525,7 @@ fn default_photo_of(folder: &Path) -> EngineResult<(Vec<u8>, usize, usize)> {
             ),
         ));
     }
-    pipeline::read_rgb8(&path)
+    pipeline::read_rgb8_memo(&path)
 }
 
 /// A face-pass failure as the effect's error at `time`.

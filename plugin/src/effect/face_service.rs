@@ -17,7 +17,6 @@
 //!   ([`crate::engine::service::Service::lock_accelerator`]), so a face pass never overlaps a body
 //!   batch. The temporal face takes it around each window batch and decode only, never while it
 //!   reads body frames through the body service (which takes the same lock).
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -106,11 +105,15 @@ pub struct FaceOutcome {
     pub computed: bool,
 }
 
-/// A loaded face model and its head-appearance tokens by photo content.
+/// Head photos whose tokens a loaded face model keeps (an animated FaceAppearance clip would
+/// otherwise grow the memo by one entry per frame); the oldest is dropped first.
+const MAX_HEAD_PHOTOS: usize = 8;
+
+/// A loaded face model and its head-appearance tokens by photo content (newest last).
 struct Loaded {
     model: AnchorModel,
     identity: Key,
-    tokens: Mutex<HashMap<Key, Tensor>>,
+    tokens: Mutex<std::collections::VecDeque<(Key, Tensor)>>,
 }
 
 /// A landmarks file read: (path, size, mtime, contents).
@@ -225,7 +228,7 @@ impl FaceService {
             Ok(Loaded {
                 model,
                 identity,
-                tokens: Mutex::new(HashMap::new()),
+                tokens: Mutex::new(std::collections::VecDeque::new()),
             })
         })
     }
@@ -237,7 +240,7 @@ impl FaceService {
             .u64(photo.height as u64)
             .bytes(photo.data)
             .finish();
-        if let Some(t) = loaded.tokens.lock().get(&key) {
+        if let Some((_, t)) = loaded.tokens.lock().iter().find(|(k, _)| *k == key) {
             return Ok(t.clone());
         }
         let t = {
@@ -249,7 +252,13 @@ impl FaceService {
                 photo.height,
             )?
         };
-        loaded.tokens.lock().insert(key, t.clone());
+        let mut memo = loaded.tokens.lock();
+        if !memo.iter().any(|(k, _)| *k == key) {
+            if memo.len() >= MAX_HEAD_PHOTOS {
+                memo.pop_front();
+            }
+            memo.push_back((key, t.clone()));
+        }
         Ok(t)
     }
 

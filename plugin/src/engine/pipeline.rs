@@ -49,6 +49,35 @@ pub fn read_rgb8(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
     Ok((rgb.into_raw(), w as usize, h as usize))
 }
 
+/// An image file decoded once: [`read_rgb8`] memoised by path, size and modification time (a
+/// rewritten file is read again). Renderers ask for the same model-folder photo on every frame;
+/// the memo keeps the 8 most recently read files.
+pub fn read_rgb8_memo(path: &Path) -> Result<std::sync::Arc<(Vec<u8>, usize, usize)>> {
+    type Entry = (
+        PathBuf,
+        u64,
+        Option<std::time::SystemTime>,
+        std::sync::Arc<(Vec<u8>, usize, usize)>,
+    );
+    static MEMO: parking_lot::Mutex<std::collections::VecDeque<Entry>> =
+        parking_lot::Mutex::new(std::collections::VecDeque::new());
+    let meta = std::fs::metadata(path)
+        .map_err(|e| EngineError::Input(format!("cannot read image {}: {e}", path.display())))?;
+    let (len, mtime) = (meta.len(), meta.modified().ok());
+    let hit = |e: &Entry| e.0 == path && e.1 == len && e.2 == mtime;
+    if let Some(e) = MEMO.lock().iter().find(|e| hit(e)) {
+        return Ok(e.3.clone());
+    }
+    let image = std::sync::Arc::new(read_rgb8(path)?);
+    let mut memo = MEMO.lock();
+    memo.retain(|e| e.0 != path);
+    if memo.len() >= 8 {
+        memo.pop_front();
+    }
+    memo.push_back((path.to_path_buf(), len, mtime, image.clone()));
+    Ok(image)
+}
+
 /// The model folder's default reference photo, used when no appearance image is given (the
 /// OpenFX effect without an Appearance clip): `appearance.png` in the model folder.
 pub const DEFAULT_APPEARANCE: &str = "appearance.png";

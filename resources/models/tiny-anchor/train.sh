@@ -4,7 +4,8 @@
 #
 #   QUICK=1 resources/models/tiny-anchor/train.sh   # a few steps of every stage (minutes)
 #   resources/models/tiny-anchor/train.sh           # the full recipe (hours on 2 CPU cores)
-#   INSTALL=1 ...                                   # also copy the result into this folder
+#   INSTALL=1 ...                                   # also copy the result into this folder,
+#                                                   # and the held-out segment into examples/
 #
 # On a machine shared with other jobs, RAYON_NUM_THREADS=1 avoids candle's spinning thread
 # barriers (about half the CPU time); with dedicated cores leave it unset.
@@ -24,6 +25,7 @@ else
   FRAMES=${FRAMES:-1800}; VAE_STEPS=${VAE_STEPS:-4000}; PRE_STEPS=${PRE_STEPS:-8000}
   FT_STEPS=${FT_STEPS:-3000}; FACE_STEPS=${FACE_STEPS:-2000}; CK=${CK:-500}
 fi
+VAL=${VAL:-$CK}
 # Face crops: half the frame side (a multiple of 16 for the face UNet's two downsamplers).
 FACE_SIZE=$((SIZE / 2))
 if [ -z "${ANCHOR:-}" ]; then
@@ -56,11 +58,17 @@ BASE=$WORK/base
 rm -rf "$BASE"; mkdir -p "$BASE"
 cp -r "$WORK/vae/vae" "$BASE/vae"
 for c in scheduler text_encoder image_encoder; do cp -r "$ROOT/tests/fixtures/tiny/$c" "$BASE/$c"; done
-cat > "$BASE/anchor.json" <<'JSON'
+#    The face pass defaults (`face_defaults`) fit the face model below: crops aligned at 512 and
+#    inpainted at FACE_SIZE², CFG 1.0 (no unconditional training either), and a paste-back
+#    feather scaled to the small frame (the face square is about SIZE/4.5 pixels wide: erode 2,
+#    blur 3 at 64²; the reference's 40/41 are for 512² frames).
+ERODE=$((SIZE / 32)); BLUR=$((SIZE / 32 + 1 + (SIZE / 32) % 2))
+cat > "$BASE/anchor.json" <<JSON
 { "defaults": { "steps": 20, "guidance_scale": 1.0, "control_scale": 1.0,
-                "window": 16, "overlap": 4, "width": SIZE, "height": SIZE, "seed": 42 } }
+                "window": 16, "overlap": 4, "width": $SIZE, "height": $SIZE, "seed": 42 },
+  "face_defaults": { "crop": 512, "size": $FACE_SIZE, "steps": 20, "guidance_scale": 1.0,
+                     "control_scale": 1.0, "seed": 999, "erode": $ERODE, "blur": $BLUR } }
 JSON
-sed -i "s/SIZE/$SIZE/g" "$BASE/anchor.json"
 
 # 4. Pre-training on the 4 identities: random UNet, ControlNet from it.
 if [ ! -d "$WORK/pre/model" ]; then
@@ -77,7 +85,7 @@ if [ ! -d "$WORK/ft/model" ]; then
   "$ANCHOR" train --stage finetune --base "$WORK/pre/model" \
     --data "$WORK/data/target/train.jsonl" --out "$WORK/ft" --lr 5e-5 --batch-size 8 \
     --steps "$FT_STEPS" --seed 3 --checkpoint-every "$CK" --keep-checkpoints 2 --resume \
-    --validate-every "$CK" --val-poses "$WORK/data/heldout/mesh" --val-frames 4 \
+    --validate-every "$VAL" --val-poses "$WORK/data/heldout/mesh" --val-frames 4 \
     --appearance "$WORK/data/target/reference.png"
 fi
 
@@ -98,13 +106,32 @@ if [ ! -d "$WORK/face/model" ]; then
     --resume
 fi
 
-# 7. Render the held-out segment and evaluate it.
+# 7. Render the held-out segment (body only, and with the face pass) and evaluate it against the
+#    truth and the mean-training-frame baseline.
 log render
-rm -rf "$WORK/render"
+rm -rf "$WORK/render" "$WORK/render-face"
 "$ANCHOR" render --model "$WORK/ft/model" --poses "$WORK/data/heldout/mesh" \
   --appearance "$WORK/data/target/reference.png" --out "$WORK/render"
 "$ANCHOR" eval --pred "$WORK/render" --truth "$WORK/data/heldout/person" \
-  --mesh "$WORK/data/heldout/mesh" --json "$WORK/eval.json"
+  --mesh "$WORK/data/heldout/mesh" --baseline "$WORK/data/target/person" \
+  --write-baseline "$WORK/mean_frame.png" --json "$WORK/eval.json"
+if [ -d "$WORK/face/model" ]; then
+  FACE_MODEL=$WORK/face-model
+  rm -rf "$FACE_MODEL"; mkdir -p "$FACE_MODEL"
+  for c in vae scheduler text_encoder image_encoder; do
+    cp -r "$WORK/ft/model/$c" "$FACE_MODEL/$c"
+  done
+  cp "$BASE/anchor.json" "$FACE_MODEL/"
+  cp -r "$WORK/face/model/head" "$WORK/face/model/head.png" "$FACE_MODEL/"
+  "$ANCHOR" render --model "$WORK/ft/model" --poses "$WORK/data/heldout/mesh" \
+    --appearance "$WORK/data/target/reference.png" --out "$WORK/render-face" \
+    --face-model "$FACE_MODEL" --face-landmarks "$WORK/data/heldout/landmarks.json"
+  for r in render render-face; do
+    echo "face region, $r:"
+    "$ANCHOR" eval --pred "$WORK/$r" --truth "$WORK/data/heldout/person" \
+      --mask "$WORK/data/heldout/face_matte"
+  done
+fi
 du -sh "$WORK/ft/model/"{unet,controlnet,vae,text_encoder,image_encoder} "$WORK/face/model/head"
 
 if [ "$INSTALL" = 1 ]; then
@@ -112,8 +139,17 @@ if [ "$INSTALL" = 1 ]; then
   for c in unet controlnet vae scheduler text_encoder image_encoder; do
     rm -rf "${HERE:?}/$c"; cp -rL "$WORK/ft/model/$c" "$HERE/$c"
   done
-  cp "$WORK/ft/model/appearance.png" "$WORK/ft/model/anchor.json" "$HERE/"
+  cp "$WORK/ft/model/appearance.png" "$BASE/anchor.json" "$HERE/"
   rm -rf "${HERE:?}/head"; cp -rL "$WORK/face/model/head" "$HERE/head"
   cp "$WORK/face/model/head.png" "$HERE/"
+  # The examples: the held-out segment (never trained on) and the identity's reference photo.
+  EX=$ROOT/examples
+  rm -rf "$EX/poses" "$EX/truth" "$EX/face_matte"
+  cp -r "$WORK/data/heldout/mesh" "$EX/poses"
+  cp -r "$WORK/data/heldout/person" "$EX/truth"
+  cp -r "$WORK/data/heldout/face_matte" "$EX/face_matte"
+  cp "$WORK/data/heldout/landmarks.json" "$WORK/data/heldout/segment.json" "$EX/"
+  cp "$WORK/data/target/reference.png" "$EX/appearance.png"
+  cp "$WORK/mean_frame.png" "$EX/mean_frame.png"
 fi
 log done
