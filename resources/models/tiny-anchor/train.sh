@@ -26,6 +26,9 @@ else
   FT_STEPS=${FT_STEPS:-3000}; FACE_STEPS=${FACE_STEPS:-2000}; CK=${CK:-500}
 fi
 VAL=${VAL:-$CK}
+# Learning rates (the tiny model trains from scratch, so the fine-tune needs a larger one than an
+# SD1.5 fine-tune's 1e-5).
+PRE_LR=${PRE_LR:-1e-4}; FT_LR=${FT_LR:-3e-4}; FACE_LR=${FACE_LR:-3e-4}
 # Face crops: half the frame side (a multiple of 16 for the face UNet's two downsamplers).
 FACE_SIZE=$((SIZE / 2))
 if [ -z "${ANCHOR:-}" ]; then
@@ -75,7 +78,7 @@ if [ ! -d "$WORK/pre/model" ]; then
   log pretrain
   "$ANCHOR" train --stage pretrain --init random --unet-config "$HERE/configs/unet.json" \
     --conditioning-embedding-channels 16,32,64 --base "$BASE" --data "${PRE[@]}" \
-    --out "$WORK/pre" --lr 1e-4 --batch-size 8 --steps "$PRE_STEPS" --seed 2 \
+    --out "$WORK/pre" --lr "$PRE_LR" --batch-size 8 --steps "$PRE_STEPS" --seed 2 \
     --checkpoint-every "$CK" --keep-checkpoints 2 --resume
 fi
 
@@ -83,7 +86,7 @@ fi
 if [ ! -d "$WORK/ft/model" ]; then
   log finetune
   "$ANCHOR" train --stage finetune --base "$WORK/pre/model" \
-    --data "$WORK/data/target/train.jsonl" --out "$WORK/ft" --lr 5e-5 --batch-size 8 \
+    --data "$WORK/data/target/train.jsonl" --out "$WORK/ft" --lr "$FT_LR" --batch-size 8 \
     --steps "$FT_STEPS" --seed 3 --checkpoint-every "$CK" --keep-checkpoints 2 --resume \
     --validate-every "$VAL" --val-poses "$WORK/data/heldout/mesh" --val-frames 4 \
     --appearance "$WORK/data/target/reference.png"
@@ -101,7 +104,7 @@ if [ ! -d "$WORK/face/model" ]; then
   log face
   "$ANCHOR" train --stage face --init random --unet-config "$HERE/configs/unet_face.json" \
     --conditioning-embedding-channels 16,32,64 --base "$WORK/ft/model" \
-    --data "$WORK/data/target/head/head_train.jsonl" --out "$WORK/face" --lr 1e-4 \
+    --data "$WORK/data/target/head/head_train.jsonl" --out "$WORK/face" --lr "$FACE_LR" \
     --batch-size 8 --steps "$FACE_STEPS" --seed 4 --checkpoint-every "$CK" --keep-checkpoints 2 \
     --resume
 fi

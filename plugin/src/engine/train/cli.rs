@@ -191,6 +191,13 @@ pub struct TrainVaeArgs {
     /// auto, cpu or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Start from this trained VAE folder (config.json + weights) instead of a random init.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Train only the decoder (`decoder.*`, `post_quant_conv.*`) of `--init`: the encoder, hence
+    /// every latent a diffusion model was trained on, and the scaling factor stay as they are.
+    #[arg(long, requires = "init")]
+    pub decoder_only: bool,
 }
 
 fn progress(line: &str) {
@@ -286,6 +293,8 @@ pub fn run_train_vae(a: &TrainVaeArgs) -> Result<()> {
         resume: a.resume,
         stop_after: a.stop_after,
         device: select_device(a.device.parse::<DeviceChoice>()?)?,
+        init: a.init.clone(),
+        decoder_only: a.decoder_only,
     };
     let r = vae::train_vae(&cfg, &progress)?;
     summary(

@@ -10,6 +10,11 @@
 //! The final `vae/config.json` gets `scaling_factor = 1 / std(μ)` measured over the dataset, the
 //! way SD's 0.18215 was chosen, so the diffusion model sees unit-variance latents.
 //!
+//! `--init DIR --decoder-only` fine-tunes the decoder side (`decoder.*`, `post_quant_conv.*`) of
+//! a trained VAE, e.g. on the target person's frames after the diffusion model was trained: the
+//! encoder is frozen (no KL term), so the latents the UNet learned, and the scaling factor, stay
+//! exactly as they were, and only the reconstruction sharpens.
+//!
 //! The tiny model's CLIP towers are not trained: they stay random-initialised (as in
 //! `tests/fixtures/tiny`), a stand-in for the pretrained CLIP ViT-B/32 of the reference. Random
 //! towers still map different references to different tokens, which is all the tiny anchor needs.
@@ -66,6 +71,16 @@ pub struct VaeTrainConfig {
     pub stop_after: Option<usize>,
     /// Device.
     pub device: Device,
+    /// Start from this trained VAE folder instead of a random init.
+    pub init: Option<PathBuf>,
+    /// Train only the decoder side (`decoder.*`, `post_quant_conv.*`); the encoder and the
+    /// config's scaling factor are kept.
+    pub decoder_only: bool,
+}
+
+/// Whether a VAE parameter belongs to the decoder side.
+pub fn is_decoder_param(name: &str) -> bool {
+    name.starts_with("decoder.") || name.starts_with("post_quant_conv.")
 }
 
 /// What a run did.
@@ -112,7 +127,12 @@ impl VaeTrainer<'_> {
     fn step(&mut self, s: usize) -> Result<(f32, f32)> {
         let (idx, _) = self.order.batch(s);
         let x = self.images(&idx)?;
-        let post = self.vae.encode(&x)?;
+        let mut post = self.vae.encode(&x)?;
+        if self.cfg.decoder_only {
+            // The frozen encoder: no gradient flows into it (and no KL term below).
+            post.mean = post.mean.detach();
+            post.logvar = post.logvar.detach();
+        }
         let mut rng = stream(self.cfg.seed, tags::STEP, s as u64);
         let shape = post.mean.shape().clone();
         let n = Tensor::from_vec(normals(&mut rng, shape.elem_count()), &shape, &Device::Cpu)?
@@ -128,7 +148,12 @@ impl VaeTrainer<'_> {
             .sub(&post.logvar)?
             .affine(0.5, 0.0)?
             .mean_all()?;
-        let loss = (rec + (kl * self.cfg.kl_weight)?)?;
+        let kl_weight = if self.cfg.decoder_only {
+            0.0
+        } else {
+            self.cfg.kl_weight
+        };
+        let loss = (rec + (kl * kl_weight)?)?;
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {
             return Err(TrainError::NonFiniteLoss {
@@ -141,15 +166,24 @@ impl VaeTrainer<'_> {
             });
         }
         let grads = loss.backward()?;
-        let vars = self.params.vars();
+        let vars = self.trained_vars();
         let norm = super::optim::grad_norm(&grads, vars.iter().map(|(_, v)| v))?;
         self.opt.step(&grads, &Default::default())?;
         Ok((value, norm as f32))
     }
 
+    /// The variables the optimizer updates.
+    fn trained_vars(&self) -> Vec<(String, candle_core::Var)> {
+        trained(&self.params, self.cfg.decoder_only)
+    }
+
     fn state(&self, step: usize, losses: &[LossRow]) -> TrainerState {
         TrainerState {
-            kind: "train-vae".into(),
+            kind: if self.cfg.decoder_only {
+                "train-vae-decoder".into()
+            } else {
+                "train-vae".into()
+            },
             step,
             seed: self.cfg.seed,
             batch_size: self.cfg.batch_size,
@@ -178,6 +212,14 @@ impl VaeTrainer<'_> {
     }
 }
 
+fn trained(params: &ParamSet, decoder_only: bool) -> Vec<(String, candle_core::Var)> {
+    params
+        .vars()
+        .into_iter()
+        .filter(|(name, _)| !decoder_only || is_decoder_param(name))
+        .collect()
+}
+
 /// Runs (or resumes) `anchor train-vae`.
 pub fn train_vae(cfg: &VaeTrainConfig, progress: &dyn Fn(&str)) -> Result<VaeReport> {
     if cfg.batch_size == 0 || cfg.checkpoint_every == 0 || cfg.steps == 0 {
@@ -197,7 +239,11 @@ pub fn train_vae(cfg: &VaeTrainConfig, progress: &dyn Fn(&str)) -> Result<VaeRep
             cfg.out.display()
         )));
     }
-    let json = params::read_config_json(&cfg.config)?;
+    let config_path = match &cfg.init {
+        Some(dir) => dir.join("config.json"),
+        None => cfg.config.clone(),
+    };
+    let json = params::read_config_json(&config_path)?;
     let (vae, params) = params::build_vae(json, &cfg.device)?;
     let f = vae.config().downsample_factor();
     if !data.width.is_multiple_of(f) || !data.height.is_multiple_of(f) {
@@ -206,8 +252,11 @@ pub fn train_vae(cfg: &VaeTrainConfig, progress: &dyn Fn(&str)) -> Result<VaeRep
             data.width, data.height
         )));
     }
-    params.random_init(cfg.seed, |_| true)?;
-    let opt = AdamW::new(params.vars(), cfg.adamw)?;
+    match &cfg.init {
+        Some(dir) => params.load_strict(dir)?,
+        None => params.random_init(cfg.seed, |_| true)?,
+    }
+    let opt = AdamW::new(trained(&params, cfg.decoder_only), cfg.adamw)?;
     let order = DataOrder {
         seed: cfg.seed,
         len: data.len(),
@@ -221,14 +270,16 @@ pub fn train_vae(cfg: &VaeTrainConfig, progress: &dyn Fn(&str)) -> Result<VaeRep
         params,
         opt,
     };
+    let trained_count: usize = t.trained_vars().iter().map(|(_, v)| v.elem_count()).sum();
     progress(&format!(
-        "{} images at {}×{}, batch {}, {} steps, {} parameters",
+        "{} images at {}×{}, batch {}, {} steps, {} parameters ({} trained)",
         t.data.len(),
         t.data.width,
         t.data.height,
         cfg.batch_size,
         cfg.steps,
-        t.params.parameter_count()
+        t.params.parameter_count(),
+        trained_count
     ));
     let mut losses = Vec::new();
     if let Some((step, dir)) = existing.last().filter(|_| cfg.resume) {
@@ -275,9 +326,17 @@ pub fn train_vae(cfg: &VaeTrainConfig, progress: &dyn Fn(&str)) -> Result<VaeRep
     let secs = clock.elapsed().as_secs_f64();
     let (mut model, mut scaling) = (None, None);
     if end == cfg.steps {
-        let sf = t.measure_scaling()?;
         let dest = cfg.out.join("vae");
         let mut config = t.params.config.clone();
+        // A decoder-only run keeps the encoder, so its latents and their scale are unchanged.
+        let kept = config
+            .get("scaling_factor")
+            .and_then(|v| v.as_f64())
+            .filter(|_| cfg.decoder_only);
+        let sf = match kept {
+            Some(sf) => sf,
+            None => t.measure_scaling()?,
+        };
         if let Some(o) = config.as_object_mut() {
             o.insert("scaling_factor".into(), serde_json::json!(sf));
         }
