@@ -57,8 +57,9 @@ if [ ! -d "$WORK/vae/vae" ]; then
 fi
 
 # 3. The base folder: the new VAE, the SD1.5 scheduler config, and the tiny random CLIP towers
-#    (a stand-in for the pretrained CLIP: they are not trained). CFG and control scale 1.0: the
-#    model never saw the unconditional embedding, and the ControlNet trains at scale 1.0.
+#    (a stand-in for the pretrained CLIP: they are not trained). CFG 1.0: the model never saw the
+#    unconditional embedding. Control scale 2.0, the reference's inference value (the ControlNet
+#    trains at 1.0): on held-out poses it follows the mesh better (+1.4 dB PSNR over 1.0).
 BASE=$WORK/base
 rm -rf "$BASE"; mkdir -p "$BASE"
 cp -r "$WORK/vae/vae" "$BASE/vae"
@@ -69,7 +70,7 @@ for c in scheduler text_encoder image_encoder; do cp -r "$ROOT/tests/fixtures/ti
 #    blur 3 at 64²; the reference's 40/41 are for 512² frames).
 ERODE=$((SIZE / 32)); BLUR=$((SIZE / 32 + 1 + (SIZE / 32) % 2))
 cat > "$BASE/anchor.json" <<JSON
-{ "defaults": { "steps": 20, "guidance_scale": 1.0, "control_scale": 1.0,
+{ "defaults": { "steps": 20, "guidance_scale": 1.0, "control_scale": 2.0,
                 "window": 16, "overlap": 4, "width": $SIZE, "height": $SIZE, "seed": 42 },
   "face_defaults": { "crop": 512, "size": $FACE_SIZE, "steps": 20, "guidance_scale": 1.0,
                      "control_scale": 1.0, "seed": 999, "erode": $ERODE, "blur": $BLUR } }
@@ -107,6 +108,7 @@ if ! cmp -s "$WORK/vae-dec/vae/diffusion_pytorch_model.safetensors" \
   "$WORK/ft/model/vae/diffusion_pytorch_model.safetensors"; then
   rm -rf "$WORK/ft/model/vae"; cp -r "$WORK/vae-dec/vae" "$WORK/ft/model/vae"
 fi
+cp "$BASE/anchor.json" "$WORK/ft/model/anchor.json"   # this run's sampling and face defaults
 
 # 6. The target's face (head) model (issue 7): head crops aligned from the landmarks at 512 and
 #    saved at $FACE_SIZE², a random 9-channel inpainting UNet, its 4-channel ControlNet made from
