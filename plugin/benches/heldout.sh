@@ -4,6 +4,7 @@
 # examples/truth and prints a Markdown table (the BENCHMARKS.md rows).
 #
 #   cargo build --release -p make-your-anchor --bin anchor && bash plugin/benches/heldout.sh
+#   CONFIGS="w1 w16-pyramid" bash plugin/benches/heldout.sh    # some rows (into the same OUT)
 #
 # Rows: frame-wise (window 1) vs windowed (16/4) with flat and pyramid fusion, the mean training
 # frame baseline, and the face pass frame-wise vs temporal (face-region PSNR and flicker).
@@ -15,7 +16,7 @@ MODEL=resources/models/tiny-anchor
 EX=examples
 OUT=${OUT:-target/heldout-bench}
 FACE=(--face-model "$MODEL" --face-landmarks "$EX/landmarks.json")
-rm -rf "$OUT"; mkdir -p "$OUT"
+mkdir -p "$OUT"
 
 render() { # name, render flags...
   local name=$1; shift
@@ -29,11 +30,17 @@ render() { # name, render flags...
     --json "$OUT/$name.face.json" > /dev/null
 }
 
-render w1 --window 1 --overlap 0
-render w16-flat --window 16 --overlap 4 --fusion flat
-render w16-pyramid --window 16 --overlap 4 --fusion pyramid
-render face-framewise "${FACE[@]}"
-render face-temporal "${FACE[@]}" --face-temporal --face-smooth 0.5
+CONFIGS=${CONFIGS:-w1 w16-flat w16-pyramid face-framewise face-temporal}
+for c in $CONFIGS; do
+  case $c in
+    w1) render w1 --window 1 --overlap 0 ;;
+    w16-flat) render w16-flat --window 16 --overlap 4 --fusion flat ;;
+    w16-pyramid) render w16-pyramid --window 16 --overlap 4 --fusion pyramid ;;
+    face-framewise) render face-framewise "${FACE[@]}" ;;
+    face-temporal) render face-temporal "${FACE[@]}" --face-temporal --face-smooth 0.5 ;;
+    *) echo "unknown config $c"; exit 2 ;;
+  esac
+done
 
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib
@@ -48,6 +55,8 @@ print("|---|---|---|---|---|---|---|---|---|---|")
 b = base["baseline"]
 print(f"| mean training frame (baseline) | | {f(b['psnr_db'])} | {f(b['ssim'],3)} | | | | | | |")
 for key, label in rows:
+    if not (out / f"{key}.json").exists():
+        continue
     r = json.loads((out / f"{key}.json").read_text())
     fr = json.loads((out / f"{key}.face.json").read_text())
     secs = float((out / f"{key}.seconds").read_text())

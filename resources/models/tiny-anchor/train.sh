@@ -31,6 +31,8 @@ VAL=${VAL:-$CK}
 # Learning rates (the tiny model trains from scratch, so the fine-tune needs a larger one than an
 # SD1.5 fine-tune's 1e-5).
 PRE_LR=${PRE_LR:-1e-4}; FT_LR=${FT_LR:-3e-4}; FACE_LR=${FACE_LR:-3e-4}
+# Optional second fine-tune phase: continue to FT2_STEPS at FT2_LR (a step decay) [off].
+FT2_STEPS=${FT2_STEPS:-0}; FT2_LR=${FT2_LR:-1e-4}
 # Face crops: half the frame side (a multiple of 16 for the face UNet's two downsamplers).
 FACE_SIZE=$((SIZE / 2))
 if [ -z "${ANCHOR:-}" ]; then
@@ -85,14 +87,23 @@ if [ ! -d "$WORK/pre/model" ]; then
     --checkpoint-every "$CK" --keep-checkpoints 2 --resume
 fi
 
-# 5. Fine-tuning on the target identity, validated on the held-out poses.
-if [ ! -d "$WORK/ft/model" ]; then
-  log finetune
+# 5. Fine-tuning on the target identity, validated on the held-out poses (optionally in two
+#    phases: FT_STEPS at FT_LR, then on to FT2_STEPS at FT2_LR, resumed from the checkpoint).
+finetune() { # lr, steps
   "$ANCHOR" train --stage finetune --base "$WORK/pre/model" \
-    --data "$WORK/data/target/train.jsonl" --out "$WORK/ft" --lr "$FT_LR" --batch-size 8 \
-    --steps "$FT_STEPS" --seed 3 --checkpoint-every "$CK" --keep-checkpoints 2 --resume \
+    --data "$WORK/data/target/train.jsonl" --out "$WORK/ft" --lr "$1" --batch-size 8 \
+    --steps "$2" --seed 3 --checkpoint-every "$CK" --keep-checkpoints 2 --resume \
     --validate-every "$VAL" --val-poses "$WORK/data/heldout/mesh" --val-frames 4 \
     --appearance "$WORK/data/target/reference.png"
+}
+if [ ! -d "$WORK/ft/model" ]; then
+  log finetune
+  finetune "$FT_LR" "$FT_STEPS"
+  if [ "$FT2_STEPS" -gt "$FT_STEPS" ]; then
+    log "finetune phase 2"
+    rm -rf "$WORK/ft/model"
+    finetune "$FT2_LR" "$FT2_STEPS"
+  fi
 fi
 
 # 5b. The VAE decoder, fine-tuned on the target's frames with the encoder frozen: the latents the
