@@ -25,14 +25,17 @@ fi
 "$ANCHOR" eval --pred "$OUT" --truth "$EX/truth" --mesh "$EX/poses" \
   --baseline "$EX/mean_frame.png" --json "$OUT/eval.json"
 
-# Preview: 4x nearest-neighbour upscale, 30 fps.
-if command -v ffmpeg >/dev/null 2>&1; then
-  ffmpeg -loglevel error -y -framerate 30 -i "$OUT/%06d.png" \
-    -vf "scale=iw*4:ih*4:flags=neighbor,format=yuv420p" "$OUT/preview.mp4"
-  echo "preview: $OUT/preview.mp4"
-elif command -v convert >/dev/null 2>&1; then
-  convert -delay 3.33 -loop 0 "$OUT"/[0-9]*.png -filter point -resize 400% "$OUT/preview.gif"
-  echo "preview: $OUT/preview.gif"
+# Preview: 4x nearest-neighbour upscale, 30 fps. A failing tool only costs the preview.
+preview=""
+if command -v ffmpeg >/dev/null 2>&1 && ffmpeg -loglevel error -y -framerate 30 \
+  -i "$OUT/%06d.png" -vf "scale=iw*4:ih*4:flags=neighbor,format=yuv420p" "$OUT/preview.mp4"; then
+  preview=$OUT/preview.mp4
+elif command -v convert >/dev/null 2>&1 && convert -delay 3.33 -loop 0 "$OUT"/[0-9]*.png \
+  -filter point -resize 400% "$OUT/preview.gif" 2>/dev/null; then
+  preview=$OUT/preview.gif
+fi
+if [ -n "$preview" ]; then
+  echo "preview: $preview"
 else
-  echo "preview: neither ffmpeg nor ImageMagick's convert is installed; the frames are in $OUT/"
+  echo "preview: no working ffmpeg or ImageMagick convert; the frames are in $OUT/"
 fi
