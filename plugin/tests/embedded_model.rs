@@ -194,7 +194,7 @@ fn embedded_model_beats_the_mean_frame_and_follows_the_mesh() {
 }
 
 #[test]
-fn embedded_face_model_improves_the_face_region() {
+fn embedded_face_pass_changes_the_face_region_as_committed() {
     let r = renders();
     let mask = ["--mask", "examples/face_matte"];
     let body = eval(&r.body, &mask);
