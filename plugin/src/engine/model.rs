@@ -151,9 +151,7 @@ impl Default for SamplingDefaults {
 impl SamplingDefaults {
     /// Checks the values; the message quotes them.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.steps == 0 || self.steps > 1000 {
-            return Err(format!("steps = {} (expected 1..=1000)", self.steps));
-        }
+        check_steps_and_scales(self.steps, self.guidance_scale, self.control_scale)?;
         if self.window == 0 || self.overlap >= self.window {
             return Err(format!(
                 "window = {}, overlap = {} (expected window ≥ 1 and overlap < window)",
@@ -169,9 +167,6 @@ impl SamplingDefaults {
                 "resolution {}×{} (expected positive multiples of 8)",
                 self.width, self.height
             ));
-        }
-        if !self.guidance_scale.is_finite() || !self.control_scale.is_finite() {
-            return Err("guidance_scale and control_scale must be finite numbers".into());
         }
         Ok(())
     }
@@ -218,9 +213,7 @@ impl Default for FaceDefaults {
 impl FaceDefaults {
     /// Checks the values; the message quotes them.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.steps == 0 || self.steps > 1000 {
-            return Err(format!("steps = {} (expected 1..=1000)", self.steps));
-        }
+        check_steps_and_scales(self.steps, self.guidance_scale, self.control_scale)?;
         if self.crop == 0 || self.size == 0 || !self.size.is_multiple_of(8) {
             return Err(format!(
                 "crop = {}, size = {} (expected a positive crop and a positive multiple of 8)",
@@ -233,11 +226,23 @@ impl FaceDefaults {
                 self.blur
             ));
         }
-        if !self.guidance_scale.is_finite() || !self.control_scale.is_finite() {
-            return Err("guidance_scale and control_scale must be finite numbers".into());
-        }
         Ok(())
     }
+}
+
+/// The checks `defaults` and `face_defaults` share: 1..=1000 steps and finite scales.
+fn check_steps_and_scales(
+    steps: usize,
+    guidance: f64,
+    control: f64,
+) -> std::result::Result<(), String> {
+    if steps == 0 || steps > 1000 {
+        return Err(format!("steps = {steps} (expected 1..=1000)"));
+    }
+    if !guidance.is_finite() || !control.is_finite() {
+        return Err("guidance_scale and control_scale must be finite numbers".into());
+    }
+    Ok(())
 }
 
 /// `anchor.json`.
