@@ -15,8 +15,7 @@ use make_your_anchor::engine::sampler::ddim::DdimScheduler;
 use make_your_anchor::engine::temporal::{
     Cache, Counters, Fusion, NoProgress, Progress, SamplingParams, Tail, WindowPlan,
 };
-use make_your_anchor::engine::train;
-use make_your_anchor::engine::{EngineError, Result};
+use make_your_anchor::engine::{train, weights, EngineError, Result};
 use make_your_anchor::tools;
 
 #[derive(Parser)]
@@ -57,6 +56,18 @@ enum Command {
     TrainVae(Box<train::cli::TrainVaeArgs>),
     /// Build head (face) training data from an `anchor synth` identity folder.
     FaceData(train::face_data::FaceDataArgs),
+    /// Copy a model folder with its weights cast to another dtype (e.g. f16 to halve its size).
+    Cast {
+        /// The folder to copy (a model folder or one component folder).
+        #[arg(long)]
+        input: PathBuf,
+        /// The new folder (must not exist).
+        #[arg(long)]
+        output: PathBuf,
+        /// f16, bf16 or f32: the dtype of every floating-point tensor in the copy.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -558,6 +569,22 @@ fn main() -> std::process::ExitCode {
         Command::Train(a) => return train::cli::exit_code(train::cli::run_train(&a)),
         Command::TrainVae(a) => return train::cli::exit_code(train::cli::run_train_vae(&a)),
         Command::FaceData(a) => return train::cli::exit_code(train::face_data::run(&a)),
+        Command::Cast {
+            input,
+            output,
+            dtype,
+        } => parse_dtype(&dtype)
+            .and_then(|d| weights::cast_folder(&input, &output, d))
+            .map(|r| {
+                println!(
+                    "{}: {} files, {} tensors cast to {dtype}, {} -> {} bytes",
+                    output.display(),
+                    r.files,
+                    r.tensors,
+                    r.bytes_before,
+                    r.bytes_after
+                );
+            }),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

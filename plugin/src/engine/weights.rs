@@ -664,3 +664,88 @@ impl candle_nn::var_builder::SimpleBackend for Backend {
 pub fn ignore_position_ids(key: &str) -> bool {
     key.ends_with("position_ids")
 }
+
+/// What [`cast_folder`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CastReport {
+    /// `.safetensors` files rewritten.
+    pub files: usize,
+    /// Floating-point tensors cast (integer tensors keep their dtype).
+    pub tensors: usize,
+    /// Bytes of the rewritten weight files before the cast.
+    pub bytes_before: u64,
+    /// Bytes of the rewritten weight files after the cast.
+    pub bytes_after: u64,
+}
+
+/// Copies the folder tree `input` to `output` with the floating-point tensors of every
+/// `.safetensors` file cast to `dtype` (e.g. a model folder stored in f16 to halve its size; the
+/// loaders cast back to the run dtype). Other files are copied as they are; symbolic links are
+/// followed. The tree is written to `output.partial` and renamed at the end, so a failed run
+/// leaves no half-written folder. `output` must not exist.
+pub fn cast_folder(input: &Path, output: &Path, dtype: DType) -> Result<CastReport> {
+    if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
+        return Err(EngineError::Input(format!(
+            "weights can be cast to f16, bf16, f32 or f64, not {dtype:?}"
+        )));
+    }
+    if !input.is_dir() {
+        return Err(EngineError::missing(input, "the folder to cast is absent"));
+    }
+    if output.exists() {
+        return Err(EngineError::Input(format!(
+            "{} already exists; remove it or choose another output folder",
+            output.display()
+        )));
+    }
+    let mut partial = output.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EngineError::Io { path, source }
+    };
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+    }
+    let mut report = CastReport::default();
+    let mut stack = vec![(input.to_path_buf(), partial.clone())];
+    while let Some((from, to)) = stack.pop() {
+        std::fs::create_dir_all(&to).map_err(io(&to))?;
+        let mut entries = std::fs::read_dir(&from)
+            .map_err(io(&from))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(io(&from))?;
+        entries.sort();
+        for src in entries {
+            let dst = to.join(src.file_name().unwrap_or_default());
+            if src.is_dir() {
+                stack.push((src, dst));
+            } else if src.extension().is_some_and(|e| e == "safetensors") {
+                let tensors = candle_core::safetensors::load(&src, &Device::Cpu)
+                    .map_err(|e| EngineError::weights(&src, e.to_string()))?;
+                let cast = tensors
+                    .into_iter()
+                    .map(|(k, t)| {
+                        if t.dtype().is_float() && t.dtype() != dtype {
+                            report.tensors += 1;
+                            Ok((k, t.to_dtype(dtype)?))
+                        } else {
+                            Ok((k, t))
+                        }
+                    })
+                    .collect::<candle_core::Result<std::collections::HashMap<_, _>>>()?;
+                candle_core::safetensors::save(&cast, &dst)
+                    .map_err(|e| EngineError::weights(&dst, e.to_string()))?;
+                report.files += 1;
+                report.bytes_before += std::fs::metadata(&src).map_err(io(&src))?.len();
+                report.bytes_after += std::fs::metadata(&dst).map_err(io(&dst))?.len();
+            } else {
+                std::fs::copy(&src, &dst).map_err(io(&src))?;
+            }
+        }
+    }
+    std::fs::rename(&partial, output).map_err(io(output))?;
+    Ok(report)
+}
