@@ -214,6 +214,37 @@ fn render_with_face_landmarks_changes_only_the_face_square() -> TestResult {
     for i in 0..n {
         assert_eq!(read(&rev, i)?, read(&face_dir, i)?, "frame {i}");
     }
+
+    // The face pass on the body frames rendered above (--body) gives the same pixels.
+    let from_body = tmp.join("from_body");
+    let mut extra = face_args(Some(&lm_file), None);
+    extra.extend(["--body".into(), body_dir.to_string_lossy().into_owned()]);
+    let r = render(&poses, &from_body, &extra)?;
+    assert!(r.stdout.contains("face pass: 3 frames enhanced"));
+    for i in 0..n {
+        assert_eq!(
+            read(&from_body, i)?,
+            read(&face_dir, i)?,
+            "frame {i}: --body"
+        );
+    }
+    // Body frames of another size are refused, naming the file.
+    let small = tmp.join("small");
+    std::fs::create_dir_all(&small)?;
+    for i in 0..n {
+        image::RgbImage::new(32, 32).save(small.join(format!("{i:06}.png")))?;
+    }
+    let mut extra = face_args(Some(&lm_file), None);
+    extra.extend(["--body".into(), small.to_string_lossy().into_owned()]);
+    let e = render(&poses, &tmp.join("bad"), &extra)
+        .err()
+        .ok_or("32x32 body frames must be refused")?
+        .to_string();
+    println!("{e}");
+    assert!(
+        e.contains("000000.png is 32×32") && e.contains("64×64"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
@@ -338,8 +369,14 @@ fn temporal_face_renders_and_ignores_request_order() -> TestResult {
     let mut a2 = extra.clone();
     a2.extend(["--frames", "2-4"].map(String::from));
     render(&poses, &farm, &a2)?;
+    // The temporal face on an earlier body render (--body).
+    let from_body = tmp.join("from_body");
+    let mut body_args = extra.clone();
+    body_args.extend(["--body".into(), body_dir.to_string_lossy().into_owned()]);
+    render(&poses, &from_body, &body_args)?;
     for i in 0..n {
         let s = read(&seq, i)?;
+        assert_eq!(read(&from_body, i)?, s, "frame {i}: --body");
         assert_eq!(read(&rev, i)?, s, "frame {i}: order/threads");
         assert_eq!(read(&farm, i)?, s, "frame {i}: farm split");
         let body = read(&body_dir, i)?;

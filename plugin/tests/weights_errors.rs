@@ -477,3 +477,57 @@ fn head_model_resolves_from_head_folder() {
     assert!(e.contains("head/unet"));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `anchor cast` (`weights::cast_folder`): an f16 copy of the tiny VAE is half the size, keeps
+/// its config byte for byte, loads into the f32 network, and decodes within f16 rounding of the
+/// original; an existing output or a missing input is refused without writing anything.
+#[test]
+fn cast_folder_halves_the_weights_and_decodes_alike() {
+    use make_your_anchor::engine::weights::cast_folder;
+    let dir = scratch("cast");
+    let out = dir.join("vae16");
+    let r = cast_folder(&tiny("vae"), &out, DType::F16).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("cast: {r:?}");
+    assert_eq!(r.files, 1);
+    assert!(r.tensors > 10, "{r:?}");
+    assert!(
+        (r.bytes_after as f64) < 0.55 * r.bytes_before as f64,
+        "f16 copy is {} of {} bytes",
+        r.bytes_after,
+        r.bytes_before
+    );
+    assert!(!dir.join("vae16.partial").exists());
+    let cfg = |d: &Path| std::fs::read(d.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg(&tiny("vae")), cfg(&out));
+    let file = out.join("diffusion_pytorch_model.safetensors");
+    let stored = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    assert!(stored.values().all(|t| t.dtype() == DType::F16));
+
+    let load = |d: &Path| AutoencoderKl::load(d, DType::F32, &Device::Cpu).unwrap().0;
+    let (a, b) = (load(&tiny("vae")), load(&out));
+    let z = Tensor::arange(0f32, 64.0, &Device::Cpu)
+        .unwrap()
+        .affine(0.05, -1.6)
+        .unwrap()
+        .sin()
+        .unwrap()
+        .reshape((1, 4, 4, 4))
+        .unwrap();
+    let (ya, yb) = (a.decode(&z).unwrap(), b.decode(&z).unwrap());
+    let diff = (ya - yb)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    eprintln!("decode of the f16 copy vs the f32 original: max |diff| {diff:.2e}");
+    assert!(diff < 1e-2, "max |diff| {diff}");
+
+    let e = err_text(cast_folder(&tiny("vae"), &out, DType::F16));
+    assert!(e.contains("already exists"), "{e}");
+    let e = err_text(cast_folder(&dir.join("absent"), &dir.join("x"), DType::F16));
+    assert!(e.contains("absent"), "{e}");
+    assert!(!dir.join("x").exists() && !dir.join("x.partial").exists());
+}

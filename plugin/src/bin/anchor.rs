@@ -136,6 +136,11 @@ struct RenderArgs {
     /// Cache budget in MiB.
     #[arg(long, default_value_t = 4096)]
     cache_mib: usize,
+    /// Body frames already rendered (e.g. an earlier --out, named like the pose frames): the face
+    /// pass runs on them instead of a new body render, to try face settings without re-rendering
+    /// the body. Needs --face-model; the frames must have the working size.
+    #[arg(long, requires = "face_model", conflicts_with_all = ["noise", "dump_latents"])]
+    body: Option<PathBuf>,
     /// The face pass (issue 7): re-render each frame's face with a head model.
     #[command(flatten)]
     face: FaceArgs,
@@ -414,10 +419,26 @@ fn render(a: RenderArgs) -> Result<()> {
         _ => None,
     };
     let face_counts = [AtomicUsize::new(0), AtomicUsize::new(0)];
-    // Temporal face: the body frames of a window's cone come from the body denoiser (cached).
-    let body_rgb = |f: usize| -> Result<Vec<u8>> {
-        Ok(pipeline::image_to_rgb8(&denoiser.image(f, &NoProgress)?)?.0)
+    // A body frame: from --body, else from the body denoiser (cached).
+    let body_frame = |f: usize, progress: &dyn Progress| -> Result<(Vec<u8>, usize, usize)> {
+        match &a.body {
+            Some(dir) => {
+                let name = poses.paths()[f].file_name().unwrap_or_default();
+                let (rgb, w, h) = pipeline::read_rgb8(&dir.join(name))?;
+                if (w, h) != (res, res) {
+                    return Err(EngineError::Input(format!(
+                        "body frame {} is {w}×{h}; the render works at {res}×{res} \
+                         (render the body with the same model and --resolution)",
+                        dir.join(name).display()
+                    )));
+                }
+                Ok((rgb, w, h))
+            }
+            None => pipeline::image_to_rgb8(&denoiser.image(f, progress)?),
+        }
     };
+    // Temporal face: the body frames of a window's cone.
+    let body_rgb = |f: usize| -> Result<Vec<u8>> { Ok(body_frame(f, &NoProgress)?.0) };
     let mesh_rgb = |f: usize| poses.rgb8(f);
     let clip_source = face_inputs
         .as_ref()
@@ -461,8 +482,7 @@ fn render(a: RenderArgs) -> Result<()> {
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&f) = order.get(i) else { break };
-                let r = denoiser.image(f, &bar).and_then(|img| {
-                    let (rgb, w, h) = pipeline::image_to_rgb8(&img)?;
+                let r = body_frame(f, &bar).and_then(|(rgb, w, h)| {
                     let rgb = match (&face_pass, &face_inputs) {
                         (Some(pass), Some(inputs)) => {
                             let mesh = poses.rgb8(f)?;
