@@ -26,6 +26,9 @@ use serde_json::Value;
 const MIN_GAIN_DB: f64 = 1.0;
 /// The gain issue 6 asks for.
 const TARGET_GAIN_DB: f64 = 3.0;
+/// The face-region PSNR gain of the face pass over the body-only frame this test requires
+/// (issue 7 asks for an improvement; the shipped face model's, less a margin).
+const MIN_FACE_GAIN_DB: f64 = 0.5;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -218,7 +221,7 @@ fn embedded_model_beats_the_mean_frame_and_follows_the_mesh() {
 }
 
 #[test]
-fn embedded_face_pass_changes_the_face_region_as_committed() {
+fn embedded_face_pass_improves_the_face_region() {
     let r = renders();
     let mask = ["--mask", "examples/face_matte"];
     let body = eval(&r.body_head, &mask);
@@ -229,15 +232,10 @@ fn embedded_face_pass_changes_the_face_region_as_committed() {
         pf - pb
     );
     assert!(
-        (pf - pb).abs() > 0.1,
-        "the face pass left the face region unchanged: {pf:.2} dB vs {pb:.2} dB"
+        pf >= pb + MIN_FACE_GAIN_DB,
+        "the face pass must improve the face region by {MIN_FACE_GAIN_DB} dB: \
+         {pf:.2} dB vs {pb:.2} dB body only"
     );
-    if pf <= pb {
-        eprintln!(
-            "NOTE: issue 7's check (the face pass improves the face region) is not met by the \
-             shipped face model: {pf:.2} dB vs {pb:.2} dB body only"
-        );
-    }
     let keys: &[(&[&str], f64)] = &[(&["psnr_db"], 0.05), (&["ssim"], 0.005)];
     check_committed("face_region_body", &body, keys);
     check_committed("face_region_face", &face, keys);
