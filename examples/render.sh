@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # The README's main command: builds `anchor`, renders the held-out example poses with the embedded
-# default model (resources/models/tiny-anchor) into out/, scores them against the ground truth and
-# the mean-training-frame baseline, and writes out/preview.mp4 (ffmpeg) or out/preview.gif
-# (ImageMagick) when either tool is installed.
+# default model (resources/models/tiny-anchor: body, then the face pass) into out/, scores them
+# against the ground truth and the mean-training-frame baseline, and writes out/preview.mp4
+# (ffmpeg) or out/preview.gif (ImageMagick) when either tool is installed.
 #
-#   bash examples/render.sh            # the body model
-#   FACE=1 bash examples/render.sh     # plus the face pass with the embedded face model (it does
-#                                      # not improve the face yet: see resources/models/tiny-anchor)
+#   bash examples/render.sh            # body and face pass
+#   FACE=0 bash examples/render.sh     # the body model only
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -17,7 +16,7 @@ cargo build --release --locked -p make-your-anchor --bin anchor
 ANCHOR=target/release/anchor
 
 face=()
-if [ "${FACE:-0}" = 1 ]; then
+if [ "${FACE:-1}" = 1 ]; then
   face=(--face-model "$MODEL" --face-landmarks "$EX/landmarks.json")
 fi
 "$ANCHOR" render --model "$MODEL" --poses "$EX/poses" --appearance "$EX/appearance.png" \

@@ -15,7 +15,9 @@ ANCHOR=${ANCHOR:-target/release/anchor}
 MODEL=resources/models/tiny-anchor
 EX=examples
 OUT=${OUT:-target/heldout-bench}
-FACE=(--face-model "$MODEL" --face-landmarks "$EX/landmarks.json")
+# The face rows run the face pass on the w16-flat body frames (--body): their seconds are the
+# face pass alone.
+FACE=(--face-model "$MODEL" --face-landmarks "$EX/landmarks.json" --body "$OUT/w16-flat")
 mkdir -p "$OUT"
 
 render() { # name, render flags...
