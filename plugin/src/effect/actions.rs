@@ -331,11 +331,62 @@ fn destroy_instance(effect: ImageEffect) -> Result<Status, EffectError> {
 fn instance_changed(effect: ImageEffect, in_args: PropertySet) -> Result<Status, EffectError> {
     let name = in_args.get_string(kOfxPropName, 0).unwrap_or_default();
     let kind = in_args.get_string(kOfxPropType, 0).unwrap_or_default();
-    log::debug!("instance changed: {kind} {name}");
+    let reason = in_args
+        .get_string(kOfxPropChangeReason, 0)
+        .unwrap_or_default();
+    log::debug!("instance changed: {kind} {name} ({reason})");
+    // A model folder the user picks brings its recommended settings (anchor.json); a project
+    // load or the plugin's own edits do not, so saved values stay.
+    let user = kOfxChangeUserEdited.to_str().is_ok_and(|u| reason == u);
+    if user && name == MODEL_FOLDER {
+        load_model_defaults(effect, params::DefaultsPart::Body);
+    }
+    if user && name == FACE_MODEL_FOLDER {
+        load_model_defaults(effect, params::DefaultsPart::Face);
+    }
     if name == FACE_ENHANCE || name == MODEL_FOLDER {
         update_ui(effect);
     }
     Ok(Status::Ok)
+}
+
+/// Sets the sampling (or face) parameters to the values the chosen model folder's `anchor.json`
+/// recommends. Best effort: a folder without `anchor.json` changes nothing, and a value the host
+/// refuses is logged and skipped.
+fn load_model_defaults(effect: ImageEffect, part: params::DefaultsPart) {
+    let result = (|| -> Result<(), EffectError> {
+        let set = effect.param_set()?;
+        let folder = match part {
+            params::DefaultsPart::Body => {
+                let typed = set.param(MODEL_FOLDER)?.string()?;
+                let env = std::env::var(params::ENV_MODEL_FOLDER).ok();
+                match params::resolve_model_folder(&typed, env.as_deref()) {
+                    Ok(Some(folder)) => folder,
+                    _ => return Ok(()),
+                }
+            }
+            params::DefaultsPart::Face => {
+                std::path::PathBuf::from(set.param(FACE_MODEL_FOLDER)?.string()?.trim())
+            }
+        };
+        for (name, value) in params::model_default_values(&folder, part) {
+            let r = set.param(name).and_then(|p| match value {
+                params::ParamValue::Int(v) => p.set_int(v),
+                params::ParamValue::Double(v) => p.set_double(v),
+            });
+            match r {
+                Ok(()) => log::info!(
+                    "{name} = {value:?} from the anchor.json of {}",
+                    folder.display()
+                ),
+                Err(e) => log::warn!("could not set {name} from {}: {e}", folder.display()),
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        log::debug!("could not load the model's default settings: {e}");
+    }
 }
 
 /// Grey out the Face page's parameters unless `faceEnhance` is on, and flag a model folder that does not

@@ -241,7 +241,7 @@ pub const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: MODEL_FOLDER,
         label: "Model Folder",
-        hint: "Folder holding a Make-Your-Anchor model (UNet, ControlNet, VAE and CLIP weights); when empty, the MAKE_YOUR_ANCHOR_MODEL environment variable is used, and without either the Source passes through unchanged; its appearance.png is the reference photo used when the Appearance input is not connected.",
+        hint: "Folder holding a Make-Your-Anchor model (UNet, ControlNet, VAE and CLIP weights); when empty, the MAKE_YOUR_ANCHOR_MODEL environment variable is used, and without either the Source passes through unchanged; its appearance.png is the reference photo used when the Appearance input is not connected. Choosing a folder whose anchor.json recommends sampling settings sets Steps, Guidance, Control Scale, Window, Overlap, Resolution and Seed to them.",
         page: PAGE_MODEL,
         kind: Kind::Directory,
     },
@@ -361,7 +361,7 @@ pub const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: FACE_MODEL_FOLDER,
         label: "Face Model Folder",
-        hint: "Folder holding the Make-Your-Anchor face model used when Face Enhance is on: a 9-channel inpainting unet/ (or a head/ subfolder), controlnet/, vae/, scheduler/, text_encoder/ and image_encoder/.",
+        hint: "Folder holding the Make-Your-Anchor face model used when Face Enhance is on: a 9-channel inpainting unet/ (or a head/ subfolder), controlnet/, vae/, scheduler/, text_encoder/ and image_encoder/. Choosing a folder whose anchor.json has face_defaults sets the face settings below to them.",
         page: PAGE_FACE,
         kind: Kind::Directory,
     },
@@ -848,45 +848,104 @@ impl Settings {
     /// folder is known and readable.
     fn apply_model_defaults(&mut self, missed: &[&str]) {
         let env = std::env::var(ENV_MODEL_FOLDER).ok();
-        let Ok(Some(folder)) = resolve_model_folder(&self.model_folder, env.as_deref()) else {
-            return;
+        let body = match resolve_model_folder(&self.model_folder, env.as_deref()) {
+            Ok(Some(folder)) => model_default_values(&folder, DefaultsPart::Body),
+            _ => Vec::new(),
         };
-        let Ok(layout) = crate::engine::model::ModelLayout::resolve(&folder) else {
-            return;
-        };
-        let d = layout.defaults;
-        let int = |v: usize| i32::try_from(v).unwrap_or(i32::MAX);
-        for &name in missed {
-            match name {
-                STEPS => self.steps = int(d.steps),
-                GUIDANCE => self.guidance = d.guidance_scale,
-                CONTROL_SCALE => self.control_scale = d.control_scale,
-                WINDOW => self.window = int(d.window),
-                OVERLAP => self.overlap = int(d.overlap),
-                RESOLUTION => self.resolution = int(d.width),
-                SEED => self.seed = i32::try_from(d.seed).unwrap_or(i32::MAX),
-                _ => {}
+        let face_folder = PathBuf::from(self.face_model_folder.trim());
+        let face = model_default_values(&face_folder, DefaultsPart::Face);
+        for (name, value) in body.into_iter().chain(face) {
+            if missed.contains(&name) {
+                self.set(name, value);
             }
         }
-        // The face values from the face model folder's `face_defaults`.
-        let Ok(face) =
-            crate::engine::model::ModelLayout::resolve(Path::new(self.face_model_folder.trim()))
-        else {
-            return;
+    }
+
+    /// Sets the sampling value of parameter `name` (those [`model_default_values`] names).
+    fn set(&mut self, name: &str, value: ParamValue) {
+        let (i, d) = match value {
+            ParamValue::Int(i) => (i, f64::from(i)),
+            ParamValue::Double(d) => (d as i32, d),
         };
-        let f = face.face_defaults;
-        for &name in missed {
-            match name {
-                FACE_CROP => self.face_crop = int(f.crop),
-                FACE_SIZE => self.face_size = int(f.size),
-                FACE_STEPS => self.face_steps = int(f.steps),
-                FACE_GUIDANCE => self.face_guidance = f.guidance_scale,
-                FACE_CONTROL_SCALE => self.face_control_scale = f.control_scale,
-                FACE_SEED => self.face_seed = i32::try_from(f.seed).unwrap_or(i32::MAX),
-                FACE_ERODE => self.face_erode = int(f.erode),
-                FACE_BLUR => self.face_blur = int(f.blur),
-                _ => {}
-            }
+        match name {
+            STEPS => self.steps = i,
+            GUIDANCE => self.guidance = d,
+            CONTROL_SCALE => self.control_scale = d,
+            WINDOW => self.window = i,
+            OVERLAP => self.overlap = i,
+            RESOLUTION => self.resolution = i,
+            SEED => self.seed = i,
+            FACE_CROP => self.face_crop = i,
+            FACE_SIZE => self.face_size = i,
+            FACE_STEPS => self.face_steps = i,
+            FACE_GUIDANCE => self.face_guidance = d,
+            FACE_CONTROL_SCALE => self.face_control_scale = d,
+            FACE_SEED => self.face_seed = i,
+            FACE_ERODE => self.face_erode = i,
+            FACE_BLUR => self.face_blur = i,
+            _ => {}
+        }
+    }
+}
+
+/// A value the effect gives one of its parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParamValue {
+    /// An integer parameter's value.
+    Int(i32),
+    /// A double parameter's value.
+    Double(f64),
+}
+
+/// Which defaults of a model folder's `anchor.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultsPart {
+    /// `defaults`: the body's sampling settings (steps, guidance, control scale, window,
+    /// overlap, resolution, seed).
+    Body,
+    /// `face_defaults`: the face pass's settings (crop, size, steps, guidance, control scale,
+    /// seed, erode, blur).
+    Face,
+}
+
+/// The parameter values a model folder's `anchor.json` recommends, by script name: empty when
+/// the folder cannot be resolved or has no `anchor.json` (a plain diffusers folder keeps the
+/// parameters as they are). Keys the file leaves out give the reference's values.
+pub fn model_default_values(folder: &Path, part: DefaultsPart) -> Vec<(&'static str, ParamValue)> {
+    if folder.as_os_str().is_empty() {
+        return Vec::new();
+    }
+    let layout = match crate::engine::model::ModelLayout::resolve(folder) {
+        Ok(l) if l.anchor_json.is_some() => l,
+        _ => return Vec::new(),
+    };
+    let int = |v: usize| ParamValue::Int(i32::try_from(v).unwrap_or(i32::MAX));
+    let seed = |v: u64| ParamValue::Int(i32::try_from(v).unwrap_or(i32::MAX));
+    match part {
+        DefaultsPart::Body => {
+            let d = layout.defaults;
+            vec![
+                (STEPS, int(d.steps)),
+                (GUIDANCE, ParamValue::Double(d.guidance_scale)),
+                (CONTROL_SCALE, ParamValue::Double(d.control_scale)),
+                (WINDOW, int(d.window)),
+                (OVERLAP, int(d.overlap)),
+                (RESOLUTION, int(d.width)),
+                (SEED, seed(d.seed)),
+            ]
+        }
+        DefaultsPart::Face => {
+            let f = layout.face_defaults;
+            vec![
+                (FACE_CROP, int(f.crop)),
+                (FACE_SIZE, int(f.size)),
+                (FACE_STEPS, int(f.steps)),
+                (FACE_GUIDANCE, ParamValue::Double(f.guidance_scale)),
+                (FACE_CONTROL_SCALE, ParamValue::Double(f.control_scale)),
+                (FACE_SEED, seed(f.seed)),
+                (FACE_ERODE, int(f.erode)),
+                (FACE_BLUR, int(f.blur)),
+            ]
         }
     }
 }

@@ -92,6 +92,10 @@ struct Cli {
     /// choice index or label, text.
     #[arg(long = "param", value_name = "NAME=VALUE")]
     params: Vec<String>,
+    /// Edit a parameter as a user would (repeatable): after the instance is created, the host
+    /// sets it and sends Begin/InstanceChanged/EndInstanceChanged (reason OfxChangeUserEdited).
+    #[arg(long = "user-edit", value_name = "NAME=VALUE")]
+    user_edits: Vec<String>,
     /// Print the plugin's parameters (name, type, default, options) and exit.
     #[arg(long)]
     list_params: bool,
@@ -262,6 +266,13 @@ fn main() -> ExitCode {
             _ => return usage(format!("--param {p:?}: expected NAME=VALUE")),
         }
     }
+    let mut user_edits = Vec::new();
+    for p in &cli.user_edits {
+        match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => user_edits.push((k.to_string(), v.to_string())),
+            _ => return usage(format!("--user-edit {p:?}: expected NAME=VALUE")),
+        }
+    }
     let source_mode = match (cli.missing_source, cli.zero_size_source) {
         (Some(_), true) => {
             return usage("--missing-source and --zero-size-source exclude each other".into())
@@ -279,6 +290,7 @@ fn main() -> ExitCode {
         output: cli.output.clone(),
         frames,
         params,
+        user_edits,
         threads: cli.threads,
         order: match cli.order {
             CliOrder::Sequential => Order::Sequential,

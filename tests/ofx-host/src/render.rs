@@ -16,6 +16,7 @@ use openfx::sys::image_effect_v1::gpu_render::{
     kOfxImageEffectPropCudaEnabled, kOfxImageEffectPropOpenGLEnabled,
 };
 use openfx::sys::image_effect_v1::image_effect::*;
+use openfx::sys::image_effect_v1::param::kOfxTypeParameter;
 use parking_lot::Mutex;
 
 use crate::bundle::{Bundle, Plugin};
@@ -78,6 +79,10 @@ pub struct RenderOptions {
     pub frames: Option<(i32, i32)>,
     /// `--param name=value` pairs, applied in order.
     pub params: Vec<(String, String)>,
+    /// `--user-edit name=value` pairs: set after the instance is created, each followed by
+    /// Begin/InstanceChanged/EndInstanceChanged with reason `OfxChangeUserEdited`, as a user's
+    /// edit in a host's UI.
+    pub user_edits: Vec<(String, String)>,
     /// Concurrent render threads.
     pub threads: usize,
     /// Frame order.
@@ -131,6 +136,7 @@ impl Default for RenderOptions {
             output: None,
             frames: None,
             params: Vec::new(),
+            user_edits: Vec::new(),
             threads: 1,
             order: Order::Sequential,
             seed: 0,
@@ -301,12 +307,43 @@ impl Run<'_> {
             .plugin
             .call(kOfxActionCreateInstance, Some(&inst), None, None);
         check(kOfxActionCreateInstance, st, None)?;
-        if let Err(e) = self.clip_preferences(&inst) {
+        let edits = self.clip_preferences(&inst).and_then(|()| {
+            self.opts
+                .user_edits
+                .iter()
+                .try_for_each(|(name, value)| self.user_edit(&inst, name, value))
+        });
+        if let Err(e) = edits {
             // The instance exists for the plugin: destroy it before reporting.
             let _ = self.destroy_instance(inst);
             return Err(e);
         }
         Ok(inst)
+    }
+
+    /// A user's edit of parameter `name`: the new value, then the instance-changed actions.
+    fn user_edit(&self, inst: &Effect, name: &str, value: &str) -> Result<(), HostError> {
+        let p = inst.params.get(name).ok_or_else(|| {
+            HostError::Param(format!("--user-edit: the plugin has no parameter {name:?}"))
+        })?;
+        p.set_from_text(value).map_err(HostError::Param)?;
+        let reason = PropertySet::new("instance changed reason");
+        reason.cstr(kOfxPropChangeReason, &[kOfxChangeUserEdited]);
+        let args = PropertySet::new("instance changed args");
+        args.cstr(kOfxPropType, &[kOfxTypeParameter]);
+        args.str(kOfxPropName, &[name]);
+        args.cstr(kOfxPropChangeReason, &[kOfxChangeUserEdited]);
+        args.dbl(kOfxPropTime, &[0.0]);
+        args.dbl(kOfxImageEffectPropRenderScale, &[1.0, 1.0]);
+        for (action, props) in [
+            (kOfxActionBeginInstanceChanged, &reason),
+            (kOfxActionInstanceChanged, &args),
+            (kOfxActionEndInstanceChanged, &reason),
+        ] {
+            let st = self.plugin.call(action, Some(inst), Some(props), None);
+            check(action, st, None)?;
+        }
+        Ok(())
     }
 
     fn clip_preferences(&self, inst: &Effect) -> Result<(), HostError> {
