@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use common::{anchor_exe, bundle, TempDir, PLUGIN_ID};
+use common::{anchor_exe, TempDir};
 use image::{Rgb, RgbImage};
 use make_your_anchor::engine::resample::{resize_rgb8, Filter};
 
@@ -235,32 +235,13 @@ fn ofx_render(args: &[String]) -> Run {
 
 /// `ofx_render` with extra environment variables.
 fn ofx_render_env(args: &[String], env: &[(&str, &str)]) -> Run {
-    let logdir = TempDir::new("log");
-    let log = logdir.join("plugin.log");
-    let start = Instant::now();
-    // A build of the CLI may relink the plugin library: finish it before the bundle copies it.
-    anchor_exe();
-    let out = Command::new(env!("CARGO_BIN_EXE_ofx-render"))
-        .args([
-            "--bundle",
-            bundle().to_str().expect("utf-8"),
-            "--plugin",
-            PLUGIN_ID,
-        ])
-        .args(args)
-        .env_remove("MAKE_YOUR_ANCHOR_MODEL")
-        .env("MAKE_YOUR_ANCHOR_LOG", &log)
-        .env("MAKE_YOUR_ANCHOR_LOG_LEVEL", "debug")
-        .env_remove("MAKE_YOUR_ANCHOR_MEMORY_MIB")
-        .envs(env.iter().copied())
-        .output()
-        .expect("spawn ofx-render");
+    let r = common::ofx_render_logged(args, env);
     Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        log: std::fs::read_to_string(&log).unwrap_or_default(),
-        seconds: start.elapsed().as_secs_f64(),
+        code: r.code,
+        stdout: r.stdout,
+        stderr: r.stderr,
+        log: r.log,
+        seconds: r.seconds,
     }
 }
 

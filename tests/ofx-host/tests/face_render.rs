@@ -207,10 +207,6 @@ fn ofx(poses: &Path, out: &Path, face: bool, extra: &[String]) -> Run {
         ]);
     }
     let mut args: Vec<String> = vec![
-        "--bundle".into(),
-        bundle().display().to_string(),
-        "--plugin".into(),
-        PLUGIN_ID.into(),
         "--input".into(),
         poses.display().to_string(),
         "--output".into(),
@@ -222,29 +218,17 @@ fn ofx(poses: &Path, out: &Path, face: bool, extra: &[String]) -> Run {
         args.extend(["--param".into(), p]);
     }
     args.extend(extra.iter().cloned());
-    // A build of the CLI may relink the plugin library: finish it before the bundle copies it.
-    anchor_exe();
-    let logdir = TempDir::new("face-log");
-    let log = logdir.join("plugin.log");
-    let o = Command::new(env!("CARGO_BIN_EXE_ofx-render"))
-        .args(&args)
-        .env("MAKE_YOUR_ANCHOR_LOG", &log)
-        .env("MAKE_YOUR_ANCHOR_LOG_LEVEL", "debug")
-        .env_remove("MAKE_YOUR_ANCHOR_MODEL")
-        .env_remove("MAKE_YOUR_ANCHOR_MEMORY_MIB")
-        .output()
-        .expect("spawn ofx-render");
-    let code = o.status.code();
-    let frames = if code == Some(0) {
+    let r = common::ofx_render_logged(&args, &[]);
+    let frames = if r.code == Some(0) {
         read_out(out)
     } else {
         Vec::new()
     };
     Run {
-        code,
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        log: std::fs::read_to_string(&log).unwrap_or_default(),
+        code: r.code,
+        stdout: r.stdout,
+        stderr: r.stderr,
+        log: r.log,
         frames,
     }
 }

@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{anchor_exe, bundle, TempDir, PLUGIN_ID};
+use common::{anchor_exe, ofx_render_logged, TempDir};
 
 const FRAMES: usize = 4;
 
@@ -55,14 +55,7 @@ fn read(dir: &Path) -> Vec<Vec<u8>> {
 /// `ofx-render` (General context, the example's appearance photo) with `args`; returns the
 /// frames and the plugin's log.
 fn ofx(poses: &Path, out: &Path, args: &[String]) -> (Vec<Vec<u8>>, String) {
-    anchor_exe();
-    let logdir = TempDir::new("defaults-log");
-    let log = logdir.join("plugin.log");
     let mut all: Vec<String> = vec![
-        "--bundle".into(),
-        bundle().display().to_string(),
-        "--plugin".into(),
-        PLUGIN_ID.into(),
         "--input".into(),
         poses.display().to_string(),
         "--output".into(),
@@ -73,20 +66,13 @@ fn ofx(poses: &Path, out: &Path, args: &[String]) -> (Vec<Vec<u8>>, String) {
         "device=CPU".into(),
     ];
     all.extend(args.iter().cloned());
-    let o = Command::new(env!("CARGO_BIN_EXE_ofx-render"))
-        .args(&all)
-        .env("MAKE_YOUR_ANCHOR_LOG", &log)
-        .env("MAKE_YOUR_ANCHOR_LOG_LEVEL", "debug")
-        .env_remove("MAKE_YOUR_ANCHOR_MODEL")
-        .env_remove("MAKE_YOUR_ANCHOR_MEMORY_MIB")
-        .output()
-        .expect("spawn ofx-render");
+    let r = ofx_render_logged(&all, &[]);
     assert!(
-        o.status.success(),
+        r.code == Some(0),
         "ofx-render {all:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
+        r.stderr
     );
-    (read(out), std::fs::read_to_string(&log).unwrap_or_default())
+    (read(out), r.log)
 }
 
 fn cli(poses: &Path, out: &Path, extra: &[String]) -> Vec<Vec<u8>> {

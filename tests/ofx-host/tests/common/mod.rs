@@ -290,3 +290,48 @@ pub fn anchor_exe() -> &'static Path {
         path
     })
 }
+
+/// An `ofx-render` run with the plugin's debug log.
+pub struct LoggedRun {
+    /// Exit code (`None`: killed by a signal, i.e. a crash).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The plugin's log (`MAKE_YOUR_ANCHOR_LOG`, debug level).
+    pub log: String,
+    /// Wall-clock seconds of the run.
+    pub seconds: f64,
+}
+
+/// Runs `ofx-render --bundle <the bundle under test> --plugin PLUGIN_ID ARGS` with the plugin's
+/// debug log captured, no model folder or memory limit taken from the environment, and `env`
+/// added. Builds (or finds) the `anchor` CLI first: a build relinks the plugin library, which
+/// must be finished before the bundle copies it.
+pub fn ofx_render_logged(args: &[String], env: &[(&str, &str)]) -> LoggedRun {
+    anchor_exe();
+    let logdir = TempDir::new("log");
+    let log = logdir.join("plugin.log");
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ofx-render"))
+        .args([
+            "--bundle",
+            bundle().to_str().expect("utf-8 path"),
+            "--plugin",
+            PLUGIN_ID,
+        ])
+        .args(args)
+        .env_remove("MAKE_YOUR_ANCHOR_MODEL")
+        .env_remove("MAKE_YOUR_ANCHOR_MEMORY_MIB")
+        .env("MAKE_YOUR_ANCHOR_LOG", &log)
+        .env("MAKE_YOUR_ANCHOR_LOG_LEVEL", "debug")
+        .envs(env.iter().copied())
+        .output()
+        .expect("spawn ofx-render");
+    LoggedRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        log: std::fs::read_to_string(&log).unwrap_or_default(),
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
