@@ -103,6 +103,13 @@ impl ImageEffect {
             .get_string(names::kOfxImageEffectPropContext, 0)
     }
 
+    /// The instance's frame range (`kOfxImageEffectPropFrameRange` on the effect). OFX 1.4 does
+    /// not list it among the instance properties a host must set; Natron and Resolve set it,
+    /// MLT does not (the property suite answers `kOfxStatErrUnknown`).
+    pub fn frame_range(&self) -> Result<OfxRangeD> {
+        range_of(&self.properties()?)
+    }
+
     /// The pointer stored in `kOfxPropInstanceData` (null until set).
     pub fn instance_data(&self) -> Result<*mut c_void> {
         self.properties()?
@@ -143,16 +150,11 @@ impl Clip {
         self.props.get_bool(names::kOfxImageClipPropConnected)
     }
 
-    /// The clip's frame range (`kOfxImageEffectPropFrameRange`).
+    /// The clip's frame range (`kOfxImageEffectPropFrameRange`). OFX requires it on clip
+    /// instances, but MLT 7.40 does not set it (the property suite answers
+    /// `kOfxStatErrUnknown`): callers that can do without it should fall back.
     pub fn frame_range(&self) -> Result<OfxRangeD> {
-        Ok(OfxRangeD {
-            min: self
-                .props
-                .get_double(names::kOfxImageEffectPropFrameRange, 0)?,
-            max: self
-                .props
-                .get_double(names::kOfxImageEffectPropFrameRange, 1)?,
-        })
+        range_of(&self.props)
     }
 
     /// Depth the host will hand over (`kOfxImageEffectPropPixelDepth`), as its OFX name.
@@ -221,6 +223,14 @@ impl Clip {
             }),
         }
     }
+}
+
+/// `kOfxImageEffectPropFrameRange` of a property set, as (min, max).
+fn range_of(props: &PropertySet) -> Result<OfxRangeD> {
+    Ok(OfxRangeD {
+        min: props.get_double(names::kOfxImageEffectPropFrameRange, 0)?,
+        max: props.get_double(names::kOfxImageEffectPropFrameRange, 1)?,
+    })
 }
 
 /// An image fetched from a clip; released (`clipReleaseImage`) on drop.

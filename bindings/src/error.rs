@@ -149,6 +149,17 @@ pub enum Error {
         /// What it returned.
         status: Status,
     },
+    /// A property-suite call on a named property returned a status other than `kOfxStatOK`
+    /// (for example `kOfxStatErrUnknown` from a host that does not set that property).
+    #[error("{call}({property}) returned {status}")]
+    Property {
+        /// The suite function, e.g. `propGetDouble`.
+        call: &'static str,
+        /// The property, e.g. `OfxImageEffectPropFrameRange`.
+        property: String,
+        /// What it returned.
+        status: Status,
+    },
     /// The host handed a null handle or pointer where a valid one was required.
     #[error("the host returned a null {0}")]
     NullHandle(&'static str),
@@ -170,10 +181,26 @@ impl Error {
             Self::Status {
                 status: Status::ErrMemory,
                 ..
+            }
+            | Self::Property {
+                status: Status::ErrMemory,
+                ..
             } => Status::ErrMemory,
             Self::MissingSuite { .. } => Status::ErrMissingHostFeature,
             _ => Status::Failed,
         }
+    }
+
+    /// Whether this is the host saying it does not know a property (`kOfxStatErrUnknown` from
+    /// the property suite): the property is absent on that object, not broken.
+    pub fn is_unknown_property(&self) -> bool {
+        matches!(
+            self,
+            Self::Property {
+                status: Status::ErrUnknown,
+                ..
+            }
+        )
     }
 }
 
@@ -202,5 +229,16 @@ mod tests {
             err.map(|e| e.to_string()),
             Some("progressUpdate returned kOfxStatReplyNo".to_string())
         );
+        let unknown = Error::Property {
+            call: "propGetDouble",
+            property: "OfxImageEffectPropFrameRange".into(),
+            status: Status::ErrUnknown,
+        };
+        assert_eq!(
+            unknown.to_string(),
+            "propGetDouble(OfxImageEffectPropFrameRange) returned kOfxStatErrUnknown"
+        );
+        assert!(unknown.is_unknown_property());
+        assert_eq!(unknown.status(), Status::Failed);
     }
 }

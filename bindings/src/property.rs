@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::host::{func, host};
 use crate::pixels::Rect;
-use openfx::sys::generic::core::{OfxPropertySetHandle, OfxRectD};
+use openfx::sys::generic::core::{OfxPropertySetHandle, OfxRectD, OfxStatus};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
 /// A property set handle: a descriptor, an instance, a clip, an image, or action arguments.
@@ -24,6 +24,18 @@ pub fn c_string(value: &str) -> Result<CString> {
 
 fn key(name: &CStr) -> String {
     name.to_string_lossy().into_owned()
+}
+
+/// `Ok(())` for `kOfxStatOK`, otherwise an [`Error::Property`] naming the call and the property.
+fn check(raw: OfxStatus, call: &'static str, name: &CStr) -> Result<()> {
+    match crate::Status::from_raw(raw) {
+        crate::Status::Ok => Ok(()),
+        status => Err(Error::Property {
+            call,
+            property: key(name),
+            status,
+        }),
+    }
 }
 
 fn index(i: usize) -> Result<c_int> {
@@ -54,9 +66,10 @@ impl PropertySet {
         let f = func(host()?.property.propGetDimension, "propGetDimension")?;
         let mut count: c_int = 0;
         // SAFETY: valid name pointer and out-pointer; the host checks the handle.
-        crate::Status::check(
+        check(
             unsafe { f(self.handle, name.as_ptr(), &mut count) },
             "propGetDimension",
+            name,
         )?;
         Ok(usize::try_from(count).unwrap_or(0))
     }
@@ -65,7 +78,7 @@ impl PropertySet {
     pub fn reset(&self, name: &CStr) -> Result<()> {
         let f = func(host()?.property.propReset, "propReset")?;
         // SAFETY: valid name pointer.
-        crate::Status::check(unsafe { f(self.handle, name.as_ptr()) }, "propReset")
+        check(unsafe { f(self.handle, name.as_ptr()) }, "propReset", name)
     }
 
     /// Integer value `i` of a property.
@@ -73,9 +86,10 @@ impl PropertySet {
         let f = func(host()?.property.propGetInt, "propGetInt")?;
         let mut v: c_int = 0;
         // SAFETY: valid name and out-pointer.
-        crate::Status::check(
+        check(
             unsafe { f(self.handle, name.as_ptr(), index(i)?, &mut v) },
             "propGetInt",
+            name,
         )?;
         Ok(v)
     }
@@ -84,9 +98,10 @@ impl PropertySet {
     pub fn set_int(&self, name: &CStr, i: usize, value: i32) -> Result<()> {
         let f = func(host()?.property.propSetInt, "propSetInt")?;
         // SAFETY: valid name pointer.
-        crate::Status::check(
+        check(
             unsafe { f(self.handle, name.as_ptr(), index(i)?, value) },
             "propSetInt",
+            name,
         )
     }
 
@@ -95,9 +110,10 @@ impl PropertySet {
         let f = func(host()?.property.propGetDouble, "propGetDouble")?;
         let mut v = 0.0f64;
         // SAFETY: valid name and out-pointer.
-        crate::Status::check(
+        check(
             unsafe { f(self.handle, name.as_ptr(), index(i)?, &mut v) },
             "propGetDouble",
+            name,
         )?;
         Ok(v)
     }
@@ -106,9 +122,10 @@ impl PropertySet {
     pub fn set_double(&self, name: &CStr, i: usize, value: f64) -> Result<()> {
         let f = func(host()?.property.propSetDouble, "propSetDouble")?;
         // SAFETY: valid name pointer.
-        crate::Status::check(
+        check(
             unsafe { f(self.handle, name.as_ptr(), index(i)?, value) },
             "propSetDouble",
+            name,
         )
     }
 
@@ -117,9 +134,10 @@ impl PropertySet {
         let f = func(host()?.property.propGetPointer, "propGetPointer")?;
         let mut v: *mut c_void = std::ptr::null_mut();
         // SAFETY: valid name and out-pointer.
-        crate::Status::check(
+        check(
             unsafe { f(self.handle, name.as_ptr(), index(i)?, &mut v) },
             "propGetPointer",
+            name,
         )?;
         Ok(v)
     }
@@ -129,9 +147,10 @@ impl PropertySet {
     pub fn set_pointer(&self, name: &CStr, i: usize, value: *mut c_void) -> Result<()> {
         let f = func(host()?.property.propSetPointer, "propSetPointer")?;
         // SAFETY: valid name pointer; the host stores the pointer opaquely.
-        crate::Status::check(
+        check(
             unsafe { f(self.handle, name.as_ptr(), index(i)?, value) },
             "propSetPointer",
+            name,
         )
     }
 
@@ -140,9 +159,10 @@ impl PropertySet {
         let f = func(host()?.property.propGetString, "propGetString")?;
         let mut v: *mut c_char = std::ptr::null_mut();
         // SAFETY: valid name and out-pointer.
-        crate::Status::check(
+        check(
             unsafe { f(self.handle, name.as_ptr(), index(i)?, &mut v) },
             "propGetString",
+            name,
         )?;
         if v.is_null() {
             return Ok(String::new());
@@ -159,9 +179,10 @@ impl PropertySet {
         let f = func(host()?.property.propSetString, "propSetString")?;
         let c = c_string(value)?;
         // SAFETY: valid pointers for the duration of the call; the host copies the string.
-        crate::Status::check(
+        check(
             unsafe { f(self.handle, name.as_ptr(), index(i)?, c.as_ptr()) },
             "propSetString",
+            name,
         )
     }
 
@@ -172,9 +193,10 @@ impl PropertySet {
         if n > 0 {
             let f = func(host()?.property.propGetIntN, "propGetIntN")?;
             // SAFETY: `out` holds `n` values.
-            crate::Status::check(
+            check(
                 unsafe { f(self.handle, name.as_ptr(), index(n)?, out.as_mut_ptr()) },
                 "propGetIntN",
+                name,
             )?;
         }
         Ok(out)
@@ -184,7 +206,7 @@ impl PropertySet {
     pub fn set_int_n(&self, name: &CStr, values: &[i32]) -> Result<()> {
         let f = func(host()?.property.propSetIntN, "propSetIntN")?;
         // SAFETY: `values` holds the count we pass.
-        crate::Status::check(
+        check(
             unsafe {
                 f(
                     self.handle,
@@ -194,6 +216,7 @@ impl PropertySet {
                 )
             },
             "propSetIntN",
+            name,
         )
     }
 
@@ -204,9 +227,10 @@ impl PropertySet {
         if n > 0 {
             let f = func(host()?.property.propGetDoubleN, "propGetDoubleN")?;
             // SAFETY: `out` holds `n` values.
-            crate::Status::check(
+            check(
                 unsafe { f(self.handle, name.as_ptr(), index(n)?, out.as_mut_ptr()) },
                 "propGetDoubleN",
+                name,
             )?;
         }
         Ok(out)
@@ -216,7 +240,7 @@ impl PropertySet {
     pub fn set_double_n(&self, name: &CStr, values: &[f64]) -> Result<()> {
         let f = func(host()?.property.propSetDoubleN, "propSetDoubleN")?;
         // SAFETY: `values` holds the count we pass.
-        crate::Status::check(
+        check(
             unsafe {
                 f(
                     self.handle,
@@ -226,6 +250,7 @@ impl PropertySet {
                 )
             },
             "propSetDoubleN",
+            name,
         )
     }
 
@@ -260,9 +285,10 @@ impl PropertySet {
         let f = func(host()?.property.propGetIntN, "propGetIntN")?;
         let mut v = [0 as c_int; 4];
         // SAFETY: `v` holds four values.
-        crate::Status::check(
+        check(
             unsafe { f(self.handle, name.as_ptr(), 4, v.as_mut_ptr()) },
             "propGetIntN",
+            name,
         )?;
         Ok(Rect::new(v[0], v[1], v[2], v[3]))
     }
@@ -272,9 +298,10 @@ impl PropertySet {
         let f = func(host()?.property.propGetDoubleN, "propGetDoubleN")?;
         let mut v = [0.0f64; 4];
         // SAFETY: `v` holds four values.
-        crate::Status::check(
+        check(
             unsafe { f(self.handle, name.as_ptr(), 4, v.as_mut_ptr()) },
             "propGetDoubleN",
+            name,
         )?;
         Ok(OfxRectD {
             x1: v[0],

@@ -46,6 +46,7 @@ fn settings() -> FaceSettings {
         // The reference's 40/41 px feather is sized for 512² frames; these frames are 64².
         feather: FeatherSettings { erode: 4, blur: 5 },
         parser: None,
+        mesh_jpeg: true,
     }
 }
 
@@ -566,5 +567,61 @@ fn temporal_face_windows_mix_frames_and_ignore_request_order() -> TestResult {
         .count();
     println!("temporal (window 3) vs per-frame, frame 0: {differ} values differ");
     assert!(differ > 50);
+    Ok(())
+}
+
+#[test]
+fn the_mesh_jpeg_switch_changes_the_control_crop_and_the_pass_identity() -> TestResult {
+    let model = head_model()?;
+    let on = pass(&model)?;
+    let off = FacePass::new(
+        &model,
+        &tokens(&model)?,
+        FaceSettings {
+            mesh_jpeg: false,
+            ..settings()
+        },
+        7,
+    )?;
+    assert_ne!(
+        on.identity(),
+        off.identity(),
+        "the switch must feed the cache key"
+    );
+    let (body, mesh) = frames(0);
+    let placement = Placement {
+        matte: None,
+        landmarks: Some(landmarks(0.0)),
+    };
+    let resolved = on.resolve(&placement, W, H).map_err(|r| r.to_string())?;
+    let a = on
+        .crops(frame(&body), frame(&mesh), &placement, &resolved)
+        .map_err(|r| r.to_string())?;
+    let b = off
+        .crops(frame(&body), frame(&mesh), &placement, &resolved)
+        .map_err(|r| r.to_string())?;
+    assert_eq!(a.image, b.image, "the body crop does not go through JPEG");
+    assert_eq!(a.mask, b.mask);
+    let changed = a
+        .control
+        .iter()
+        .zip(&b.control)
+        .filter(|(x, y)| x != y)
+        .count();
+    let worst = a
+        .control
+        .iter()
+        .zip(&b.control)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0);
+    println!(
+        "mesh JPEG: {changed} of {} control values changed, max {worst}",
+        a.control.len()
+    );
+    assert!(
+        changed > 0 && worst < 64,
+        "{changed} values changed, max {worst}"
+    );
     Ok(())
 }

@@ -24,6 +24,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use make_your_anchor::engine::model::BodyModel;
 use make_your_anchor::engine::networks::controlnet::ControlNetModel;
+use make_your_anchor::engine::networks::unet::ControlResiduals;
 use make_your_anchor::engine::pipeline::{self, BodyNetworks, DdimStep, PoseSequence};
 use make_your_anchor::engine::sampler::ddim::DdimScheduler;
 use make_your_anchor::engine::temporal::{
@@ -205,12 +206,16 @@ fn poses(fx: &Fixture) -> TestResult<PoseSequence> {
     Ok(poses)
 }
 
-fn networks<'m>(model: &'m BodyModel, clip: Clip) -> TestResult<BodyNetworks<'m>> {
+fn networks<'m>(
+    model: &'m BodyModel,
+    clip: Clip,
+    residuals: ControlResiduals,
+) -> TestResult<BodyNetworks<'m>> {
     let appearance = pipeline::encode_appearance(model, &temporal_dir().join("appearance.png"))?;
     let id = KeyHasher::tagged(clip.prefix())
         .key(pipeline::model_identity(model)?)
         .finish();
-    Ok(BodyNetworks::new(model, &appearance, id)?)
+    Ok(BodyNetworks::new(model, &appearance, id, residuals)?)
 }
 
 /// A fixed shuffle of `0..n` (xorshift64 Fisher–Yates), so the request order is not sequential.
@@ -231,7 +236,7 @@ fn run_clip(clip: Clip, check_images: bool) -> TestResult {
     let started = Instant::now();
     let fx = Fixture::load()?;
     let model = load_model(&fx, clip)?;
-    let nets = networks(&model, clip)?;
+    let nets = networks(&model, clip, ControlResiduals::Original)?;
     let sched = scheduler(&fx, &model)?;
     let poses = poses(&fx)?;
     let plan = plan(&fx)?;
@@ -366,7 +371,7 @@ fn appearance_and_negative_tokens_match() -> TestResult {
 fn window_eps(clip: Clip) -> TestResult {
     let fx = Fixture::load()?;
     let model = load_model(&fx, clip)?;
-    let nets = networks(&model, clip)?;
+    let nets = networks(&model, clip, ControlResiduals::Original)?;
     let sched = scheduler(&fx, &model)?;
     let poses = poses(&fx)?;
     let plan = plan(&fx)?;
@@ -466,14 +471,12 @@ fn fusion_cfg_ddim_match_reference() -> TestResult {
     Ok(())
 }
 
-/// The control-sensitive clip has teeth: the engine run with a wrong window plan (the tail
-/// window shifted back to full length, `--tail full`) must miss the reference by far more than
-/// the tolerance (the fixture script measured the same gap in PyTorch: `gap.gain4_tail_full`).
-#[test]
-fn control_sensitive_clip_detects_wrong_windowing() -> TestResult {
+/// The largest final-latent distance from the reference of the engine run with a given tail rule
+/// and residual addition (a wrong one, to show the fixture notices it).
+fn final_gap(clip: Clip, tail: Tail, residuals: ControlResiduals) -> TestResult<f32> {
     let fx = Fixture::load()?;
-    let model = load_model(&fx, Clip::Gain4)?;
-    let nets = networks(&model, Clip::Gain4)?;
+    let model = load_model(&fx, clip)?;
+    let nets = networks(&model, clip, residuals)?;
     let sched = scheduler(&fx, &model)?;
     let poses = poses(&fx)?;
     let (frames, steps, size): (usize, usize, usize) =
@@ -482,7 +485,7 @@ fn control_sensitive_clip_detects_wrong_windowing() -> TestResult {
         frames,
         fx.num("window")?,
         fx.num("overlap")?,
-        Tail::Full,
+        tail,
         Fusion::Flat,
     )?;
     let noise_path = temporal_dir().join("noise.safetensors");
@@ -499,7 +502,7 @@ fn control_sensitive_clip_detects_wrong_windowing() -> TestResult {
         params(&fx)?,
         injected,
     )?;
-    let want = fx.latents(Clip::Gain4, steps)?;
+    let want = fx.latents(clip, steps)?;
     let mut gap = 0f32;
     for f in 0..frames {
         gap = gap.max(max_abs(
@@ -507,17 +510,43 @@ fn control_sensitive_clip_detects_wrong_windowing() -> TestResult {
             &want.get(f)?,
         )?);
     }
-    let reference_gap: f32 = fx.num("gap.gain4_tail_full")?;
-    println!(
-        "[Gain4] --tail full vs the reference: max-abs {gap:.3e} (PyTorch: {reference_gap:.3e})"
-    );
+    Ok(gap)
+}
+
+/// Checks that a wrong variant misses the reference by far more than the tolerance, by the gap
+/// the fixture script measured for the same mistake in PyTorch (`meta_key`).
+fn check_wrong_variant(what: &str, gap: f32, meta_key: &str) -> TestResult {
+    let reference_gap: f32 = Fixture::load()?.num(meta_key)?;
+    println!("{what} vs the reference: max-abs {gap:.3e} (PyTorch: {reference_gap:.3e})");
     assert!(
         gap > 100.0 * TOLERANCE,
-        "a wrong window plan went unnoticed (gap {gap:e})"
+        "{what} went unnoticed (gap {gap:e})"
     );
     assert!(
         (gap - reference_gap).abs() <= TOLERANCE,
-        "the wrong plan's gap differs from PyTorch's"
+        "{what}: the gap differs from PyTorch's"
     );
     Ok(())
+}
+
+/// The control-sensitive clip has teeth: the engine run with a wrong window plan (the tail
+/// window shifted back to full length, `--tail full`) must miss the reference by far more than
+/// the tolerance (the fixture script measured the same gap in PyTorch: `gap.gain4_tail_full`).
+#[test]
+fn control_sensitive_clip_detects_wrong_windowing() -> TestResult {
+    let gap = final_gap(Clip::Gain4, Tail::Full, ControlResiduals::Original)?;
+    check_wrong_variant("[Gain4] --tail full", gap, "gap.gain4_tail_full")
+}
+
+/// The reference adds the ControlNet residuals as the original 3D UNet does (in place, the last
+/// down residual also entering the mid block); diffusers' addition misses it by thousands of
+/// tolerances after 4 steps.
+#[test]
+fn standard_residuals_miss_the_original_reference() -> TestResult {
+    let gap = final_gap(Clip::Stock, Tail::Paper, ControlResiduals::Standard)?;
+    check_wrong_variant(
+        "[Stock] --control-residuals standard",
+        gap,
+        "gap.stock_standard_residuals",
+    )
 }

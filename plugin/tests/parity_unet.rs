@@ -3,6 +3,11 @@
 //!
 //! Tolerance (issue 3): max-abs error ≤ 1e-4 × the reference's max-abs value. The measured error is
 //! printed (`cargo test -- --nocapture`).
+//!
+//! The 3D references with ControlNet residuals follow the original 3D UNet, which adds the
+//! residuals in place so that the last down residual also enters the mid block
+//! ([`ControlResiduals::Original`]); diffusers' out-of-place addition is kept as
+//! `window.unet_ctrl_standard.out` for [`ControlResiduals::Standard`].
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -11,7 +16,7 @@ use make_your_anchor::engine::networks::controlnet::{
     ControlNetConfig, ControlNetModel, ControlNetOutput,
 };
 use make_your_anchor::engine::networks::unet::{
-    Temporal, UNet2DConditionConfig, UNet2DConditionModel,
+    ControlResiduals, Temporal, UNet2DConditionConfig, UNet2DConditionModel,
 };
 use make_your_anchor::engine::weights::StrictWeights;
 use make_your_anchor::engine::EngineError;
@@ -269,11 +274,29 @@ fn window_3_frames_matches_inflated_reference() -> TestResult {
         &res,
         &fx.residuals("window.controlnet")?,
     )?;
-    let out = unet.forward(sample, fx.timestep, ehs, Some(&res), Temporal::Window)?;
+    let out = unet.forward_controlled(
+        sample,
+        fx.timestep,
+        ehs,
+        Some((&res, ControlResiduals::Original)),
+        Temporal::Window,
+    )?;
     check(
-        "unet 3D window + Rust 3D ControlNet",
+        "unet 3D window + Rust 3D ControlNet (original residuals)",
         &out,
         fx.get("window.unet_ctrl.out")?,
+    )?;
+    let out = unet.forward_controlled(
+        sample,
+        fx.timestep,
+        ehs,
+        Some((&res, ControlResiduals::Standard)),
+        Temporal::Window,
+    )?;
+    check(
+        "unet 3D window + Rust 3D ControlNet (standard residuals)",
+        &out,
+        fx.get("window.unet_ctrl_standard.out")?,
     )?;
     // Per-frame mode on the same frames must differ clearly from the window reference.
     let per_frame = unet.forward(sample, fx.timestep, ehs, None, Temporal::PerFrame)?;
@@ -286,6 +309,78 @@ fn window_3_frames_matches_inflated_reference() -> TestResult {
         gap > 1e-3,
         "window and per-frame outputs differ by only {gap}"
     );
+    Ok(())
+}
+
+/// The original's in-place term moves the output by far more than the parity tolerance, so the
+/// fixture cannot be matched without it (and the standard switch really turns it off).
+#[test]
+fn original_residual_term_is_far_above_the_tolerance() -> TestResult {
+    let fx = Fixture::load()?;
+    let unet = unet("unet")?;
+    let res = fx.residuals("window.controlnet")?;
+    let sample = fx.get("window.sample")?;
+    let ehs = fx.get("window.encoder_hidden_states")?;
+    let want = fx.get("window.unet_ctrl.out")?;
+    let standard = unet.forward_controlled(
+        sample,
+        fx.timestep,
+        ehs,
+        Some((&res, ControlResiduals::Standard)),
+        Temporal::Window,
+    )?;
+    // `forward` is the diffusers behaviour.
+    let plain = unet.forward(sample, fx.timestep, ehs, Some(&res), Temporal::Window)?;
+    let same = (&plain - &standard)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    assert_eq!(same, 0.0, "forward adds the residuals as diffusers does");
+    let gap = (&standard - want)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let ratio = gap / (RELATIVE_TOLERANCE * scale);
+    println!("standard residuals vs the original reference: {gap:.3e} = {ratio:.0}x the tolerance");
+    assert!(
+        ratio > 100.0,
+        "the in-place term moves the output by only {ratio}x the tolerance"
+    );
+    Ok(())
+}
+
+/// A 1-frame window takes the original term too (the reference's 3D UNet with one frame).
+#[test]
+fn one_frame_window_with_original_residuals_matches_reference() -> TestResult {
+    let fx = Fixture::load()?;
+    let unet = unet("unet")?;
+    let cnet = controlnet()?;
+    let sample = fx.get("unet2d.sample")?.narrow(0, 0, 1)?;
+    let ehs = fx.get("unet2d.encoder_hidden_states")?.narrow(0, 0, 1)?;
+    let cond = fx.get("unet2d.controlnet_cond")?.narrow(0, 0, 1)?;
+    let res = cnet.forward(
+        &sample,
+        fx.timestep,
+        &ehs,
+        &cond,
+        fx.scale,
+        Temporal::Window,
+    )?;
+    let out = unet.forward_controlled(
+        &sample,
+        fx.timestep,
+        &ehs,
+        Some((&res, ControlResiduals::Original)),
+        Temporal::Window,
+    )?;
+    check(
+        "1-frame window, original residuals",
+        &out,
+        fx.get("frame1.unet_ctrl.out")?,
+    )?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use make_your_anchor::engine::device::{parse_dtype, select_device, DeviceChoice};
 use make_your_anchor::engine::face;
 use make_your_anchor::engine::model::{inspect_model, AnchorModel, BodyModel, ModelPart};
+use make_your_anchor::engine::networks::unet::ControlResiduals;
 use make_your_anchor::engine::pipeline::{self, BodyNetworks, DdimStep, PoseSequence};
 use make_your_anchor::engine::sampler::ddim::DdimScheduler;
 use make_your_anchor::engine::temporal::{
@@ -94,6 +95,11 @@ struct RenderArgs {
     /// ControlNet conditioning scale [model default, else 2.0].
     #[arg(long)]
     control_scale: Option<f64>,
+    /// How the ControlNet residuals enter the body UNet: original (as the original inference
+    /// code: the last down residual also feeds the mid block) or standard (as diffusers and
+    /// training) [model default, else original].
+    #[arg(long)]
+    control_residuals: Option<ControlResiduals>,
     /// Frames per window [model default, else 16].
     #[arg(long)]
     window: Option<usize>,
@@ -204,6 +210,10 @@ struct FaceArgs {
     /// Paste-back mask Gaussian kernel side in frame pixels, odd [model default, else 41].
     #[arg(long)]
     face_blur: Option<usize>,
+    /// JPEG round trip (quality 95, as the reference's aligned/*.jpg) of the mesh crop before it
+    /// conditions the face model: true or false [model default, else true].
+    #[arg(long, value_name = "BOOL")]
+    face_mesh_jpeg: Option<bool>,
 }
 
 fn parse_frames(spec: &str, len: usize) -> Result<std::ops::RangeInclusive<usize>> {
@@ -313,6 +323,7 @@ impl FaceStage {
                 blur: args.face_blur.unwrap_or(d.blur),
             },
             parser: args.face_parser.clone(),
+            mesh_jpeg: args.face_mesh_jpeg.unwrap_or(d.mesh_jpeg),
         };
         face::FacePass::new(&self.model, &self.tokens, settings, self.key)
     }
@@ -363,7 +374,8 @@ fn render(a: RenderArgs) -> Result<()> {
     };
     let appearance = pipeline::encode_appearance(&model, &a.appearance)?;
     let model_key = pipeline::model_identity(&model)?;
-    let nets = BodyNetworks::new(&model, &appearance, model_key)?;
+    let residuals = a.control_residuals.unwrap_or(d.control_residuals);
+    let nets = BodyNetworks::new(&model, &appearance, model_key, residuals)?;
     let scheduler = DdimStep(DdimScheduler::new(model.configs.scheduler.clone(), steps)?);
     let latent_ch = model.unet.architecture().in_channels();
     let vae_factor = model.vae.config().downsample_factor();

@@ -134,6 +134,16 @@ pub fn dispatch(
     };
     // The logger prints the thread: Natron calls GetFramesNeeded and Render on render threads.
     log::debug!("action {known:?} on {:?}", effect.raw());
+    run(known, effect, in_args, out_args).map_err(|e| e.in_action(&format!("{known:?}")))
+}
+
+/// Run one trapped action.
+fn run(
+    known: Action,
+    effect: ImageEffect,
+    in_args: PropertySet,
+    out_args: PropertySet,
+) -> Result<Status, EffectError> {
     match known {
         Action::Load => load(),
         Action::Unload => unload(),
@@ -505,7 +515,7 @@ fn frames_needed(
         if !source.is_connected()? {
             return Ok(None);
         }
-        let clip = anchor::ClipFrames::of(&source)?;
+        let clip = anchor::ClipFrames::of(effect, &source, time);
         let temporal = state::with(|g| g.host.temporal_clip_access);
         if temporal && settings.face_enhance && settings.face_temporal {
             // The temporal face reads every frame's placement, and the mesh and body frames
@@ -538,7 +548,7 @@ fn frames_needed(
         let settings = params::Settings::read(effect.param_set()?, time)?;
         let temporal = state::with(|g| g.host.temporal_clip_access);
         let weight = super::face::smoothing_weight(settings.face_smoothing);
-        let clip = anchor::ClipFrames::of(&effect.clip(SOURCE_CLIP)?)?;
+        let clip = anchor::ClipFrames::of(effect, &effect.clip(SOURCE_CLIP)?, time);
         if settings.face_enhance && temporal && settings.face_temporal {
             return Ok(Some((clip.first, clip.last)));
         }

@@ -5,7 +5,8 @@
 //! - **Frames and windows.** The Source clip's frame range (`kOfxImageEffectPropFrameRange`) is
 //!   the clip: index `i` is time `range.min + i`, so windows are anchored to the clip whatever
 //!   frames a host (or a farm node) asks for, and Resolve's timeline frames (e.g. 86400…) map to
-//!   indices 0…. GetFramesNeeded answers with the engine's dependency cone as one range.
+//!   indices 0…. GetFramesNeeded answers with the engine's dependency cone as one range. A host
+//!   without the clip's range (MLT 7.40) gives the effect's, else the frame being rendered alone.
 //! - **Pixels in.** Any depth/layout is read through `anchor_ofx::pixels`, top row first, converted
 //!   to 8-bit sRGB (see `colour`), then resized to the working resolution with PIL LANCZOS by the
 //!   engine exactly as `anchor render` resizes PNG frames; for 8-bit sRGB input the control
@@ -33,6 +34,7 @@ use anchor_ofx::message::{self, MessageType};
 use anchor_ofx::names::kOfxImageEffectContextGeneral;
 use anchor_ofx::{Clip, ImageEffect, Rect, Status};
 use candle_core::DType;
+use openfx::sys::generic::core::OfxRangeD;
 use parking_lot::Mutex;
 use std::ops::Range;
 use std::path::Path;
@@ -94,6 +96,7 @@ pub fn render_settings(settings: &Settings, folder: &Path, temporal: bool) -> Re
         steps: pos(settings.steps).max(1),
         guidance: settings.guidance,
         control_scale: settings.control_scale,
+        control_residuals: settings.control_residuals,
         window,
         overlap,
         fusion: match settings.fusion {
@@ -122,13 +125,46 @@ pub struct ClipFrames {
 }
 
 impl ClipFrames {
-    /// The Source clip's range.
-    pub fn of(clip: &Clip) -> Result<Self, EffectError> {
-        let r = clip.frame_range()?;
-        Ok(Self {
-            first: r.min,
-            last: r.max,
-        })
+    /// The Source clip's frames for a render at `time`: the clip's frame range
+    /// (`kOfxImageEffectPropFrameRange`), else the effect's, else `time` alone. MLT 7.40 sets the
+    /// range on neither (only in the Begin/EndSequenceRender arguments, as [t, t]), and its
+    /// `clipGetImage` returns frame `t` whatever time is asked, so a clip of the one frame being
+    /// rendered is exactly what such a host can give. A range that is not a finite min ≤ max
+    /// counts as absent. Never fails: the range only anchors windows.
+    pub fn of(effect: ImageEffect, clip: &Clip, time: f64) -> Self {
+        let usable = |r: anchor_ofx::Result<OfxRangeD>| match r {
+            Ok(r) if r.min.is_finite() && r.max.is_finite() && r.min <= r.max => Ok(r),
+            Ok(r) => Err(format!("the range {}-{} holds no frame", r.min, r.max)),
+            Err(e) => Err(e.to_string()),
+        };
+        let range =
+            usable(clip.frame_range()).or_else(|clip_why| match usable(effect.frame_range()) {
+                Ok(r) => {
+                    log_fallback(&format!(
+                        "the Source clip's frame range is unusable ({clip_why}): using the \
+                         effect's frame range {}-{}",
+                        r.min, r.max
+                    ));
+                    Ok(r)
+                }
+                Err(effect_why) => {
+                    log_fallback(&format!(
+                        "neither the Source clip's frame range ({clip_why}) nor the effect's \
+                         ({effect_why}) is usable: each frame is rendered as a clip of its own"
+                    ));
+                    Err(())
+                }
+            });
+        match range {
+            Ok(r) => Self {
+                first: r.min,
+                last: r.max,
+            },
+            Err(()) => Self {
+                first: time,
+                last: time,
+            },
+        }
     }
 
     /// Frames in the clip.
@@ -163,6 +199,17 @@ impl ClipFrames {
     /// The time of clip index `i`.
     pub fn time(&self, i: usize) -> f64 {
         self.first + i as f64
+    }
+}
+
+/// Log a frame-range fallback: once at info level per process, then at debug level (hosts
+/// without the range hit it on every frame).
+fn log_fallback(text: &str) {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if LOGGED.swap(true, Ordering::SeqCst) {
+        log::debug!("{text}");
+    } else {
+        log::info!("{text}");
     }
 }
 
@@ -365,14 +412,20 @@ pub fn render(
     if !source_clip.is_connected()? {
         return Err(EffectError::SourceNotConnected);
     }
-    let frames = ClipFrames::of(&source_clip)?;
+    let frames = ClipFrames::of(effect, &source_clip, time);
     let index = frames.index(time)?;
     let temporal = host.temporal_clip_access;
     let rs = render_settings(settings, folder, temporal);
     if !temporal && settings.window > 1 {
         warn_no_temporal(effect);
     }
-    let depth = anchor_ofx::BitDepth::from_ofx_name(&source_clip.pixel_depth()?)
+    // The clip's depth only picks the default transfer (colour::decide); the images carry their
+    // own depth, so a host without it (or with a depth we do not know) reads as Byte.
+    let depth = source_clip
+        .pixel_depth()
+        .inspect_err(|e| log::debug!("frame {time}: no Source clip depth ({e}); assuming Byte"))
+        .ok()
+        .and_then(|d| anchor_ofx::BitDepth::from_ofx_name(&d).ok())
         .unwrap_or(anchor_ofx::BitDepth::Byte);
     let clip_cs = source_clip
         .properties()
@@ -626,6 +679,7 @@ mod tests {
             steps: 4,
             guidance: 7.5,
             control_scale: 2.0,
+            control_residuals: Default::default(),
             window: 4,
             overlap: 1,
             fusion: params::Fusion::Flat,
@@ -648,6 +702,7 @@ mod tests {
             face_seed: 999,
             face_erode: 40,
             face_blur: 41,
+            face_mesh_jpeg: true,
             device: params::Device::Cpu,
             precision: params::Precision::F32,
             cache_mib: 64,

@@ -143,6 +143,15 @@ pub enum EffectError {
     /// A host call failed.
     #[error("An OpenFX host call failed: {0}")]
     Ofx(#[from] anchor_ofx::Error),
+    /// A host call failed during an action: [`EffectError::Ofx`] with the action named, so the
+    /// message says where (e.g. `propGetDouble(OfxImageEffectPropFrameRange)` in Render).
+    #[error("An OpenFX host call failed in {action}: {source}")]
+    HostCall {
+        /// The action, e.g. `Render`.
+        action: String,
+        /// What the host call returned.
+        source: anchor_ofx::Error,
+    },
     /// A panic was caught at the ABI boundary.
     #[error("Internal error in {action}: {message}. Please report this with the log file (set MAKE_YOUR_ANCHOR_LOG)")]
     Panic {
@@ -165,10 +174,21 @@ fn face_folder_text(path: Option<&std::path::Path>) -> String {
 }
 
 impl EffectError {
+    /// This error as reported by `action`: a bare host-call failure gets the action's name.
+    pub fn in_action(self, action: &str) -> Self {
+        match self {
+            Self::Ofx(source) => Self::HostCall {
+                action: action.to_owned(),
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// The status the action returns.
     pub fn status(&self) -> Status {
         match self {
-            Self::Ofx(e) => e.status(),
+            Self::Ofx(e) | Self::HostCall { source: e, .. } => e.status(),
             Self::UnsupportedContext(_) => Status::ErrUnsupported,
             Self::OutOfMemory { .. } => Status::ErrMemory,
             _ => Status::Failed,
@@ -206,7 +226,7 @@ impl EffectError {
             Self::OutOfMemory { .. } => "org.makeyouranchor.Anchor.outOfMemory",
             Self::FrameOutsideClip { .. } => "org.makeyouranchor.Anchor.frameOutsideClip",
             Self::Engine { .. } => "org.makeyouranchor.Anchor.engine",
-            Self::Ofx(_) => "org.makeyouranchor.Anchor.hostCall",
+            Self::Ofx(_) | Self::HostCall { .. } => "org.makeyouranchor.Anchor.hostCall",
             Self::Panic { .. } => "org.makeyouranchor.Anchor.internal",
         }
     }
@@ -261,5 +281,17 @@ mod tests {
             EffectError::UnsupportedContext("x".into()).status(),
             Status::ErrUnsupported
         );
+        let host_call = EffectError::Ofx(anchor_ofx::Error::Property {
+            call: "propGetDouble",
+            property: "OfxImageEffectPropFrameRange".into(),
+            status: Status::ErrUnknown,
+        })
+        .in_action("Render");
+        assert_eq!(
+            host_call.to_string(),
+            "An OpenFX host call failed in Render: propGetDouble(OfxImageEffectPropFrameRange) returned kOfxStatErrUnknown"
+        );
+        assert_eq!(host_call.status(), Status::Failed);
+        assert_eq!(host_call.message_id(), "org.makeyouranchor.Anchor.hostCall");
     }
 }

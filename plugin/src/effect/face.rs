@@ -119,6 +119,7 @@ pub fn face_settings(settings: &Settings) -> FaceSettings {
         parser: Some(settings.face_parser.trim())
             .filter(|p| !p.is_empty())
             .map(PathBuf::from),
+        mesh_jpeg: settings.face_mesh_jpeg,
     }
 }
 

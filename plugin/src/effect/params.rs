@@ -5,6 +5,7 @@
 //! store them. Change a label or hint freely; never rename a script name.
 use super::colour::ColourChoice;
 use super::error::EffectError;
+use crate::engine::networks::unet::ControlResiduals;
 use anchor_ofx::{ParamSet, ParamType, StringMode};
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,8 @@ pub const STEPS: &str = "steps";
 pub const GUIDANCE: &str = "guidance";
 /// `controlScale`: ControlNet conditioning scale.
 pub const CONTROL_SCALE: &str = "controlScale";
+/// `controlResiduals`: how the ControlNet residuals enter the body UNet.
+pub const CONTROL_RESIDUALS: &str = "controlResiduals";
 /// `window`: frames per temporal window.
 pub const WINDOW: &str = "window";
 /// `overlap`: frames shared by neighbouring windows.
@@ -82,6 +85,8 @@ pub const FACE_SEED: &str = "faceSeed";
 pub const FACE_ERODE: &str = "faceErode";
 /// `faceBlur`: Gaussian kernel side of the paste-back feather in frame pixels (odd).
 pub const FACE_BLUR: &str = "faceBlur";
+/// `faceMeshJpeg`: JPEG round trip of the mesh crop before it conditions the face model.
+pub const FACE_MESH_JPEG: &str = "faceMeshJpeg";
 /// `device`: where the engine runs.
 pub const DEVICE: &str = "device";
 /// `precision`: floating-point precision of the networks.
@@ -97,6 +102,8 @@ pub const ENV_MODEL_FOLDER: &str = "MAKE_YOUR_ANCHOR_MODEL";
 
 /// Options of `fusion`, in index order.
 pub const FUSION_OPTIONS: &[&str] = &["flat", "pyramid", "overlap-linear"];
+/// Options of `controlResiduals`, in index order.
+pub const CONTROL_RESIDUALS_OPTIONS: &[&str] = &["original", "standard"];
 /// Options of `tail`, in index order.
 pub const TAIL_OPTIONS: &[&str] = &["paper", "full"];
 /// Options of `device`, in index order.
@@ -311,6 +318,16 @@ pub const PARAMS: &[ParamSpec] = &[
         kind: double(2.0, 0.0, 10.0, 0.0, 4.0),
     },
     ParamSpec {
+        name: CONTROL_RESIDUALS,
+        label: "Control Residuals",
+        hint: "How the ControlNet guidance enters the body network: original adds it as the original Make-Your-Anchor inference code does (its last down residual also feeds the middle block; this produced the paper's results), standard adds it as diffusers and the training code do, for a model meant to run exactly as trained.",
+        page: PAGE_SAMPLING,
+        kind: Kind::Choice {
+            options: CONTROL_RESIDUALS_OPTIONS,
+            default: 0,
+        },
+    },
+    ParamSpec {
         name: RESOLUTION,
         label: "Resolution",
         hint: "Working resolution in pixels of the square the frames are resized to before diffusion.",
@@ -505,6 +522,13 @@ pub const PARAMS: &[ParamSpec] = &[
         page: PAGE_FACE,
         kind: int(41, 1, 1023, 1, 101),
     },
+    ParamSpec {
+        name: FACE_MESH_JPEG,
+        label: "Face Mesh JPEG",
+        hint: "Put the mesh crop through a JPEG round trip (quality 95) before it conditions the face model, as the reference does when it saves the aligned crop as a JPEG file; its face models were trained on such crops.",
+        page: PAGE_FACE,
+        kind: Kind::Bool { default: true },
+    },
 ];
 
 /// Define every page, group and parameter of [`PARAMS`] on a context descriptor's parameter set.
@@ -655,6 +679,21 @@ fn option(name: &str, index: i32, options: &[&str]) -> usize {
     }
 }
 
+fn control_residuals_from_index(i: i32) -> ControlResiduals {
+    match option(CONTROL_RESIDUALS, i, CONTROL_RESIDUALS_OPTIONS) {
+        1 => ControlResiduals::Standard,
+        _ => ControlResiduals::Original,
+    }
+}
+
+/// The option index of `controlResiduals` that means `c`.
+pub fn control_residuals_index(c: ControlResiduals) -> i32 {
+    match c {
+        ControlResiduals::Original => 0,
+        ControlResiduals::Standard => 1,
+    }
+}
+
 fn colour_from_index(i: i32) -> ColourChoice {
     match option(COLORSPACE, i, COLORSPACE_OPTIONS) {
         1 => ColourChoice::Linear,
@@ -716,6 +755,8 @@ pub struct Settings {
     pub guidance: f64,
     /// `controlScale`.
     pub control_scale: f64,
+    /// `controlResiduals`.
+    pub control_residuals: ControlResiduals,
     /// `window`.
     pub window: i32,
     /// `overlap`.
@@ -761,6 +802,8 @@ pub struct Settings {
     pub face_erode: i32,
     /// `faceBlur`.
     pub face_blur: i32,
+    /// `faceMeshJpeg`.
+    pub face_mesh_jpeg: bool,
     /// `device`.
     pub device: Device,
     /// `precision`.
@@ -809,6 +852,7 @@ impl Settings {
             steps: int(STEPS),
             guidance: double(GUIDANCE),
             control_scale: double(CONTROL_SCALE),
+            control_residuals: control_residuals_from_index(int(CONTROL_RESIDUALS)),
             window: int(WINDOW),
             overlap: int(OVERLAP),
             fusion: Fusion::from_index(int(FUSION)),
@@ -831,6 +875,7 @@ impl Settings {
             face_seed: int(FACE_SEED),
             face_erode: int(FACE_ERODE),
             face_blur: int(FACE_BLUR),
+            face_mesh_jpeg: int(FACE_MESH_JPEG) != 0,
             device: Device::from_index(int(DEVICE)),
             precision: Precision::from_index(int(PRECISION)),
             cache_mib: int(CACHE_MIB),
@@ -871,6 +916,7 @@ impl Settings {
             STEPS => self.steps = i,
             GUIDANCE => self.guidance = d,
             CONTROL_SCALE => self.control_scale = d,
+            CONTROL_RESIDUALS => self.control_residuals = control_residuals_from_index(i),
             WINDOW => self.window = i,
             OVERLAP => self.overlap = i,
             RESOLUTION => self.resolution = i,
@@ -883,6 +929,7 @@ impl Settings {
             FACE_SEED => self.face_seed = i,
             FACE_ERODE => self.face_erode = i,
             FACE_BLUR => self.face_blur = i,
+            FACE_MESH_JPEG => self.face_mesh_jpeg = i != 0,
             _ => {}
         }
     }
@@ -904,7 +951,7 @@ pub enum DefaultsPart {
     /// overlap, resolution, seed).
     Body,
     /// `face_defaults`: the face pass's settings (crop, size, steps, guidance, control scale,
-    /// seed, erode, blur).
+    /// seed, erode, blur, mesh JPEG).
     Face,
 }
 
@@ -928,6 +975,10 @@ pub fn model_default_values(folder: &Path, part: DefaultsPart) -> Vec<(&'static 
                 (STEPS, int(d.steps)),
                 (GUIDANCE, ParamValue::Double(d.guidance_scale)),
                 (CONTROL_SCALE, ParamValue::Double(d.control_scale)),
+                (
+                    CONTROL_RESIDUALS,
+                    ParamValue::Int(control_residuals_index(d.control_residuals)),
+                ),
                 (WINDOW, int(d.window)),
                 (OVERLAP, int(d.overlap)),
                 (RESOLUTION, int(d.width)),
@@ -945,6 +996,7 @@ pub fn model_default_values(folder: &Path, part: DefaultsPart) -> Vec<(&'static 
                 (FACE_SEED, seed(f.seed)),
                 (FACE_ERODE, int(f.erode)),
                 (FACE_BLUR, int(f.blur)),
+                (FACE_MESH_JPEG, ParamValue::Int(i32::from(f.mesh_jpeg))),
             ]
         }
     }
@@ -1044,6 +1096,7 @@ mod tests {
             "steps",
             "guidance",
             "controlScale",
+            "controlResiduals",
             "window",
             "overlap",
             "fusion",
@@ -1071,6 +1124,7 @@ mod tests {
             "faceSeed",
             "faceErode",
             "faceBlur",
+            "faceMeshJpeg",
             "device",
             "precision",
             "cacheMiB",

@@ -37,7 +37,8 @@
 //!   },
 //!   "defaults": {
 //!     "steps": 20, "guidance_scale": 7.5, "control_scale": 2.0,
-//!     "window": 16, "overlap": 4, "width": 512, "height": 512, "seed": 42
+//!     "window": 16, "overlap": 4, "width": 512, "height": 512, "seed": 42,
+//!     "control_residuals": "original"
 //!   }
 //! }
 //! ```
@@ -56,7 +57,7 @@ use super::networks::clip::{
     check_appearance_width, ClipTextConfig, ClipTextEncoder, ClipVisionConfig, ClipVisionEncoder,
 };
 use super::networks::controlnet::{ControlNetConfig, ControlNetModel};
-use super::networks::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use super::networks::unet::{ControlResiduals, UNet2DConditionConfig, UNet2DConditionModel};
 use super::networks::vae::{AutoencoderKl, AutoencoderKlConfig};
 use super::sampler::ddim::DdimConfig;
 use super::weights::{self, LoadReport, StrictWeights};
@@ -131,6 +132,10 @@ pub struct SamplingDefaults {
     pub height: usize,
     /// Seed of the initial noise (42).
     pub seed: u64,
+    /// How the ControlNet residuals enter the body UNet: `original` (the original inference
+    /// code's in-place addition, whose last down residual also reaches the mid block) or
+    /// `standard` (diffusers, as the model was trained).
+    pub control_residuals: ControlResiduals,
 }
 
 impl Default for SamplingDefaults {
@@ -144,6 +149,7 @@ impl Default for SamplingDefaults {
             width: 512,
             height: 512,
             seed: 42,
+            control_residuals: ControlResiduals::Original,
         }
     }
 }
@@ -193,6 +199,9 @@ pub struct FaceDefaults {
     pub erode: usize,
     /// Paste-back mask Gaussian kernel side in frame pixels, odd (41).
     pub blur: usize,
+    /// JPEG round trip of the mesh crop before the head ControlNet, as the reference's
+    /// `aligned/*.jpg` (true).
+    pub mesh_jpeg: bool,
 }
 
 impl Default for FaceDefaults {
@@ -206,6 +215,7 @@ impl Default for FaceDefaults {
             seed: 999,
             erode: 40,
             blur: 41,
+            mesh_jpeg: true,
         }
     }
 }
@@ -668,8 +678,9 @@ impl fmt::Display for ModelInspection {
         let d = &l.defaults;
         writeln!(
             f,
-            "defaults:     steps {}, guidance {}, control scale {}, window {}/{} overlap, {}×{}, seed {}",
-            d.steps, d.guidance_scale, d.control_scale, d.window, d.overlap, d.width, d.height, d.seed
+            "defaults:     steps {}, guidance {}, control scale {}, window {}/{} overlap, {}×{}, seed {}, control residuals {}",
+            d.steps, d.guidance_scale, d.control_scale, d.window, d.overlap, d.width, d.height, d.seed,
+            d.control_residuals
         )?;
         let fd = &l.face_defaults;
         writeln!(

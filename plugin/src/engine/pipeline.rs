@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use super::model::{BodyModel, ModelLayout};
 use super::networks::controlnet::ControlNetOutput;
+use super::networks::unet::ControlResiduals;
 use super::networks::unet_blocks::Temporal;
 use super::resample::{resize_rgb8, Filter};
 use super::sampler::ddim::DdimScheduler;
@@ -260,12 +261,20 @@ pub struct BodyNetworks<'m> {
     model: &'m BodyModel,
     cond: Tensor,
     uncond: Tensor,
+    residuals: ControlResiduals,
     identity: Key,
 }
 
 impl<'m> BodyNetworks<'m> {
-    /// `appearance` is `(1, N, D)`; `model_key` identifies the weights (e.g. a hash of the files).
-    pub fn new(model: &'m BodyModel, appearance: &Tensor, model_key: Key) -> Result<Self> {
+    /// `appearance` is `(1, N, D)`; `model_key` identifies the weights (e.g. a hash of the files);
+    /// `residuals` says how the ControlNet's residuals enter the UNet (the original inference
+    /// code's in-place addition, or diffusers').
+    pub fn new(
+        model: &'m BodyModel,
+        appearance: &Tensor,
+        model_key: Key,
+        residuals: ControlResiduals,
+    ) -> Result<Self> {
         let cond = appearance.to_dtype(model.dtype)?;
         let uncond = model.negative_embedding.to_dtype(model.dtype)?;
         if cond.dims() != uncond.dims() {
@@ -278,11 +287,13 @@ impl<'m> BodyNetworks<'m> {
         let mut h = KeyHasher::tagged("body-networks");
         h.key(model_key);
         h.str(&format!("{:?}/{:?}", model.dtype, model.device.location()));
+        h.str(residuals.name());
         h.f32s(&cond.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
         Ok(Self {
             model,
             cond,
             uncond,
+            residuals,
             identity: h.finish(),
         })
     }
@@ -302,9 +313,13 @@ impl<'m> BodyNetworks<'m> {
             self.model
                 .controlnet
                 .forward(latents, t, &ctx, control, scale, Temporal::Window)?;
-        self.model
-            .unet
-            .forward(latents, t, &ctx, Some(&res), Temporal::Window)
+        self.model.unet.forward_controlled(
+            latents,
+            t,
+            &ctx,
+            Some((&res, self.residuals)),
+            Temporal::Window,
+        )
     }
 }
 

@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use super::device::{device_name, dtype_name, select_device, DeviceChoice};
 use super::memory;
 use super::model::{BodyModel, ModelLayout};
+use super::networks::unet::ControlResiduals;
 use super::pipeline::{self, BodyNetworks, DdimStep};
 use super::resample::{resize_rgb8, Filter};
 use super::sampler::ddim::DdimScheduler;
@@ -52,6 +53,8 @@ pub struct RenderSettings {
     pub guidance: f64,
     /// ControlNet conditioning scale.
     pub control_scale: f64,
+    /// How the ControlNet residuals enter the UNet.
+    pub control_residuals: ControlResiduals,
     /// Frames per window.
     pub window: usize,
     /// Frames shared by neighbouring windows.
@@ -644,7 +647,7 @@ impl Service {
         let tokens = self
             .appearance(&loaded, appearance)
             .map_err(ServiceError::Appearance)?;
-        let nets = BodyNetworks::new(model, &tokens, loaded.identity)?;
+        let nets = BodyNetworks::new(model, &tokens, loaded.identity, settings.control_residuals)?;
         let largest = plan.windows().iter().map(|w| w.len()).max().unwrap_or(1);
         let need = memory::estimate_batch(model, largest, res);
         log::debug!(
@@ -811,6 +814,7 @@ mod tests {
             steps: 2,
             guidance: 7.5,
             control_scale: 2.0,
+            control_residuals: ControlResiduals::Original,
             window: 2,
             overlap: 0,
             fusion: Fusion::Flat,

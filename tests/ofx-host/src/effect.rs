@@ -72,6 +72,9 @@ pub struct Session {
     pub progress_updates: AtomicUsize,
     /// Half/float images carry linear light (see `RenderOptions::linear`).
     pub linear: bool,
+    /// Clips and the instance carry `kOfxImageEffectPropFrameRange` (false: MLT 7.40, whose
+    /// property suite answers `kOfxStatErrUnknown` for it).
+    pub frame_range: bool,
 }
 
 thread_local! {
@@ -218,6 +221,11 @@ impl Effect {
         props.int(kOfxImageEffectInstancePropSequentialRender, &[0]);
         props.dbl(kOfxImageEffectPropFrameRate, &[25.0]);
         props.int(kOfxImageEffectPropRenderQualityDraft, &[0]);
+        let range = [session.range.0 as f64, session.range.1 as f64];
+        if session.frame_range {
+            // Natron and Resolve set the effect's frame range as well as the clips'.
+            props.dbl(kOfxImageEffectPropFrameRange, &range);
+        }
         let effect = Box::new(Effect {
             magic: EFFECT_MAGIC,
             props,
@@ -230,7 +238,6 @@ impl Effect {
             live_images: AtomicUsize::new(0),
         });
         let owner = &*effect as *const Effect as usize;
-        let range = [session.range.0 as f64, session.range.1 as f64];
         let clips: Vec<Box<Clip>> = desc
             .clips
             .lock()
@@ -263,8 +270,10 @@ impl Effect {
                 c.props.dbl(kOfxImagePropPixelAspectRatio, &[1.0]);
                 c.props.dbl(kOfxImageEffectPropFrameRate, &[25.0]);
                 c.props.dbl(kOfxImageEffectPropUnmappedFrameRate, &[25.0]);
-                c.props.dbl(kOfxImageEffectPropFrameRange, &range);
-                c.props.dbl(kOfxImageEffectPropUnmappedFrameRange, &range);
+                if session.frame_range {
+                    c.props.dbl(kOfxImageEffectPropFrameRange, &range);
+                    c.props.dbl(kOfxImageEffectPropUnmappedFrameRange, &range);
+                }
                 c.props
                     .cstr(kOfxImageClipPropFieldOrder, &[kOfxImageFieldNone]);
                 c.props.int(kOfxImageClipPropContinuousSamples, &[0]);

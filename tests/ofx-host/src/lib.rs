@@ -29,4 +29,4 @@ pub use effect::SourceMode;
 pub use error::HostError;
 pub use messages::Message;
 pub use pixels::{Depth, RowLayout};
-pub use render::{list_params, render, Context, Order, RenderOptions, RenderReport};
+pub use render::{list_params, render, Context, HostModel, Order, RenderOptions, RenderReport};

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use ofx_host::{Context, Depth, Order, RenderOptions, RowLayout, SourceMode};
+use ofx_host::{Context, Depth, HostModel, Order, RenderOptions, RowLayout, SourceMode};
 
 const AFTER_HELP: &str = "\
 Input and output:
@@ -21,9 +21,15 @@ Input and output:
 Host emulation (how real hosts call plugins):
   Natron        --context general --threads 4 --per-frame-sequence   (FullySafe plugins)
   Natron clones --clones 4 --threads 4                               (InstanceSafe plugins)
-  MLT (melt)    --instance-per-frame --negative-rowbytes --no-temporal --extra-loads 2
+  MLT (melt)    --host mlt   (Kdenlive, Shotcut: Filter context, byte images with negative
+                rowBytes, no temporal access, no clip or effect frame range, an instance and
+                Begin/EndSequenceRender per frame, Load three times)
   Resolve       --depth float --context general
   hostDemo      --minimal-params  (the OpenFX association's example host)
+  A host that lacks a property: --withhold OfxImageEffectPropFrameRange (repeatable; the
+  property suite answers kOfxStatErrUnknown). SCOPE:NAME withholds it only on property sets
+  whose description starts with SCOPE: host, effect instance, clip Source, image, render args,
+  sequence args. After a successful run, stderr says how many reads each one refused.
 
 Examples:
   ofx-render --bundle MakeYourAnchor.ofx.bundle --input mesh/ --output out/ \\
@@ -52,6 +58,14 @@ enum CliDepth {
     Short,
     Half,
     Float,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CliHost {
+    /// Only the behaviours the other options select.
+    Generic,
+    /// MLT 7.40's openfx module (melt, Kdenlive, Shotcut).
+    Mlt,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -118,6 +132,22 @@ struct Cli {
     /// like the input; a missing frame has no image.
     #[arg(long, value_name = "DIR|PATTERN")]
     face_matte: Option<String>,
+    /// Emulate a real host as a whole (see below); other options add to it.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "generic",
+        help_heading = "Host emulation"
+    )]
+    host: CliHost,
+    /// Withhold a property: the property suite answers kOfxStatErrUnknown for it, as a host
+    /// that does not set it (repeatable; NAME or SCOPE:NAME, see below).
+    #[arg(
+        long = "withhold",
+        value_name = "PROP",
+        help_heading = "Host emulation"
+    )]
+    withhold: Vec<String>,
     /// Begin/EndSequenceRender around every frame (Natron, MLT).
     #[arg(long, help_heading = "Host emulation")]
     per_frame_sequence: bool,
@@ -321,9 +351,24 @@ fn main() -> ExitCode {
         minimal_params: cli.minimal_params,
         abort_after_updates: cli.abort_after_updates,
         linear: cli.linear,
+        host: match cli.host {
+            CliHost::Generic => HostModel::Generic,
+            CliHost::Mlt => HostModel::Mlt,
+        },
+        withhold: cli.withhold.clone(),
     };
+    if let Some(bad) = opts
+        .withhold
+        .iter()
+        .find(|w| w.rsplit(':').next().is_none_or(str::is_empty) || w.contains('\0'))
+    {
+        return usage(format!("--withhold {bad:?}: expected a property name"));
+    }
     match ofx_host::render(&opts) {
         Ok(r) => {
+            for (prop, n) in &r.withheld_reads {
+                eprintln!("ofx-render: withheld {prop}: {n} read(s) refused");
+            }
             let (lo, hi) = (r.frames.iter().min(), r.frames.iter().max());
             let range = match (lo, hi) {
                 (Some(a), Some(b)) => format!(" ({a}-{b})"),

@@ -12,7 +12,9 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
 use openfx::sys::generic::core::*;
 use openfx::sys::generic::property::OfxPropertySuiteV1;
-use parking_lot::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock};
 
 use crate::status::check_magic;
 
@@ -326,6 +328,71 @@ fn store<T>(v: &mut Vec<T>, index: usize, x: T) {
     }
 }
 
+/// One `--withhold` entry: a property the host pretends not to have.
+#[derive(Debug)]
+struct Withheld {
+    /// Only sets whose description starts with this (e.g. `clip Source`, `host`); `None`: all.
+    scope: Option<String>,
+    name: CString,
+    /// Reads refused so far.
+    refused: AtomicUsize,
+}
+
+static WITHHELD: RwLock<Vec<Withheld>> = RwLock::new(Vec::new());
+
+/// Withhold properties from the plugin (`--withhold`): every read of one through the property
+/// suite (`propGet*`, `propGetDimension`) answers `kOfxStatErrUnknown`, as a host that does not
+/// set it would (MLT and `kOfxImageEffectPropFrameRange`). `SCOPE:NAME` limits `NAME` to the
+/// property sets whose description starts with `SCOPE` (`host`, `effect instance`,
+/// `clip Source`, `image`, `render args`, `sequence args`, …). Writes are unaffected, and so is
+/// the host's own use of its sets. Replaces any earlier list; an empty list withholds nothing.
+pub fn set_withheld(specs: &[String]) {
+    let list = specs
+        .iter()
+        .map(|spec| {
+            let (scope, name) = match spec.rsplit_once(':') {
+                Some((scope, name)) => (Some(scope.to_string()), name),
+                None => (None, spec.as_str()),
+            };
+            Withheld {
+                scope,
+                name: cstring(name),
+                refused: AtomicUsize::new(0),
+            }
+        })
+        .collect();
+    *WITHHELD.write() = list;
+}
+
+/// Each `--withhold` entry with the number of plugin reads it refused.
+pub fn withheld_reads() -> Vec<(String, usize)> {
+    WITHHELD
+        .read()
+        .iter()
+        .map(|w| {
+            let name = w.name.to_string_lossy();
+            let spec = match &w.scope {
+                Some(scope) => format!("{scope}:{name}"),
+                None => name.into_owned(),
+            };
+            (spec, w.refused.load(Ordering::Relaxed))
+        })
+        .collect()
+}
+
+/// Whether the plugin's read of `name` on `set` is refused (and count it).
+fn is_withheld(set: &PropertySet, name: &CStr) -> bool {
+    let list = WITHHELD.read();
+    let hit = list.iter().find(|w| {
+        w.name.as_c_str() == name && w.scope.as_ref().is_none_or(|s| set.what.starts_with(s))
+    });
+    if let Some(w) = hit {
+        w.refused.fetch_add(1, Ordering::Relaxed);
+        log::debug!("withheld {name:?} from the plugin (on {})", set.what);
+    }
+    hit.is_some()
+}
+
 fn with_get(
     h: OfxPropertySetHandle,
     property: *const c_char,
@@ -340,6 +407,9 @@ fn with_get(
     let Some(name) = (unsafe { name_of(property) }) else {
         return kOfxStatErrUnknown;
     };
+    if is_withheld(set, name) {
+        return kOfxStatErrUnknown;
+    }
     let mut m = set.inner.lock();
     let m = &mut *m;
     match m.values.get(name) {
@@ -715,6 +785,7 @@ unsafe extern "C" fn prop_get_dimension(
         return kOfxStatErrValue;
     }
     match with_set(h, p) {
+        Ok((s, n)) if is_withheld(s, n) => kOfxStatErrUnknown,
         Ok((s, n)) => match s.inner.lock().values.get(n) {
             Some(v) => {
                 // SAFETY: count checked non-null.
@@ -828,6 +899,57 @@ mod tests {
             );
         }
         assert_eq!(s.get_strings(c"s"), vec!["x".to_string(), "y".to_string()]);
+    }
+
+    #[test]
+    fn withheld_properties_read_as_unknown_in_their_scope() {
+        let clip = PropertySet::new("clip Source");
+        let effect = PropertySet::new("effect instance");
+        for s in [&clip, &effect] {
+            s.dbl(c"range", &[0.0, 9.0]);
+            s.int(c"depth", &[1]);
+        }
+        set_withheld(&["clip Source:range".to_string(), "depth".to_string()]);
+        let su = suite();
+        unsafe {
+            let mut d = 0.0;
+            let mut n = 0;
+            assert_eq!(
+                su.propGetDouble.unwrap()(clip.handle(), c"range".as_ptr(), 0, &mut d),
+                kOfxStatErrUnknown
+            );
+            assert_eq!(
+                su.propGetDimension.unwrap()(clip.handle(), c"range".as_ptr(), &mut n),
+                kOfxStatErrUnknown
+            );
+            assert_eq!(
+                su.propGetDouble.unwrap()(effect.handle(), c"range".as_ptr(), 1, &mut d),
+                kOfxStatOK
+            );
+            assert_eq!(d, 9.0);
+            assert_eq!(
+                su.propGetInt.unwrap()(effect.handle(), c"depth".as_ptr(), 0, &mut n),
+                kOfxStatErrUnknown
+            );
+            assert_eq!(
+                su.propSetInt.unwrap()(effect.handle(), c"depth".as_ptr(), 0, 4),
+                kOfxStatOK
+            );
+        }
+        assert_eq!(
+            effect.get_int(c"depth"),
+            Some(4),
+            "the host still reads its own sets"
+        );
+        assert_eq!(
+            withheld_reads(),
+            vec![
+                ("clip Source:range".to_string(), 2),
+                ("depth".to_string(), 1)
+            ]
+        );
+        set_withheld(&[]);
+        assert!(withheld_reads().is_empty());
     }
 
     #[test]

@@ -62,6 +62,23 @@ pub enum Order {
     Random,
 }
 
+/// A real host whose way of calling plugins a run emulates as a whole (`--host`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostModel {
+    /// Only the behaviours the other options select; clips and the instance carry their frame
+    /// range, as in Natron and Resolve.
+    #[default]
+    Generic,
+    /// MLT 7.40's openfx module (melt, Kdenlive, Shotcut), as observed in `ofx-hosts.md`: the
+    /// Filter context only; no temporal clip access (`clipGetImage` returns the frame being
+    /// rendered whatever time is asked, and GetFramesNeeded is never sent); byte RGBA images
+    /// stored bottom-up (negative rowBytes); no `kOfxImageEffectPropFrameRange` on clips or on
+    /// the instance (it appears only in the Begin/EndSequenceRender arguments, as [t, t]); a new
+    /// instance for every frame, with Begin/EndSequenceRender around it; and the plugin loaded
+    /// three times.
+    Mlt,
+}
+
 /// Everything a run needs. `Default` gives a plain sequential byte render.
 #[derive(Debug, Clone)]
 pub struct RenderOptions {
@@ -124,6 +141,11 @@ pub struct RenderOptions {
     /// Half/float images carry linear light (sRGB-decoded file values, encoded again on
     /// output) and every clip says so with the OFX 1.5 colourspace `ofx_scene_linear`.
     pub linear: bool,
+    /// The host emulated as a whole; its behaviours add to the options above.
+    pub host: HostModel,
+    /// Properties the property suite answers `kOfxStatErrUnknown` for (`NAME` or
+    /// `SCOPE:NAME`, see [`crate::props::set_withheld`]).
+    pub withhold: Vec<String>,
 }
 
 impl Default for RenderOptions {
@@ -155,7 +177,52 @@ impl Default for RenderOptions {
             minimal_params: false,
             abort_after_updates: None,
             linear: false,
+            host: HostModel::Generic,
+            withhold: Vec::new(),
         }
+    }
+}
+
+impl RenderOptions {
+    /// These options with the behaviours of `self.host` applied, or a usage error naming an
+    /// option that host cannot honour.
+    fn with_host_model(&self) -> Result<RenderOptions, HostError> {
+        let mut o = self.clone();
+        match self.host {
+            HostModel::Generic => {}
+            HostModel::Mlt => {
+                let general = self.context == Some(Context::General)
+                    || self.appearance.is_some()
+                    || self.face_matte.is_some();
+                if general {
+                    return Err(HostError::Usage(
+                        "--host mlt offers the Filter context only (MLT's openfx module): drop \
+                         --context general, --appearance and --face-matte"
+                            .into(),
+                    ));
+                }
+                if self.depth != Depth::Byte {
+                    return Err(HostError::Usage(format!(
+                        "--host mlt hands over byte images only, not {}: drop --depth",
+                        self.depth.ofx_name()
+                    )));
+                }
+                if self.clones > 1 {
+                    return Err(HostError::Usage(
+                        "--host mlt creates an instance per frame; it has no render clones: \
+                         drop --clones"
+                            .into(),
+                    ));
+                }
+                o.context = Some(Context::Filter);
+                o.temporal = false;
+                o.instance_per_frame = true;
+                o.per_frame_sequence = true;
+                o.rows.negative_row_bytes = true;
+                o.extra_loads = o.extra_loads.max(2);
+            }
+        }
+        Ok(o)
     }
 }
 
@@ -180,6 +247,8 @@ pub struct RenderReport {
     pub elapsed: Duration,
     /// Messages the plugin posted.
     pub messages: Vec<Message>,
+    /// Each `withhold` entry with the number of plugin reads the host refused.
+    pub withheld_reads: Vec<(String, usize)>,
 }
 
 /// Shuffle deterministically (SplitMix64 + Fisher-Yates; no dependency needed).
@@ -682,6 +751,7 @@ impl Run<'_> {
 /// Render a frame range from an image sequence through a plugin, as configured.
 pub fn render(opts: &RenderOptions) -> Result<RenderReport, HostError> {
     let start = Instant::now();
+    let opts = &opts.with_host_model()?;
     if opts.threads == 0 || opts.clones == 0 {
         return Err(HostError::Usage(
             "--threads and --clones must be at least 1".into(),
@@ -777,8 +847,13 @@ pub fn render(opts: &RenderOptions) -> Result<RenderReport, HostError> {
         frames,
         inputs,
     };
-    let mut report = render_with_plugin(opts, &plugin, &file_path, input)?;
+    crate::props::set_withheld(&opts.withhold);
+    let result = render_with_plugin(opts, &plugin, &file_path, input);
+    let withheld = crate::props::withheld_reads();
+    crate::props::set_withheld(&[]);
+    let mut report = result?;
     report.elapsed = start.elapsed();
+    report.withheld_reads = withheld;
     Ok(report)
 }
 
@@ -916,6 +991,7 @@ fn describe_and_render(
         abort_after_updates: opts.abort_after_updates,
         progress_updates: AtomicUsize::new(0),
         linear: opts.linear,
+        frame_range: opts.host != HostModel::Mlt,
     });
     let run = Run {
         plugin,
@@ -1121,6 +1197,7 @@ fn describe_and_render(
         instances: instances_created.load(Ordering::SeqCst),
         elapsed: Duration::ZERO,
         messages: Vec::new(),
+        withheld_reads: Vec::new(),
     })
 }
 

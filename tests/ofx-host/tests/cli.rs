@@ -29,6 +29,7 @@ fn list_params_shows_the_stable_script_names_and_defaults() {
         ("steps", "Integer", "default [20]"),
         ("guidance", "Double", "default [7.5]"),
         ("controlScale", "Double", "default [2.0]"),
+        ("controlResiduals", "Choice", "options: original | standard"),
         ("window", "Integer", "default [16]"),
         ("overlap", "Integer", "default [4]"),
         (
@@ -71,6 +72,8 @@ fn help_documents_every_host_emulation() {
         "--param",
         "--frames",
         "--context",
+        "--host mlt",
+        "--withhold",
         "Exit status",
     ] {
         assert!(run.stdout.contains(flag), "--help lacks {flag}");

@@ -27,6 +27,7 @@ use super::align;
 use super::blend::blend_back;
 use super::feather::FeatherSettings;
 use super::inpaint::{HeadInpainter, InpaintSettings};
+use super::jpeg;
 use super::landmarks::{self, FivePoints, LandmarkProblem};
 use super::mask::{self, Coverage};
 use super::warp::{resize_linear_u8, warp_affine_u8, Affine};
@@ -45,6 +46,10 @@ pub struct FaceSettings {
     /// the reference's parsed mask (spec §5.2) instead of the landmark template. Mask precedence:
     /// matte, parser, template (see `mask`).
     pub parser: Option<PathBuf>,
+    /// Put the mesh crop through a JPEG round trip before it conditions the head ControlNet
+    /// (on by default): the reference saves it as `aligned/<n>.jpg` with `cv2.imwrite`
+    /// (quality 95) and reads it back, so its ControlNet was trained and run on JPEG'd crops.
+    pub mesh_jpeg: bool,
 }
 
 impl Default for FaceSettings {
@@ -54,6 +59,7 @@ impl Default for FaceSettings {
             inpaint: InpaintSettings::default(),
             feather: FeatherSettings::default(),
             parser: None,
+            mesh_jpeg: true,
         }
     }
 }
@@ -203,6 +209,8 @@ pub struct FacePass<'m> {
     parser: Option<FaceParser>,
     /// Whether the parser fallback warning was logged.
     parser_warned: AtomicBool,
+    /// Whether the mesh-crop JPEG failure warning was logged.
+    jpeg_warned: AtomicBool,
     identity: Key,
     memo: Mutex<HashMap<Key, Arc<FaceResult>>>,
     warned: Mutex<HashSet<SkipReason>>,
@@ -264,6 +272,7 @@ impl<'m> FacePass<'m> {
             settings,
             parser,
             parser_warned: AtomicBool::new(false),
+            jpeg_warned: AtomicBool::new(false),
             identity: h.finish(),
             memo: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
@@ -437,7 +446,15 @@ impl<'m> FacePass<'m> {
         let crop = self.settings.crop;
         let size = self.settings.inpaint.size;
         // Spec §5.1: the same M crops the mesh render and the generated body frame.
-        let mesh_crop = warp_affine_u8(mesh.data, w, h, 3, &m, crop, crop);
+        let mut mesh_crop = warp_affine_u8(mesh.data, w, h, 3, &m, crop, crop);
+        // The reference writes the crop-size mesh crop as JPEG and reads it back before the
+        // resize to the working size (`aligned/<n>.jpg`).
+        if self.settings.mesh_jpeg {
+            match jpeg::round_trip(&mesh_crop, crop, crop) {
+                Ok(decoded) => mesh_crop = decoded,
+                Err(e) => self.warn_jpeg(&e),
+            }
+        }
         let body_crop = warp_affine_u8(body.data, w, h, 3, &m, crop, crop);
         // Spec §5.2: the parser reads the aligned crop of the generated body frame.
         let mask = self.crop_mask_with(placement, resolved, w, h, Some(&body_crop))?;
@@ -448,6 +465,17 @@ impl<'m> FacePass<'m> {
             mask,
             transform: m,
         })
+    }
+
+    /// Logs once per pass that the mesh crop skipped its JPEG round trip.
+    fn warn_jpeg(&self, problem: &str) {
+        if !self.jpeg_warned.swap(true, Ordering::Relaxed) {
+            let msg = format!(
+                "face pass: {problem}; the mesh crop conditions the face model without its JPEG round trip"
+            );
+            log::warn!("{msg}");
+            self.warnings.lock().push(msg);
+        }
     }
 
     /// The working-size crop mask (255 = keep) of a placement in a `w × h` frame from the matte

@@ -23,11 +23,12 @@
 //! | file           | owns                                                                  |
 //! |----------------|-----------------------------------------------------------------------|
 //! | `align.rs`     | Umeyama similarity to the FFHQ template; matte placement; smoothing    |
-//! | `warp.rs`      | `cv2.warpAffine` / `cv2.resize` bilinear, affine inverse               |
+//! | `warp.rs`      | `cv2.warpAffine` / `cv2.resize` bilinear (OpenCV 4.7), affine inverse  |
 //! | `feather.rs`   | erode 40 + Gaussian 41 paste-back mask                                 |
 //! | `landmarks.rs` | the landmarks JSON file; degenerate / out-of-frame checks              |
 //! | `mask.rs`      | the inverted crop mask: matte, else BiSeNet parser, else template      |
 //! | `inpaint.rs`   | the 9-channel inpainting diffusion with the head ControlNet            |
+//! | `jpeg.rs`      | the mesh crop's JPEG round trip (libjpeg-turbo, OpenCV's settings)     |
 //! | `blend.rs`     | inverse warp and feathered mix, truncated to 8 bits                    |
 //! | `enhance.rs`   | the per-frame pass, degradation, memo                                  |
 //! | `temporal.rs`  | temporal face: the crops through the overlapped-window engine          |
@@ -38,6 +39,7 @@ pub mod enhance;
 pub mod feather;
 pub mod inpaint;
 pub mod inputs;
+pub mod jpeg;
 pub mod landmarks;
 pub mod mask;
 pub mod temporal;

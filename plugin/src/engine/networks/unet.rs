@@ -5,7 +5,8 @@
 //! fields and `vb.pp()` paths are the diffusers checkpoint keys. In [`Temporal::Window`] mode the
 //! batch holds the frames of one window: `attn1` attends over all their tokens and the ResNet
 //! GroupNorms and `conv_norm_out` share statistics across them (spec §2, §7.1–2), with no new
-//! weights. ControlNet residuals (spec §1.4) are added to the skip states and the mid block.
+//! weights. ControlNet residuals are added to the skip states and the mid block; how the last down
+//! residual is treated is a [`ControlResiduals`] choice.
 use std::path::{Path, PathBuf};
 
 use super::conv::Conv2d;
@@ -24,6 +25,56 @@ use super::unet_blocks::{
 use crate::engine::error::{EngineError, Result};
 
 pub use super::unet_blocks::Temporal;
+
+/// How a ControlNet's down residuals enter the UNet.
+///
+/// The original Make-Your-Anchor 3D UNet adds them to its skip states *in place*
+/// (`down_block_res_sample += residual`). Its last skip state is the very tensor the last down
+/// block returned as `sample`, so the mid block's input also becomes `sample + r_last` (the
+/// ControlNet's last down residual, already scaled). The mid residual is then added after the mid
+/// block as usual. diffusers' `UNet2DConditionModel` adds out of place and has no such term; the
+/// original's training (2D diffusers UNet) and its face inpainting pipeline behave that way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlResiduals {
+    /// As the original inference code: the last down residual also reaches the mid block's input.
+    /// It produced the paper's results.
+    #[default]
+    Original,
+    /// As diffusers (and the original's training): skip states and mid output only.
+    Standard,
+}
+
+impl ControlResiduals {
+    /// The name used on the command line and in `anchor.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Original => "original",
+            Self::Standard => "standard",
+        }
+    }
+}
+
+impl std::fmt::Display for ControlResiduals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ControlResiduals {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "original" => Ok(Self::Original),
+            "standard" => Ok(Self::Standard),
+            _ => Err(EngineError::Input(format!(
+                "control residuals \"{s}\": expected original (as the original inference code, \
+                 the default) or standard (as diffusers and training)"
+            ))),
+        }
+    }
+}
 
 /// A config value that is either one value for every block or one per block.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -758,13 +809,27 @@ impl UNet2DConditionModel {
 
     /// Predicts the noise for `sample: [B, in_channels, h, w]` at `timestep`, attending to
     /// `encoder_hidden_states: [B or 1, tokens, cross_attention_dim]`, with optional ControlNet
-    /// residuals. In [`Temporal::Window`] mode the `B` entries are the frames of one window.
+    /// residuals added as diffusers does ([`ControlResiduals::Standard`]). In
+    /// [`Temporal::Window`] mode the `B` entries are the frames of one window.
     pub fn forward(
         &self,
         sample: &Tensor,
         timestep: f64,
         encoder_hidden_states: &Tensor,
         residuals: Option<&ControlNetOutput>,
+        mode: Temporal,
+    ) -> Result<Tensor> {
+        let residuals = residuals.map(|r| (r, ControlResiduals::Standard));
+        self.forward_controlled(sample, timestep, encoder_hidden_states, residuals, mode)
+    }
+
+    /// [`Self::forward`] with the ControlNet residuals added the given way.
+    pub fn forward_controlled(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        residuals: Option<(&ControlNetOutput, ControlResiduals)>,
         mode: Temporal,
     ) -> Result<Tensor> {
         let b = check_sample(sample, self.arch.in_channels, "UNet sample")?;
@@ -795,6 +860,7 @@ impl UNet2DConditionModel {
             self.arch
                 .time_proj
                 .forward_each(timesteps, sample.dtype(), sample.device())?;
+        let residuals = residuals.map(|r| (r, ControlResiduals::Standard));
         self.forward_embedded(sample, &t_proj, encoder_hidden_states, residuals, mode)
     }
 
@@ -804,7 +870,7 @@ impl UNet2DConditionModel {
         sample: &Tensor,
         t_proj: &Tensor,
         encoder_hidden_states: &Tensor,
-        residuals: Option<&ControlNetOutput>,
+        residuals: Option<(&ControlNetOutput, ControlResiduals)>,
         mode: Temporal,
     ) -> Result<Tensor> {
         let b = sample.dim(0)?;
@@ -823,7 +889,7 @@ impl UNet2DConditionModel {
             h = out;
             skips.extend(states);
         }
-        if let Some(r) = residuals {
+        if let Some((r, how)) = residuals {
             if r.down_block_res_samples.len() != skips.len() {
                 return Err(EngineError::Input(format!(
                     "ControlNet gives {} down residuals, the UNet has {} skip states",
@@ -834,9 +900,16 @@ impl UNet2DConditionModel {
             for (skip, res) in skips.iter_mut().zip(&r.down_block_res_samples) {
                 *skip = add_residual(skip, res)?;
             }
+            if how == ControlResiduals::Original {
+                // The last skip state is the mid block's input itself in the original, so the
+                // in-place addition reaches the mid block too.
+                if let Some(last) = skips.last() {
+                    h = last.clone();
+                }
+            }
         }
         h = self.mid_block.forward(&h, &temb, &context, layout)?;
-        if let Some(r) = residuals {
+        if let Some((r, _)) = residuals {
             h = add_residual(&h, &r.mid_block_res_sample)?;
         }
         for block in &self.up_blocks {

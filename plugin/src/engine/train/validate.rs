@@ -44,7 +44,12 @@ pub fn render(
         .clone()
         .unwrap_or_else(|| pipeline::default_appearance(&model.layout));
     let tokens = pipeline::encode_appearance(&model, &appearance)?;
-    let nets = BodyNetworks::new(&model, &tokens, pipeline::model_identity(&model)?)?;
+    let nets = BodyNetworks::new(
+        &model,
+        &tokens,
+        pipeline::model_identity(&model)?,
+        model.defaults().control_residuals,
+    )?;
     let scheduler = DdimStep(DdimScheduler::new(
         model.configs.scheduler.clone(),
         spec.steps,
