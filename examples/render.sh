@@ -12,7 +12,7 @@ cd "$ROOT"
 EX=examples
 MODEL=resources/models/tiny-anchor
 OUT=${OUT:-out}
-cargo build --release --locked -p make-your-anchor --bin anchor
+cargo build --release --locked -p anchor-cli --bin anchor
 ANCHOR=target/release/anchor
 
 face=()

@@ -2,7 +2,7 @@
 
 Times torch.nn.functional.conv2d (with bias, f32, 2 threads) on the SD1.5 UNet convolution
 shapes at 64² latents, batch 4, best of 3 runs, in the same format as the Rust side:
-`cargo test -p make-your-anchor --lib conv::tests::bench -- --ignored --nocapture`.
+`cargo test -p make-your-anchor-engine --lib conv::tests::bench -- --ignored --nocapture`.
 """
 import time
 

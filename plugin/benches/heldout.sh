@@ -3,7 +3,7 @@
 # resources/models/tiny-anchor in several configurations, scores each with `anchor eval` against
 # examples/truth and prints a Markdown table (the BENCHMARKS.md rows).
 #
-#   cargo build --release -p make-your-anchor --bin anchor && bash plugin/benches/heldout.sh
+#   cargo build --release -p anchor-cli --bin anchor && bash plugin/benches/heldout.sh
 #   CONFIGS="w1 w16-pyramid" bash plugin/benches/heldout.sh    # some rows (into the same OUT)
 #
 # Rows: frame-wise (window 1) vs windowed (16/4) with flat and pyramid fusion, the mean training

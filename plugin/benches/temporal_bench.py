@@ -17,7 +17,7 @@ config (the random-weight folder written by `make_mid_model.py`, 128²), in one 
    load; ours is timed as a whole process and, without load/encode/decode, as the marginal cost per
    network call between a full-step and a 1-step pass. The final latents of both are compared.
 
-Usage (after `cargo build --release -p make-your-anchor --bin anchor`):
+Usage (after `cargo build --release -p anchor-cli --bin anchor`):
     python3 plugin/benches/temporal_bench.py [--anchor target/release/anchor] [--work /tmp/mya-bench]
         [--mid-model /tmp/mya-mid] [--configs tiny,mid] [--json results.jsonl]
 Prints Markdown tables on stdout (progress on stderr).

@@ -6,17 +6,15 @@
 //! script left `window_{F}x{L}.safetensors` beside the weights, the same inputs are used and the
 //! output is compared with PyTorch's.
 //!
-//! `cargo bench -p make-your-anchor --bench unet_window -- /tmp/sd15-unet 16 64`
+//! `cargo bench -p make-your-anchor-engine --bench unet_window -- /tmp/sd15-unet 16 64`
 //! (or `MYA_BENCH_UNET=/tmp/sd15-unet`). Without a folder it prints why and exits.
 use std::error::Error;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anchor_engine::networks::unet::{Temporal, UNet2DConditionConfig, UNet2DConditionModel};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use make_your_anchor::engine::networks::unet::{
-    Temporal, UNet2DConditionConfig, UNet2DConditionModel,
-};
 
 fn proc_status_bytes(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -37,7 +37,7 @@ FT2_STEPS=${FT2_STEPS:-0}; FT2_LR=${FT2_LR:-1e-4}
 # Face crops: half the frame side (a multiple of 16 for the face UNet's two downsamplers).
 FACE_SIZE=$((SIZE / 2))
 if [ -z "${ANCHOR:-}" ]; then
-  cargo build --release -p make-your-anchor --bin anchor
+  cargo build --release -p anchor-cli --bin anchor
   ANCHOR=$ROOT/target/release/anchor
 fi
 mkdir -p "$WORK"

@@ -18,9 +18,9 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use anchor_engine::resample::{resize_rgb8, Filter};
 use common::{anchor_exe, TempDir};
 use image::{Rgb, RgbImage};
-use make_your_anchor::engine::resample::{resize_rgb8, Filter};
 
 /// Frames in the clip.
 const LEN: usize = 30;

@@ -233,7 +233,7 @@ pub fn anchor_exe() -> &'static Path {
             .and_then(Path::parent)
             .expect("target/<profile>/deps/<test>");
         let built = profile_dir.join("anchor");
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugin/src/bin/anchor.rs");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugin/cli/src/main.rs");
         let newest_input = [plugin_library(), source]
             .iter()
             .filter_map(|p| mtime(p))
@@ -250,7 +250,7 @@ pub fn anchor_exe() -> &'static Path {
         cmd.arg("build")
             .arg("--manifest-path")
             .arg(workspace.join("Cargo.toml"))
-            .args(["-p", "make-your-anchor", "--bin", "anchor"])
+            .args(["-p", "anchor-cli", "--bin", "anchor"])
             .args(["--profile", &profile_of(profile_dir)])
             .arg("--message-format=json-render-diagnostics");
         // The target directory is the one holding this test (it has cargo's CACHEDIR.TAG), so

@@ -1,0 +1,452 @@
+//! The process-global side of the face pass (issue 7): the face (head) models, loaded once per
+//! process per model identity and shared by every instance, their head-appearance tokens, and a
+//! content-keyed, single-flight cache of enhanced frames. The face twin of [`crate::service`]:
+//! front ends (the OpenFX effect's `face.rs`) gather the inputs from the host and call
+//! [`FaceService::enhance`].
+//!
+//! - **Models** are keyed by (folder, dtype, device) as the body models are
+//!   (`engine::service`); the folder's identity ([`pipeline::folder_identity`] of its head
+//!   layout: config bytes, weight sizes and mtimes) is recomputed on every request, and a changed
+//!   identity reloads the model.
+//! - **Frames** are memoised in one [`Cache`] under a key of everything that decides a pixel:
+//!   the pass identity (model identity, face settings, head-appearance tokens), the body and mesh
+//!   frames, the matte and landmarks, and the smoothed transform. Render clones, per-frame
+//!   instances, concurrent renders and farm nodes therefore agree bit for bit, and a frame being
+//!   enhanced by one thread is awaited by the others.
+//! - **The accelerator runs one batch at a time, process-wide:** head-model loads, head-appearance
+//!   encodes and per-frame inpaintings hold the body engine's lock
+//!   ([`crate::service::Service::lock_accelerator`]), so a face pass never overlaps a body
+//!   batch. The temporal face takes it around each window batch and decode only, never while it
+//!   reads body frames through the body service (which takes the same lock).
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{DType, Device, Tensor};
+use parking_lot::Mutex;
+
+use crate::device::{device_name, dtype_name, select_device, DeviceChoice};
+use crate::face::landmarks::FivePoints;
+use crate::face::temporal::{FaceClipSource, TemporalFace, TemporalFaceSettings};
+use crate::face::{self, FacePass, FaceSettings, FaceStatus, Placement, RgbFrame, SkipReason};
+use crate::model::{AnchorModel, ModelLayout, ModelPart};
+use crate::pipeline;
+use crate::service::{ModelSlots, Slot};
+use crate::temporal::{Cache, Counters, Entry, Key, KeyHasher};
+use crate::{EngineError, Result};
+
+/// Why the face pass failed, by phase, so the effect can say what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum FaceError {
+    /// The face model folder could not be loaded as a face model (absent components, a UNet
+    /// that does not take 9 channels, bad weights).
+    #[error("face model folder {}: {source}", folder.display())]
+    Model {
+        /// The folder.
+        folder: PathBuf,
+        /// The loader's error.
+        source: EngineError,
+    },
+    /// Anything else: settings, device, pixels, networks.
+    #[error(transparent)]
+    Render(#[from] EngineError),
+}
+
+impl From<candle_core::Error> for FaceError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Render(e.into())
+    }
+}
+
+/// The face-pass settings of a request, as plain values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceRequest {
+    /// The face model folder.
+    pub folder: PathBuf,
+    /// Where the networks run.
+    pub device: DeviceChoice,
+    /// Network precision.
+    pub dtype: DType,
+    /// The pass settings (crop, inpainting, feather).
+    pub settings: FaceSettings,
+    /// Exponential smoothing weight on the new frame (`None` = off, the reference).
+    pub smoothing: Option<f64>,
+}
+
+/// One frame's placement inputs at the working size, owned.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FramePlacement {
+    /// The matte (one byte per pixel, ≥ 128 = head), when the FaceMatte clip gave one.
+    pub matte: Option<Vec<u8>>,
+    /// Five landmarks in working-size pixels (OpenCV convention: y down, pixel centres at
+    /// integers), from the point parameters or the landmarks file.
+    pub landmarks: Option<FivePoints>,
+}
+
+impl FramePlacement {
+    /// As the engine's borrowed placement.
+    pub fn as_placement(&self) -> Placement<'_> {
+        Placement {
+            matte: self.matte.as_deref(),
+            landmarks: self.landmarks,
+        }
+    }
+}
+
+/// What the face pass did to a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceOutcome {
+    /// The final frame, RGB at the body frame's size.
+    pub rgb: Vec<u8>,
+    /// Enhanced, or passed through and why.
+    pub status: FaceStatus,
+    /// Whether this request ran the inpainting itself (false: from the cache or skipped).
+    pub computed: bool,
+}
+
+/// Head photos whose tokens a loaded face model keeps (an animated FaceAppearance clip would
+/// otherwise grow the memo by one entry per frame); the oldest is dropped first.
+const MAX_HEAD_PHOTOS: usize = 8;
+
+/// A loaded face model and its head-appearance tokens by photo content (newest last).
+struct Loaded {
+    model: AnchorModel,
+    identity: Key,
+    tokens: Mutex<std::collections::VecDeque<(Key, Tensor)>>,
+}
+
+/// A landmarks file read: (path, size, mtime, contents).
+type LandmarkFile = (
+    PathBuf,
+    u64,
+    Option<std::time::SystemTime>,
+    Arc<face::landmarks::LandmarkTrack>,
+);
+
+/// The process's face models and face-frame cache.
+pub struct FaceService {
+    models: ModelSlots<Loaded>,
+    cache: Cache,
+    /// The temporal face's window cache (noise predictions, latents, decoded crops).
+    temporal: Cache,
+    temporal_counters: Counters,
+    loads: AtomicUsize,
+    inpaintings: AtomicUsize,
+}
+
+/// Face frames kept: each is one working-size RGB frame (0.75 MiB at 512²).
+const CACHE_BYTES: usize = 256 << 20;
+/// The temporal face's window cache: at 256² a window step of 16 crops holds about 1 MiB of
+/// noise predictions and latents, so this keeps the dependency cone of a long clip.
+const TEMPORAL_CACHE_BYTES: usize = 1024 << 20;
+
+impl Default for FaceService {
+    fn default() -> Self {
+        Self {
+            models: ModelSlots::default(),
+            cache: Cache::new(CACHE_BYTES),
+            temporal: Cache::new(TEMPORAL_CACHE_BYTES),
+            temporal_counters: Counters::default(),
+            loads: AtomicUsize::new(0),
+            inpaintings: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The process's face service.
+pub fn global() -> &'static FaceService {
+    static SERVICE: OnceLock<FaceService> = OnceLock::new();
+    SERVICE.get_or_init(FaceService::default)
+}
+
+/// Frames of history that exponential smoothing with weight `alpha` on the new frame reads: the
+/// weight of older frames is below 1e-6, so a frame can be rendered alone (a farm node, a
+/// scrub) at a bounded cost; frames within this distance of the clip start are exactly the
+/// CLI's (`anchor render --face-smooth alpha`).
+pub fn smoothing_history(alpha: f64) -> usize {
+    let keep = 1.0 - alpha.clamp(0.0, 1.0);
+    if keep <= 0.0 {
+        return 0;
+    }
+    if keep >= 1.0 {
+        return usize::MAX;
+    }
+    (1e-6f64.ln() / keep.ln()).ceil().max(0.0) as usize
+}
+
+impl FaceService {
+    /// Face models loaded since the process started (a reload after an edit counts again).
+    pub fn model_loads(&self) -> usize {
+        self.loads.load(Ordering::SeqCst)
+    }
+
+    /// Face inpaintings run since the process started.
+    pub fn inpaintings(&self) -> usize {
+        self.inpaintings.load(Ordering::SeqCst)
+    }
+
+    /// Frees the face-frame cache and the face models (a running request keeps its model
+    /// alive through its own reference).
+    pub fn purge(&self) {
+        self.cache.purge();
+        self.temporal.purge();
+        self.models.clear();
+    }
+
+    fn model(
+        &self,
+        req: &FaceRequest,
+        device: &Device,
+    ) -> std::result::Result<Arc<Loaded>, FaceError> {
+        let bad = |source| FaceError::Model {
+            folder: req.folder.clone(),
+            source,
+        };
+        let layout = ModelLayout::resolve_part(&req.folder, ModelPart::Head).map_err(bad)?;
+        let identity = pipeline::folder_identity(&layout).map_err(bad)?;
+        let slot: Slot = (
+            req.folder.clone(),
+            dtype_name(req.dtype),
+            device_name(device),
+        );
+        self.models.get_or_load(slot, identity, || {
+            let model = {
+                let _g = crate::service::global().lock_accelerator();
+                AnchorModel::load_part(&req.folder, ModelPart::Head, req.dtype, device)
+                    .map_err(bad)?
+            };
+            // A body UNet (4 channels) loads fine but cannot inpaint: say so before any frame.
+            face::inpaint::check_head_model(&model).map_err(bad)?;
+            let loads = self.loads.fetch_add(1, Ordering::SeqCst) + 1;
+            log::info!(
+                "face model loaded from {} ({} on {}; {loads} face model load(s) in this process)",
+                req.folder.display(),
+                dtype_name(req.dtype),
+                device_name(device)
+            );
+            Ok(Loaded {
+                model,
+                identity,
+                tokens: Mutex::new(std::collections::VecDeque::new()),
+            })
+        })
+    }
+
+    /// Head-appearance tokens of an RGB photo, memoised per model by content.
+    fn tokens(&self, loaded: &Loaded, photo: RgbFrame<'_>) -> Result<Tensor> {
+        let key = KeyHasher::tagged("head-appearance")
+            .u64(photo.width as u64)
+            .u64(photo.height as u64)
+            .bytes(photo.data)
+            .finish();
+        if let Some((_, t)) = loaded.tokens.lock().iter().find(|(k, _)| *k == key) {
+            return Ok(t.clone());
+        }
+        let t = {
+            let _g = crate::service::global().lock_accelerator();
+            face::inpaint::encode_head_appearance(
+                &loaded.model,
+                photo.data,
+                photo.width,
+                photo.height,
+            )?
+        };
+        let mut memo = loaded.tokens.lock();
+        if !memo.iter().any(|(k, _)| *k == key) {
+            if memo.len() >= MAX_HEAD_PHOTOS {
+                memo.pop_front();
+            }
+            memo.push_back((key, t.clone()));
+        }
+        Ok(t)
+    }
+
+    /// Enhances the face of the body frame `body` (RGB, working size), with `mesh` the Source
+    /// frame at the same size and `photo` the head reference.
+    ///
+    /// `history` holds the placements of the frames before this one (oldest first, at most
+    /// [`smoothing_history`] of them) when smoothing is on; `current` is this frame's. A frame
+    /// without a usable placement comes back unchanged with a [`FaceStatus::Skipped`] status.
+    pub fn enhance(
+        &self,
+        req: &FaceRequest,
+        photo: RgbFrame<'_>,
+        body: RgbFrame<'_>,
+        mesh: RgbFrame<'_>,
+        history: &[FramePlacement],
+        current: &FramePlacement,
+    ) -> std::result::Result<FaceOutcome, FaceError> {
+        let device = select_device(req.device)?;
+        crate::device::check_dtype(&device, req.dtype)?;
+        let loaded = self.model(req, &device)?;
+        let tokens = self.tokens(&loaded, photo)?;
+        let pass = FacePass::new(
+            &loaded.model,
+            &tokens,
+            req.settings.clone(),
+            loaded.identity,
+        )?;
+        let (w, h) = (body.width, body.height);
+        let placement = current.as_placement();
+        let resolved = match req.smoothing {
+            None => pass.resolve(&placement, w, h),
+            Some(alpha) => {
+                let mut all: Vec<Placement> = history.iter().map(|p| p.as_placement()).collect();
+                all.push(placement);
+                pass.clip_transforms(&all, w, h, Some(alpha))
+                    .pop()
+                    .unwrap_or(Err(SkipReason::NoFace))
+            }
+        };
+        let skipped = |reason| FaceOutcome {
+            rgb: body.data.to_vec(),
+            status: FaceStatus::Skipped(reason),
+            computed: false,
+        };
+        let resolved = match resolved {
+            Ok(r) => r,
+            Err(reason) => return Ok(skipped(reason)),
+        };
+        // The crop mask decides the skips that need the transform (no face pixel in the crop).
+        // It needs no pixels and no parser run (valid with a parser, see `crop_mask`), so a cache
+        // hit costs neither a warp nor a BiSeNet pass.
+        if let Err(reason) = pass.crop_mask(&placement, &resolved, w, h) {
+            return Ok(skipped(reason));
+        }
+        let mut k = KeyHasher::tagged("ofx-face-frame");
+        k.key(pass.identity())
+            .u64(w as u64)
+            .u64(h as u64)
+            .bytes(body.data)
+            .bytes(mesh.data);
+        match &current.matte {
+            Some(m) => k.u64(1).bytes(m),
+            None => k.u64(0),
+        };
+        match &current.landmarks {
+            Some(p) => {
+                k.u64(1);
+                for v in p.iter().flatten() {
+                    k.f64(*v);
+                }
+            }
+            None => {
+                k.u64(0);
+            }
+        }
+        for v in resolved.transform.0.iter().flatten() {
+            k.f64(*v);
+        }
+        let key = k.finish();
+        let mut computed = false;
+        let entry = self.cache.get_or_compute(key, || {
+            computed = true;
+            let out = {
+                let _g = crate::service::global().lock_accelerator();
+                pass.enhance_with(body, mesh, &placement, &resolved)?
+            };
+            self.inpaintings.fetch_add(1, Ordering::SeqCst);
+            let n = out.rgb.len();
+            Ok(Entry::Image(Tensor::from_vec(out.rgb, n, &Device::Cpu)?))
+        })?;
+        let Entry::Image(t) = entry else {
+            return Err(EngineError::Input("face cache holds a foreign entry".into()).into());
+        };
+        let rgb = t.to_vec1::<u8>()?;
+        if rgb.len() != body.data.len() {
+            return Err(EngineError::Input(format!(
+                "the face pass returned {} bytes for a {w}×{h} frame",
+                rgb.len()
+            ))
+            .into());
+        }
+        Ok(FaceOutcome {
+            rgb,
+            status: FaceStatus::Enhanced(resolved.source),
+            computed,
+        })
+    }
+
+    /// The temporal face (beyond the paper): frame `frame` of `clip` with the face crops of the
+    /// clip denoised jointly in windows of `window` crops overlapping by `overlap`, exactly as
+    /// `anchor render --face-temporal`. The window cache is content-keyed and process-global, so
+    /// the frames agree whatever the order and split.
+    pub fn enhance_temporal(
+        &self,
+        req: &FaceRequest,
+        photo: RgbFrame<'_>,
+        clip: &dyn FaceClipSource,
+        frame: usize,
+        window: usize,
+        overlap: usize,
+    ) -> std::result::Result<FaceOutcome, FaceError> {
+        let device = select_device(req.device)?;
+        crate::device::check_dtype(&device, req.dtype)?;
+        let loaded = self.model(req, &device)?;
+        let tokens = self.tokens(&loaded, photo)?;
+        let pass = FacePass::new(
+            &loaded.model,
+            &tokens,
+            req.settings.clone(),
+            loaded.identity,
+        )?;
+        let temporal = TemporalFace::new(
+            &pass,
+            clip,
+            TemporalFaceSettings {
+                window,
+                overlap,
+                smoothing: req.smoothing,
+            },
+        )?
+        .serialise_on(crate::service::global().accelerator());
+        let denoiser = temporal.denoiser(&self.temporal, &self.temporal_counters)?;
+        let before = self.temporal_counters.network_calls.load(Ordering::Relaxed);
+        let out = temporal.frame(&denoiser, frame)?;
+        let calls = self.temporal_counters.network_calls.load(Ordering::Relaxed) - before;
+        Ok(FaceOutcome {
+            rgb: out.rgb,
+            status: out.status,
+            computed: calls > 0,
+        })
+    }
+
+    /// Reads a landmarks file once per (path, size, mtime) and keeps it.
+    pub fn landmarks_file(&self, path: &Path) -> Result<Arc<face::landmarks::LandmarkTrack>> {
+        static FILES: Mutex<Vec<LandmarkFile>> = Mutex::new(Vec::new());
+        let meta = std::fs::metadata(path).map_err(|e| EngineError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let (len, mtime) = (meta.len(), meta.modified().ok());
+        let mut files = FILES.lock();
+        if let Some((_, _, _, t)) = files
+            .iter()
+            .find(|(p, l, m, _)| p == path && *l == len && *m == mtime)
+        {
+            return Ok(t.clone());
+        }
+        let track = Arc::new(face::landmarks::LandmarkTrack::from_file(path)?);
+        files.retain(|(p, ..)| p != path);
+        files.push((path.to_path_buf(), len, mtime, track.clone()));
+        Ok(track)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoothing_history_bounds_the_weight_of_older_frames() {
+        assert_eq!(
+            smoothing_history(1.0),
+            0,
+            "weight 1 on the new frame: no history"
+        );
+        assert_eq!(smoothing_history(0.5), 20, "0.5^20 < 1e-6");
+        assert!(0.5f64.powi(20) < 1e-6 && 0.5f64.powi(19) >= 1e-6);
+        assert_eq!(smoothing_history(0.05), 270);
+        assert_eq!(smoothing_history(0.0), usize::MAX);
+    }
+}

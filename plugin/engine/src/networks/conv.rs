@@ -1,0 +1,742 @@
+//! `Conv2d` for the networks: a threaded im2col + GEMM forward pass on the CPU for inference,
+//! candle's module elsewhere, and a faster backward pass on the CPU for training.
+//!
+//! Inference (f32 on the CPU, groups 1, dilation 1, no gradient tracked): candle 0.11's CPU
+//! `conv2d` first transposes the whole input to NHWC on one thread, then gathers each im2col tile
+//! with strided writes and scatters each GEMM result back channel by channel, and nests its rayon
+//! GEMM inside rayon tiles. [`conv2d_cpu_f32`] instead splits the output into (batch, band of
+//! output rows) items spread over threads; each thread gathers its band's im2col rows with
+//! contiguous copies straight from the NCHW input and lets one single-threaded `gemm` call write
+//! the band of every output channel in place (bias pre-filled, so it is added without another
+//! pass). A 1×1, stride-1, unpadded convolution reads the input as the GEMM operand directly.
+//!
+//! Training: candle differentiates `conv2d` through `conv_transpose2d`, whose CPU kernel is a
+//! per-pixel dot product over the input channels inside 9 thread-synchronised loops per 3×3
+//! kernel; in training it took about half of each step. When the input or the weight needs a
+//! gradient on the CPU in f32 ([`super::differentiable::needs_grad`]), the convolution runs as a
+//! custom op whose backward pass writes the input gradient as an ordinary `conv2d` (im2col +
+//! GEMM): the output gradient, dilated by the stride and zero-padded by `k − 1 − p`, convolved
+//! with the weight flipped in space and transposed in channels. Its forward pass is candle's
+//! `conv2d`, so the training path is unchanged by the inference kernel. Other devices and dtypes
+//! use candle's module.
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_nn::{Module, VarBuilder};
+
+pub use candle_nn::Conv2dConfig;
+
+/// `torch.nn.Conv2d` (keys `weight`, `bias`).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    inner: candle_nn::Conv2d,
+}
+
+/// Loads a convolution like `candle_nn::conv2d`.
+pub fn conv2d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    cfg: Conv2dConfig,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    Ok(Conv2d {
+        inner: candle_nn::conv2d(in_channels, out_channels, kernel_size, cfg, vb)?,
+    })
+}
+
+impl Conv2d {
+    /// A convolution from its weight (`c_out × c_in × kh × kw`) and optional bias (`c_out`).
+    pub fn new(weight: Tensor, bias: Option<Tensor>, cfg: Conv2dConfig) -> Self {
+        Self {
+            inner: candle_nn::Conv2d::new(weight, bias, cfg),
+        }
+    }
+
+    /// Inference on the CPU in f32 through [`conv2d_cpu_f32`] (groups 1, dilation 1).
+    fn forward_cpu_f32(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.inner.weight();
+        let cfg = self.inner.config();
+        let (batch, c_in, h, wd) = x.dims4()?;
+        let (c_out, w_in, kh, kw) = w.dims4()?;
+        if w_in != c_in {
+            candle_core::bail!("conv2d: input has {c_in} channels, the weight expects {w_in}")
+        }
+        let sh = ConvShape {
+            batch,
+            c_in,
+            h,
+            w: wd,
+            c_out,
+            kh,
+            kw,
+            stride: cfg.stride,
+            padding: cfg.padding,
+        };
+        let bias = self.inner.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
+        // A custom op reads the input and weight storages in place (no copy of the weight per
+        // call); nothing here tracks a gradient, so it needs no backward pass.
+        x.contiguous()?
+            .apply_op2_no_bwd(&w.contiguous()?, &InferConv { shape: sh, bias })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.inner.weight();
+        let cfg = self.inner.config();
+        let cpu_f32 = x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && w.dtype() == DType::F32
+            && self.inner.bias().is_none_or(|b| b.dtype() == DType::F32)
+            && cfg.groups == 1
+            && cfg.dilation == 1;
+        if !cpu_f32 {
+            return self.inner.forward(x);
+        }
+        let mut tracked = vec![x, w];
+        if let Some(b) = self.inner.bias() {
+            tracked.push(b);
+        }
+        if !super::differentiable::needs_grad(&tracked) {
+            return self.forward_cpu_f32(x);
+        }
+        let op = TrainConv {
+            padding: cfg.padding,
+            stride: cfg.stride,
+        };
+        let y = x.contiguous()?.apply_op2(&w.contiguous()?, op)?;
+        match self.inner.bias() {
+            None => Ok(y),
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dims1()?, 1, 1))?),
+        }
+    }
+}
+
+/// Fewest bands a convolution is split into (two per thread for up to four threads); fixed so
+/// that the split, and with it the rounding, never depends on the thread count.
+const MIN_BANDS: usize = 8;
+
+/// Output pixels per work item that the band height aims for: the im2col band (`K × pixels`
+/// floats, K = in channels × kernel area) stays around the 2 MiB L2 of this machine's cores for
+/// the SD1.5 widths while each `gemm` call still amortises packing the weight.
+const BAND_PIXELS: usize = 256;
+
+/// Multiply-adds below which a convolution runs on the calling thread (thread start-up costs
+/// tens of µs).
+const PARALLEL_MIN_MACS: usize = 1 << 22;
+
+/// Geometry of one 2-D convolution (NCHW input, OIHW weight, groups 1, dilation 1).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvShape {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+impl ConvShape {
+    fn out_hw(&self) -> (usize, usize) {
+        (
+            (self.h + 2 * self.padding - self.kh) / self.stride + 1,
+            (self.w + 2 * self.padding - self.kw) / self.stride + 1,
+        )
+    }
+
+    fn direct(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+}
+
+/// Range of output columns `ox` whose input column `ox·s + kx − p` lies in `0..w`.
+fn valid_cols(kx: usize, s: usize, p: usize, w: usize, wo: usize) -> (usize, usize) {
+    let lo = if p > kx { (p - kx).div_ceil(s) } else { 0 };
+    let hi = if w + p > kx {
+        (w + p - kx).div_ceil(s).min(wo)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// Fills `col` (`K × pixels`, row-major; K ordered like the weight: channel, ky, kx) with the
+/// im2col band of output rows `oy0..oy1` of one image `x` (`c_in × h × w`).
+fn im2col_band(x: &[f32], sh: &ConvShape, oy0: usize, oy1: usize, col: &mut [f32]) {
+    let (_, wo) = sh.out_hw();
+    let (s, p) = (sh.stride, sh.padding);
+    let pixels = (oy1 - oy0) * wo;
+    let mut rows = col.chunks_exact_mut(pixels);
+    for c in 0..sh.c_in {
+        let plane = &x[c * sh.h * sh.w..(c + 1) * sh.h * sh.w];
+        for ky in 0..sh.kh {
+            for kx in 0..sh.kw {
+                let Some(row) = rows.next() else { return };
+                let (lo, hi) = valid_cols(kx, s, p, sh.w, wo);
+                for (oy, seg) in (oy0..oy1).zip(row.chunks_exact_mut(wo)) {
+                    let iy = oy * s + ky;
+                    if iy < p || iy - p >= sh.h || lo >= hi {
+                        seg.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[(iy - p) * sh.w..(iy - p + 1) * sh.w];
+                    seg[..lo].fill(0.0);
+                    seg[hi..].fill(0.0);
+                    let first = lo * s + kx - p;
+                    if s == 1 {
+                        seg[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                    } else {
+                        for (d, v) in seg[lo..hi].iter_mut().zip(src[first..].iter().step_by(s)) {
+                            *d = *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The output buffer, shared by the threads; each work item writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the pointer is only dereferenced by `gemm` and the bias fill for disjoint
+// (batch, output row band) items, each owned by exactly one thread.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `offset` past the start (a method, so closures capture the whole wrapper).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `conv2d(x, w) + bias` for contiguous f32 NCHW `x` (`sh.batch × c_in × h × w`) and OIHW `w`
+/// (`c_out × c_in × kh × kw`), returning the contiguous NCHW output and its height and width.
+///
+/// Work items are (image, band of output rows), taken from a shared counter by up to
+/// `threads` threads, so a core slowed by other processes takes fewer bands.
+pub fn conv2d_cpu_f32(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    sh: &ConvShape,
+    threads: usize,
+) -> Result<(Vec<f32>, usize, usize)> {
+    if sh.stride == 0
+        || sh.kh == 0
+        || sh.kw == 0
+        || sh.h + 2 * sh.padding < sh.kh
+        || sh.w + 2 * sh.padding < sh.kw
+    {
+        candle_core::bail!(
+            "conv2d: kernel {}×{} does not fit the input {}×{} (padding {}, stride {})",
+            sh.kh,
+            sh.kw,
+            sh.h,
+            sh.w,
+            sh.padding,
+            sh.stride
+        )
+    }
+    let k = sh.c_in * sh.kh * sh.kw;
+    let (ho, wo) = sh.out_hw();
+    let (img_in, img_out) = (sh.c_in * sh.h * sh.w, sh.c_out * ho * wo);
+    if x.len() != sh.batch * img_in || w.len() != sh.c_out * k {
+        candle_core::bail!("conv2d: buffer sizes do not match the shape {sh:?}")
+    }
+    if bias.is_some_and(|b| b.len() != sh.c_out) {
+        candle_core::bail!(
+            "conv2d: bias length differs from {} output channels",
+            sh.c_out
+        )
+    }
+    let mut out = vec![0f32; sh.batch * img_out];
+    if out.is_empty() {
+        return Ok((out, ho, wo));
+    }
+    let macs = sh.batch * img_out * k;
+    let threads = if macs < PARALLEL_MIN_MACS {
+        1
+    } else {
+        threads.max(1)
+    };
+    // Band height: about BAND_PIXELS pixels, but at least MIN_BANDS bands. It depends on the shape
+    // only, never on the thread count: the GEMM's blocking (and so its rounding) depends on the
+    // band width, and the same input must give the same pixels on every machine.
+    let mut band = BAND_PIXELS.div_ceil(wo).clamp(1, ho);
+    while band > 1 && sh.batch * ho.div_ceil(band) < MIN_BANDS {
+        band = band.div_ceil(2);
+    }
+    let bands = ho.div_ceil(band);
+    let items = sh.batch * bands;
+    let threads = threads.min(items);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || {
+        let mut col = Vec::new();
+        loop {
+            let item = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if item >= items {
+                break;
+            }
+            let (b, oy0) = (item / bands, (item % bands) * band);
+            let oy1 = (oy0 + band).min(ho);
+            let pixels = (oy1 - oy0) * wo;
+            let img = &x[b * img_in..(b + 1) * img_in];
+            let (rhs, rhs_rs) = if sh.direct() {
+                (img[oy0 * wo..].as_ptr(), (ho * wo) as isize)
+            } else {
+                col.resize(k * pixels, 0.0);
+                im2col_band(img, sh, oy0, oy1, &mut col);
+                (col.as_ptr(), pixels as isize)
+            };
+            // Start of this band in output channel 0; channel rows are `ho·wo` apart.
+            let dst = out_ptr.at(b * img_out + oy0 * wo);
+            if let Some(bias) = bias {
+                for (co, &v) in bias.iter().enumerate() {
+                    // SAFETY: `co·ho·wo + pixels ≤ img_out` elements past this image's start
+                    // in `out`, inside this item's band, which no other thread writes.
+                    unsafe { std::slice::from_raw_parts_mut(dst.add(co * ho * wo), pixels) }
+                        .fill(v);
+                }
+            }
+            // SAFETY: dst addresses `c_out` rows of `pixels` floats `ho·wo` apart inside `out`
+            // (this item's band only); lhs is the c_out × K weight (row stride K); rhs is
+            // K × pixels with row stride `rhs_rs` inside `col` or the input image.
+            unsafe {
+                gemm::gemm(
+                    sh.c_out,
+                    pixels,
+                    k,
+                    dst,
+                    1,
+                    (ho * wo) as isize,
+                    bias.is_some(),
+                    w.as_ptr(),
+                    1,
+                    k as isize,
+                    rhs,
+                    1,
+                    rhs_rs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+    };
+    if threads <= 1 {
+        worker();
+    } else {
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                scope.spawn(worker);
+            }
+            worker();
+        });
+    }
+    Ok((out, ho, wo))
+}
+
+/// [`conv2d_cpu_f32`] as a custom op on contiguous f32 CPU storages (inference only).
+struct InferConv {
+    shape: ConvShape,
+    bias: Option<Vec<f32>>,
+}
+
+/// The contiguous f32 elements of a CPU storage.
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("conv2d: non-contiguous operand")
+    };
+    Ok(&data[start..end])
+}
+
+impl CustomOp2 for InferConv {
+    fn name(&self) -> &'static str {
+        "infer-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let threads = candle_core::utils::get_num_threads();
+        let sh = &self.shape;
+        let (out, ho, wo) = conv2d_cpu_f32(x, w, self.bias.as_deref(), sh, threads)?;
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((sh.batch, sh.c_out, ho, wo)),
+        ))
+    }
+}
+
+/// A contiguous f32 CPU storage as a (graph-free) tensor.
+fn as_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
+    Tensor::from_slice(contiguous_f32(s, l)?, l.shape(), &candle_core::Device::Cpu)
+}
+
+/// `conv2d` (no bias, groups 1, dilation 1) with the GEMM-based backward pass.
+struct TrainConv {
+    padding: usize,
+    stride: usize,
+}
+
+impl CustomOp2 for TrainConv {
+    fn name(&self) -> &'static str {
+        "train-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = as_tensor(s1, l1)?.conv2d(&as_tensor(s2, l2)?, self.padding, self.stride, 1, 1)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, w, grad) = (x.detach(), w.detach(), grad.detach());
+        let (_, _, h, wd) = x.dims4()?;
+        let (b, cout, ho, wo) = grad.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let (s, p) = (self.stride, self.padding);
+        // Input gradient: dilate the output gradient by the stride...
+        let mut g = grad.contiguous()?;
+        if s > 1 {
+            let z = Tensor::zeros((b, cout, ho, s - 1, wo), g.dtype(), g.device())?;
+            g = Tensor::cat(&[&g.unsqueeze(3)?, &z], 3)?
+                .reshape((b, cout, ho * s, wo))?
+                .narrow(2, 0, (ho - 1) * s + 1)?;
+            let hd = (ho - 1) * s + 1;
+            let z = Tensor::zeros((b, cout, hd, wo, s - 1), g.dtype(), g.device())?;
+            g = Tensor::cat(&[&g.unsqueeze(4)?, &z], 4)?
+                .reshape((b, cout, hd, wo * s))?
+                .narrow(3, 0, (wo - 1) * s + 1)?;
+        }
+        // ...pad by k − 1 − p (plus what the forward's floor division dropped at the end)...
+        let grad_x = if kh > p && kw > p {
+            let (top, left) = (kh - 1 - p, kw - 1 - p);
+            let (gh, gw) = (g.dim(2)?, g.dim(3)?);
+            let bottom = (h + kh - 1).saturating_sub(gh + top);
+            let right = (wd + kw - 1).saturating_sub(gw + left);
+            let g = g
+                .pad_with_zeros(2, top, bottom)?
+                .pad_with_zeros(3, left, right)?;
+            // ...and convolve with the weight flipped in space, in and out channels swapped.
+            let wt = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+            g.conv2d(&wt, 0, 1, 1, 1)?
+                .narrow(2, 0, h)?
+                .narrow(3, 0, wd)?
+        } else {
+            grad.conv_transpose2d(&w, p, h - ((ho - 1) * s + kh - 2 * p), s, 1)?
+        };
+        // Weight gradient: the input and the output gradient correlated, as candle does.
+        let grad_w = x
+            .transpose(0, 1)?
+            .conv2d(&grad.transpose(0, 1)?, p, 1, s, 1)?
+            .transpose(0, 1)?;
+        let grad_w = if grad_w.dim(2)? != kh || grad_w.dim(3)? != kw {
+            grad_w.narrow(2, 0, kh)?.narrow(3, 0, kw)?
+        } else {
+            grad_w
+        };
+        Ok((Some(grad_x), Some(grad_w.contiguous()?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// candle's `conv2d` plus the bias: the reference for the inference kernel.
+    fn candle_conv(x: &Tensor, w: &Tensor, b: &Tensor, p: usize, s: usize) -> Result<Tensor> {
+        x.conv2d(w, p, s, 1, 1)?
+            .broadcast_add(&b.reshape((1, b.dims1()?, 1, 1))?)
+    }
+
+    /// The threaded im2col + GEMM inference kernel equals candle's `conv2d` on random inputs:
+    /// 3×3 with padding 0/1 and stride 1/2, non-square and odd sizes, 1×1 (the direct GEMM
+    /// path, and strided/padded 1×1 through im2col), a 4×4 kernel, a batch that spans several
+    /// threads' bands, and with and without bias. The module's forward takes the kernel.
+    #[test]
+    fn inference_kernel_matches_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        // (batch, c_in, c_out, h, w, k, stride, padding)
+        for (n, ci, co, h, w, k, s, p) in [
+            (2, 5, 7, 9, 13, 3, 1, 1),
+            (2, 5, 7, 9, 13, 3, 2, 1),
+            (1, 4, 6, 10, 7, 3, 2, 0),
+            (3, 8, 5, 11, 6, 3, 1, 0),
+            (2, 6, 9, 8, 12, 1, 1, 0),
+            (2, 6, 9, 9, 12, 1, 2, 0),
+            (1, 3, 4, 7, 5, 1, 1, 1),
+            (2, 3, 4, 9, 10, 4, 2, 1),
+            (4, 32, 48, 40, 24, 3, 1, 1),
+            (4, 64, 64, 8, 8, 1, 1, 0),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (n, ci, h, w), &dev)?;
+            // Weights at the usual 1/√fan-in scale, so outputs are O(1) like the networks'.
+            let wt = Tensor::randn(
+                0f32,
+                1.0 / ((ci * k * k) as f32).sqrt(),
+                (co, ci, k, k),
+                &dev,
+            )?;
+            let b = Tensor::randn(0f32, 1.0, co, &dev)?;
+            let reference = candle_conv(&x, &wt, &b, p, s)?;
+            // The sums run over K in another order (channel-major like the weight, candle goes
+            // kernel-position-major), so they round differently: a few ulps of the output scale.
+            let tol = 4e-6
+                * reference
+                    .abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_scalar::<f32>()?
+                    .max(1.0);
+            let cfg = Conv2dConfig {
+                padding: p,
+                stride: s,
+                ..Default::default()
+            };
+            let with_bias = Conv2d::new(wt.clone(), Some(b), cfg).forward(&x)?;
+            assert_eq!(with_bias.dims(), reference.dims());
+            let err = max_abs(&with_bias, &reference)?;
+            assert!(
+                err < tol,
+                "{n}×{ci}→{co} {h}×{w} k{k} s{s} p{p}: max-abs {err}"
+            );
+            let plain = Conv2d::new(wt.clone(), None, cfg).forward(&x)?;
+            let err = max_abs(&plain, &x.conv2d(&wt, p, s, 1, 1)?)?;
+            assert!(err < tol, "no bias, k{k} s{s} p{p}: max-abs {err}");
+            // Single-threaded and many-threaded runs give the same numbers.
+            let sh = ConvShape {
+                batch: n,
+                c_in: ci,
+                h,
+                w,
+                c_out: co,
+                kh: k,
+                kw: k,
+                stride: s,
+                padding: p,
+            };
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let ws = wt.flatten_all()?.to_vec1::<f32>()?;
+            let one = conv2d_cpu_f32(&xs, &ws, None, &sh, 1)?;
+            let many = conv2d_cpu_f32(&xs, &ws, None, &sh, 5)?;
+            assert_eq!(one, many);
+        }
+        Ok(())
+    }
+
+    /// The UNet's `conv_out` at a 32² latent (4 outputs, K = 320·9): the shape whose GEMM
+    /// blocking would change with the band width. Any thread count gives identical bits.
+    #[test]
+    fn thread_count_never_changes_the_result() -> Result<()> {
+        let sh = ConvShape {
+            batch: 2,
+            c_in: 320,
+            h: 32,
+            w: 32,
+            c_out: 4,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let x = Tensor::randn(0f32, 1.0, (2, 320, 32, 32), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 0.05, (4, 320, 3, 3), &Device::Cpu)?;
+        let (xs, ws) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let one = conv2d_cpu_f32(&xs, &ws, None, &sh, 1)?;
+        for threads in [2, 3, 8, 16, 64] {
+            assert!(
+                one == conv2d_cpu_f32(&xs, &ws, None, &sh, threads)?,
+                "{threads} threads changed the result"
+            );
+        }
+        Ok(())
+    }
+
+    /// A kernel larger than the padded input is an error, not a panic.
+    #[test]
+    fn inference_kernel_rejects_oversized_kernel() {
+        let sh = ConvShape {
+            batch: 1,
+            c_in: 1,
+            h: 2,
+            w: 2,
+            c_out: 1,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            padding: 0,
+        };
+        assert!(conv2d_cpu_f32(&[0.0; 4], &[0.0; 9], None, &sh, 2).is_err());
+    }
+
+    /// Inference uses the kernel, training still records a graph: a weight held in a `Var`
+    /// gets its gradient through the module.
+    #[test]
+    fn training_still_differentiates() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 5), &dev)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev)?)?;
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(w.as_tensor().clone(), None, cfg);
+        let y = conv.forward(&x)?;
+        let grads = y.sqr()?.sum_all()?.backward()?;
+        let Some(g) = grads.get(w.as_tensor()) else {
+            candle_core::bail!("no weight gradient through the module")
+        };
+        let reference = x.conv2d(w.as_tensor(), 1, 1, 1, 1)?;
+        let expected = reference.sqr()?.sum_all()?.backward()?;
+        let Some(e) = expected.get(w.as_tensor()) else {
+            candle_core::bail!("no weight gradient through candle")
+        };
+        let err = max_abs(g, e)?;
+        assert!(err < 1e-3, "weight gradient differs by {err}");
+        Ok(())
+    }
+
+    /// Micro-benchmark, not a test: the SD1.5 UNet's convolution shapes at 64² latents, batch 4,
+    /// candle's `conv2d` against the inference kernel (both with bias), best of 3 runs. Run with
+    /// `cargo test -p make-your-anchor-engine --lib conv::tests::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "benchmark: run explicitly, see BENCHMARKS.md"]
+    fn bench_sd15_shapes() -> Result<()> {
+        let dev = Device::Cpu;
+        let threads = candle_core::utils::get_num_threads();
+        // (label, c_in, c_out, size, kernel, stride, padding)
+        for (label, ci, co, size, k, s, p) in [
+            ("conv_in 4->320 3x3 @64", 4, 320, 64, 3, 1, 1),
+            ("320->320 3x3 @64", 320, 320, 64, 3, 1, 1),
+            ("320->320 3x3 s2 @64", 320, 320, 64, 3, 2, 1),
+            ("640->640 3x3 @32", 640, 640, 32, 3, 1, 1),
+            ("1280->1280 3x3 @16", 1280, 1280, 16, 3, 1, 1),
+            ("1280->1280 3x3 @8", 1280, 1280, 8, 3, 1, 1),
+            ("320->320 1x1 @64", 320, 320, 64, 1, 1, 0),
+            ("640->640 1x1 @32", 640, 640, 32, 1, 1, 0),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (4, ci, size, size), &dev)?;
+            let w = Tensor::randn(0f32, 0.05, (co, ci, k, k), &dev)?;
+            let b = Tensor::randn(0f32, 1.0, co, &dev)?;
+            let cfg = Conv2dConfig {
+                padding: p,
+                stride: s,
+                ..Default::default()
+            };
+            let conv = Conv2d::new(w.clone(), Some(b.clone()), cfg);
+            let time = |f: &dyn Fn() -> Result<Tensor>| -> Result<(f64, Tensor)> {
+                let mut best = f64::INFINITY;
+                let mut last = None;
+                for _ in 0..3 {
+                    let t = std::time::Instant::now();
+                    let y = f()?;
+                    best = best.min(t.elapsed().as_secs_f64());
+                    last = Some(y);
+                }
+                let Some(y) = last else {
+                    candle_core::bail!("no run")
+                };
+                Ok((best, y))
+            };
+            let (t_candle, y_candle) = time(&|| candle_conv(&x, &w, &b, p, s))?;
+            let (t_ours, y_ours) = time(&|| conv.forward(&x))?;
+            let err = max_abs(&y_candle, &y_ours)?;
+            let gflop = 2.0 * y_ours.elem_count() as f64 * (ci * k * k) as f64 / 1e9;
+            eprintln!(
+                "conv-bench {label:24} threads {threads}: candle {:8.1} ms, ours {:8.1} ms                  ({:.2}x, {:.1} GFLOP/s), max-abs {err:.2e}",
+                t_candle * 1e3,
+                t_ours * 1e3,
+                t_candle / t_ours,
+                gflop / t_ours
+            );
+        }
+        Ok(())
+    }
+
+    /// The custom backward pass equals candle's for the strides and paddings the networks use
+    /// (square inputs: candle's own backward sizes the width like the height).
+    #[test]
+    fn backward_matches_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        for (k, s, p, size) in [
+            (3, 1, 1, 9),
+            (3, 2, 1, 9),
+            (3, 2, 0, 10),
+            (1, 1, 0, 7),
+            (3, 2, 1, 8),
+        ] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, size, size), &dev)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, k, k), &dev)?)?;
+            let r = Tensor::randn(
+                0f32,
+                1.0,
+                (2, 4, (size + 2 * p - k) / s + 1, (size + 2 * p - k) / s + 1),
+                &dev,
+            )?;
+            let reference = x.as_tensor().conv2d(w.as_tensor(), p, s, 1, 1)?;
+            let ours = x.as_tensor().apply_op2(
+                w.as_tensor(),
+                TrainConv {
+                    padding: p,
+                    stride: s,
+                },
+            )?;
+            assert!((&reference - &ours)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+            let g1 = reference.mul(&r)?.sum_all()?.backward()?;
+            let g2 = ours.mul(&r)?.sum_all()?.backward()?;
+            for v in [&x, &w] {
+                let (a, b) = (g1.get(v.as_tensor()), g2.get(v.as_tensor()));
+                let (Some(a), Some(b)) = (a, b) else {
+                    candle_core::bail!("missing gradient")
+                };
+                let err = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(err < 1e-4, "k{k} s{s} p{p}: gradient differs by {err}");
+            }
+        }
+        Ok(())
+    }
+}
