@@ -10,7 +10,7 @@ diffusers/transformers `save_pretrained` (safetensors, f32):
 - `vae/`: a 4-level (32, 32, 64, 64) AutoencoderKL, downsample factor 8;
 - `image_encoder/`: a 2-layer CLIP vision tower of width 128 (224 px, patch 32: 50 tokens), with
   the CLIP preprocessor config; `text_encoder/`: a 2-layer CLIP text tower of width 128;
-- `scheduler/`: the SD1.5 scheduler config (a PNDM config that DDIM reads, spec §4).
+- `scheduler/`: the SD1.5 scheduler config (a PNDM config that DDIM reads).
 
 Every parameter is perturbed by the fixtures' seeded `perturb`, so that no zero-initialised layer
 (ControlNet's zero convs) makes the control a no-op.

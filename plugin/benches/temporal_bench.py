@@ -11,7 +11,7 @@ config (the random-weight folder written by `make_mid_model.py`, 128²), in one 
    cache's peak bytes.
 3. Cache budget: the full pass under a large and a tight `--cache-mib`: calls, seconds, peak, and
    the output frames compared bytewise.
-4. Ratio against PyTorch: `fixtures_temporal.denoise_clip` (the reference pseudocode of spec §3,
+4. Ratio against PyTorch: `fixtures_temporal.denoise_clip` (the reference pseudocode of 
    f32, CPU, `torch.set_num_threads(2)`, the 3D inflation of `fixtures_unet` with SDPA full-frame
    attention from `unet_window.py`) on the same clip, same noise and settings, timed without model
    load; ours is timed as a whole process and, without load/encode/decode, as the marginal cost per
@@ -45,8 +45,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 sys.path.insert(0, HERE)
-import fixtures_temporal  # noqa: E402  (the reference joint denoising, spec §3)
-import fixtures_unet  # noqa: E402  (the 3D inflation, spec §2)
+import fixtures_temporal  # noqa: E402  (the reference joint denoising)
+import fixtures_unet  # noqa: E402  (the 3D inflation)
 from unet_window import SdpaFullFrameAttnProcessor  # noqa: E402
 
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel  # noqa: E402
@@ -99,7 +99,7 @@ def write_clip(path, frames, res):
 
 
 def read_controls(path):
-    """PIL `convert("RGB")`, /255, NCHW (spec §4), as the fixture script reads its poses."""
+    """PIL `convert("RGB")`, /255, NCHW, as the fixture script reads its poses."""
     names = sorted(n for n in os.listdir(path) if n.endswith(".png"))
     frames = [np.asarray(Image.open(os.path.join(path, n)).convert("RGB")) for n in names]
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
@@ -208,7 +208,7 @@ def pytorch_reference(model_dir, poses, appearance, noise, window, overlap, step
     t0 = time.perf_counter()
     ctrl = read_controls(poses)
     length = ctrl.shape[0]
-    # Appearance tokens (CLIP vision last_hidden_state) and the EOS-padded empty prompt (§1.5-1.6).
+    # Appearance tokens (CLIP vision last_hidden_state) and the EOS-padded empty prompt.
     px = proc(images=Image.open(appearance).convert("RGB"), return_tensors="pt").pixel_values
     cond = vision.vision_model(pixel_values=px.float()).last_hidden_state
     bos, eos = text.config.vocab_size - 2, text.config.vocab_size - 1

@@ -3,7 +3,7 @@
 1. Creates (once) a diffusers `UNet2DConditionModel` with the Stable Diffusion 1.5 config
    (cross_attention_dim 768) and random weights, saved with `save_pretrained` as safetensors into
    `--out` (3.4 GB at f32; not committed).
-2. Runs one inflated 3D window (`--frames` frames at `--latent`² latents; spec §2: full-frame attn1,
+2. Runs one inflated 3D window (`--frames` frames at `--latent`² latents: full-frame attn1,
    GroupNorm over the window) on the CPU in f32, with the same inflation as the parity fixtures
    but SDPA (memory-efficient) attention, and prints wall time and peak RSS.
 3. Writes the inputs and the output to `--out/window_{frames}x{latent}.safetensors`, which the Rust

@@ -153,7 +153,7 @@ struct RenderArgs {
     face: FaceArgs,
 }
 
-/// Face enhancement options (spec §5); the defaults are the reference's.
+/// Face enhancement options; the defaults are the reference's.
 #[derive(clap::Args)]
 struct FaceArgs {
     /// Face (head) model folder: a 9-channel inpainting unet/ (or head/), controlnet/, shared
@@ -330,6 +330,145 @@ impl FaceStage {
     }
 }
 
+/// Runs `work` on every frame of `order` from `threads` threads (each takes the next frame);
+/// stops at the first error and returns it.
+fn run_frames(
+    order: &[usize],
+    threads: usize,
+    work: impl Fn(usize) -> Result<()> + Sync,
+) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let first_error = parking_lot::Mutex::new(None::<EngineError>);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                if first_error.lock().is_some() {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&f) = order.get(i) else { break };
+                if let Err(e) = work(f) {
+                    first_error.lock().get_or_insert(e);
+                }
+            });
+        }
+    });
+    match first_error.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The sampling settings of a render: each option given, else the model folder's default
+/// (`anchor.json`, else the reference's).
+struct Sampling {
+    steps: usize,
+    params: SamplingParams,
+    window: usize,
+    overlap: usize,
+    residuals: ControlResiduals,
+    seed: u64,
+}
+
+impl Sampling {
+    fn of(a: &RenderArgs, d: &anchor_engine::model::SamplingDefaults) -> Self {
+        Self {
+            steps: a.steps.unwrap_or(d.steps),
+            params: SamplingParams {
+                guidance: a.cfg.unwrap_or(d.guidance_scale),
+                control_scale: a.control_scale.unwrap_or(d.control_scale),
+            },
+            window: a.window.unwrap_or(d.window),
+            overlap: a.overlap.unwrap_or(d.overlap),
+            residuals: a.control_residuals.unwrap_or(d.control_residuals),
+            seed: a.seed.unwrap_or(d.seed),
+        }
+    }
+}
+
+/// Creates `dir` and its parents.
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| EngineError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })
+}
+
+/// The order in which `frames` are requested.
+fn request_order(frames: &[usize], order: Order) -> Vec<usize> {
+    match order {
+        Order::Sequential => frames.to_vec(),
+        Order::Reverse => frames.iter().rev().copied().collect(),
+        Order::Random => {
+            // A fixed shuffle (SplitMix64-driven Fisher-Yates), so runs are repeatable.
+            let mut v = frames.to_vec();
+            let mut rng = anchor_engine::temporal::noise::SplitMix64::new(0x5eed);
+            for i in (1..v.len()).rev() {
+                v.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+            }
+            v
+        }
+    }
+}
+
+/// The face pass on body frame `f` (`rgb`, `w × h`) with its mesh frame: the temporal face's
+/// frame when it runs, else the per-frame pass on the smoothed transform when there is one,
+/// else on the frame's own placement.
+fn enhance_frame(
+    pass: &face::FacePass<'_>,
+    inputs: &face::inputs::FaceInputs,
+    temporal: Option<(
+        &face::temporal::TemporalFace<'_>,
+        &anchor_engine::temporal::TemporalDenoiser<'_>,
+    )>,
+    smoothed: Option<&std::result::Result<face::enhance::ResolvedPlacement, face::SkipReason>>,
+    (f, rgb, w, h): (usize, &[u8], usize, usize),
+    mesh: &[u8],
+) -> Result<face::FaceResult> {
+    let fr = inputs.frame(f)?;
+    let placement = face::Placement {
+        matte: fr.matte.as_deref(),
+        landmarks: fr.landmarks,
+    };
+    let body = face::RgbFrame {
+        data: rgb,
+        width: w,
+        height: h,
+    };
+    let mesh = face::RgbFrame {
+        data: mesh,
+        width: w,
+        height: h,
+    };
+    if let Some((t, d)) = temporal {
+        return t.frame(d, f);
+    }
+    match smoothed {
+        Some(Ok(resolved)) => pass.enhance_with(body, mesh, &placement, resolved),
+        _ => pass.enhance(body, mesh, &placement),
+    }
+}
+
+/// Writes the latents after each step as "latents_step{i}" `[L, 4, h, w]` (f32) to `path`.
+fn dump_latents(
+    path: &Path,
+    denoiser: &anchor_engine::temporal::TemporalDenoiser<'_>,
+    steps: usize,
+    len: usize,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut tensors = std::collections::HashMap::new();
+    for s in 1..=steps {
+        let xs = (0..len)
+            .map(|f| denoiser.latent(s, f, progress))
+            .collect::<Result<Vec<_>>>()?;
+        let t = candle_core::Tensor::stack(&xs, 0)?.to_dtype(candle_core::DType::F32)?;
+        tensors.insert(format!("latents_step{}", s - 1), t);
+    }
+    candle_core::safetensors::save(&tensors, path)?;
+    Ok(())
+}
+
 fn render(a: RenderArgs) -> Result<()> {
     let start = Instant::now();
     let device = select_device(a.device.parse::<DeviceChoice>()?)?;
@@ -342,92 +481,57 @@ fn render(a: RenderArgs) -> Result<()> {
     if let Some(note) = note {
         eprintln!("anchor: {note}");
     }
-    let steps = a.steps.unwrap_or(d.steps);
-    let params = SamplingParams {
-        guidance: a.cfg.unwrap_or(d.guidance_scale),
-        control_scale: a.control_scale.unwrap_or(d.control_scale),
-    };
+    let Sampling {
+        steps,
+        params,
+        window,
+        overlap,
+        residuals,
+        seed,
+    } = Sampling::of(&a, &d);
     let poses = PoseSequence::open(&a.poses, (res, res), dtype, &device)?;
     let len = poses.paths().len();
-    let plan = WindowPlan::new(
-        len,
-        a.window.unwrap_or(d.window),
-        a.overlap.unwrap_or(d.overlap),
-        tail,
-        fusion,
-    )?;
+    let plan = WindowPlan::new(len, window, overlap, tail, fusion)?;
     let frames: Vec<usize> = match &a.frames {
         Some(spec) => parse_frames(spec, len)?.collect(),
         None => (0..len).collect(),
     };
-    let order: Vec<usize> = match a.order {
-        Order::Sequential => frames.clone(),
-        Order::Reverse => frames.iter().rev().copied().collect(),
-        Order::Random => {
-            // A fixed shuffle (SplitMix64-driven Fisher-Yates), so runs are repeatable.
-            let mut v = frames.clone();
-            let mut rng = anchor_engine::temporal::noise::SplitMix64::new(0x5eed);
-            for i in (1..v.len()).rev() {
-                v.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-            }
-            v
-        }
-    };
     let appearance = pipeline::encode_appearance(&model, &a.appearance)?;
     let model_key = pipeline::model_identity(&model)?;
-    let residuals = a.control_residuals.unwrap_or(d.control_residuals);
     let nets = BodyNetworks::new(&model, &appearance, model_key, residuals)?;
     let scheduler = DdimStep(DdimScheduler::new(model.configs.scheduler.clone(), steps)?);
     let latent_ch = model.unet.architecture().in_channels();
     let vae_factor = model.vae.config().downsample_factor();
     let shape = (latent_ch, res / vae_factor, res / vae_factor);
-    let noise = pipeline::initial_noise(a.seed.unwrap_or(d.seed), a.noise.as_deref(), shape)?;
+    let noise = pipeline::initial_noise(seed, a.noise.as_deref(), shape)?;
     let cache = Cache::new(a.cache_mib.saturating_mul(1 << 20));
+    // Photos, tokens and parsers read through the process-wide registry share the budget too.
+    let registry = anchor_engine::registry::global();
+    registry.set_budget(anchor_engine::registry::share_of(
+        a.cache_mib.saturating_mul(1 << 20),
+    ));
     let counters = Counters::default();
     let denoiser = pipeline::denoiser(
         &nets, &scheduler, &poses, &cache, &counters, plan, params, noise,
     )?;
-    std::fs::create_dir_all(&a.out).map_err(|e| EngineError::Io {
-        path: a.out.clone(),
-        source: e,
-    })?;
-
-    let face_stage = match &a.face.face_model {
-        Some(dir) => Some(FaceStage::load(
-            &a.face,
-            dir,
-            &a.appearance,
-            dtype,
-            &device,
-        )?),
-        None => None,
-    };
-    let face_pass = match &face_stage {
-        Some(stage) => Some(stage.pass(&a.face)?),
-        None => None,
-    };
-    let face_inputs = match &face_pass {
-        Some(_) => Some(face::inputs::FaceInputs::open(
-            a.face.face_landmarks.as_deref(),
-            a.face.face_matte.as_deref(),
-            poses.paths(),
-            (res, res),
-        )?),
-        None => None,
-    };
+    create_dir(&a.out)?;
+    let face_stage = (a.face.face_model.as_deref())
+        .map(|dir| FaceStage::load(&a.face, dir, &a.appearance, dtype, &device))
+        .transpose()?;
+    let face_pass = face_stage.as_ref().map(|st| st.pass(&a.face)).transpose()?;
+    let face_inputs = face_pass
+        .as_ref()
+        .map(|_| {
+            let (landmarks, matte) = (
+                a.face.face_landmarks.as_deref(),
+                a.face.face_matte.as_deref(),
+            );
+            face::inputs::FaceInputs::open(landmarks, matte, poses.paths(), (res, res))
+        })
+        .transpose()?;
     let smoothed = match (&face_pass, &face_inputs, a.face.face_smooth) {
         (Some(pass), Some(inputs), Some(alpha)) => {
-            let frames = (0..len)
-                .map(|f| inputs.frame(f))
-                .collect::<Result<Vec<_>>>()?;
-            let placements: Vec<face::Placement> = frames
-                .iter()
-                .map(|fr| face::Placement {
-                    matte: fr.matte.as_deref(),
-                    landmarks: fr.landmarks,
-                })
-                .collect();
-            Some(pass.clip_transforms(&placements, res, res, Some(alpha)))
+            Some(smoothed_transforms(pass, inputs, len, res, alpha)?)
         }
         _ => None,
     };
@@ -435,18 +539,7 @@ fn render(a: RenderArgs) -> Result<()> {
     // A body frame: from --body, else from the body denoiser (cached).
     let body_frame = |f: usize, progress: &dyn Progress| -> Result<(Vec<u8>, usize, usize)> {
         match &a.body {
-            Some(dir) => {
-                let name = poses.paths()[f].file_name().unwrap_or_default();
-                let (rgb, w, h) = pipeline::read_rgb8(&dir.join(name))?;
-                if (w, h) != (res, res) {
-                    return Err(EngineError::Input(format!(
-                        "body frame {} is {w}×{h}; the render works at {res}×{res} \
-                         (render the body with the same model and --resolution)",
-                        dir.join(name).display()
-                    )));
-                }
-                Ok((rgb, w, h))
-            }
+            Some(dir) => read_body_frame(dir, &poses, f, res),
             None => pipeline::image_to_rgb8(&denoiser.image(f, progress)?),
         }
     };
@@ -475,108 +568,80 @@ fn render(a: RenderArgs) -> Result<()> {
     };
     let face_cache = Cache::new(a.cache_mib.saturating_mul(1 << 20));
     let face_counters = Counters::default();
-    let face_denoiser = match &temporal_face {
-        Some(t) => Some(t.denoiser(&face_cache, &face_counters)?),
-        None => None,
-    };
+    let face_denoiser = (temporal_face.as_ref())
+        .map(|t| t.denoiser(&face_cache, &face_counters))
+        .transpose()?;
 
     let bar = Bar {
         total: (denoiser.plan().windows().len() * steps) as u64,
         done: AtomicU64::new(0),
         tty: std::io::stderr().is_terminal(),
     };
-    let next = AtomicUsize::new(0);
-    let first_error = parking_lot::Mutex::new(None::<EngineError>);
-    std::thread::scope(|s| {
-        for _ in 0..a.threads.max(1) {
-            s.spawn(|| loop {
-                if first_error.lock().is_some() {
-                    break;
+    let result = run_frames(&request_order(&frames, a.order), a.threads, |f| {
+        body_frame(f, &bar).and_then(|(rgb, w, h)| {
+            let rgb = match (&face_pass, &face_inputs) {
+                (Some(pass), Some(inputs)) => {
+                    let temporal = temporal_face.as_ref().zip(face_denoiser.as_ref());
+                    let smoothed = smoothed.as_ref().and_then(|s| s.get(f));
+                    let out = enhance_frame(
+                        pass,
+                        inputs,
+                        temporal,
+                        smoothed,
+                        (f, &rgb, w, h),
+                        &poses.rgb8(f)?,
+                    )?;
+                    let i = usize::from(!matches!(out.status, face::FaceStatus::Enhanced(_)));
+                    face_counts[i].fetch_add(1, Ordering::Relaxed);
+                    out.rgb
                 }
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(&f) = order.get(i) else { break };
-                let r = body_frame(f, &bar).and_then(|(rgb, w, h)| {
-                    let rgb = match (&face_pass, &face_inputs) {
-                        (Some(pass), Some(inputs)) => {
-                            let mesh = poses.rgb8(f)?;
-                            let fr = inputs.frame(f)?;
-                            let placement = face::Placement {
-                                matte: fr.matte.as_deref(),
-                                landmarks: fr.landmarks,
-                            };
-                            let body = face::RgbFrame {
-                                data: &rgb,
-                                width: w,
-                                height: h,
-                            };
-                            let mesh = face::RgbFrame {
-                                data: &mesh,
-                                width: w,
-                                height: h,
-                            };
-                            let out = match (&temporal_face, &face_denoiser) {
-                                (Some(t), Some(d)) => Some(t.frame(d, f)?),
-                                _ => None,
-                            };
-                            let out = match (out, smoothed.as_ref().and_then(|s| s.get(f))) {
-                                (Some(out), _) => out,
-                                (None, Some(Ok(resolved))) => {
-                                    pass.enhance_with(body, mesh, &placement, resolved)?
-                                }
-                                (None, _) => pass.enhance(body, mesh, &placement)?,
-                            };
-                            let i =
-                                usize::from(!matches!(out.status, face::FaceStatus::Enhanced(_)));
-                            face_counts[i].fetch_add(1, Ordering::Relaxed);
-                            out.rgb
-                        }
-                        _ => rgb,
-                    };
-                    let name = poses.paths()[f]
-                        .file_name()
-                        .map(PathBuf::from)
-                        .unwrap_or_default();
-                    write_rgb8(&a.out.join(name), rgb, w, h)
-                });
-                if let Err(e) = r {
-                    first_error.lock().get_or_insert(e);
-                }
-            });
-        }
+                _ => rgb,
+            };
+            let name = poses.paths()[f].file_name().unwrap_or_default();
+            write_rgb8(&a.out.join(name), rgb, w, h)
+        })
     });
     if bar.tty {
         eprintln!();
     }
-    if let Some(e) = first_error.into_inner() {
-        return Err(e);
-    }
+    result?;
     if let Some(path) = &a.dump_latents {
-        let mut tensors = std::collections::HashMap::new();
-        for s in 1..=steps {
-            let xs = (0..len)
-                .map(|f| denoiser.latent(s, f, &bar))
-                .collect::<Result<Vec<_>>>()?;
-            let t = candle_core::Tensor::stack(&xs, 0)?.to_dtype(candle_core::DType::F32)?;
-            tensors.insert(format!("latents_step{}", s - 1), t);
-        }
-        candle_core::safetensors::save(&tensors, path)?;
+        dump_latents(path, &denoiser, steps, len, &bar)?;
     }
     if let Some(pass) = &face_pass {
-        for w in pass.warnings() {
-            eprintln!("anchor: warning: {w}");
-        }
-        println!(
-            "face pass: {} frames enhanced, {} passed through",
-            face_counts[0].load(Ordering::Relaxed),
-            face_counts[1].load(Ordering::Relaxed)
-        );
+        print_face_summary(pass, &face_counts);
     }
+    let work = (denoiser.plan().windows().len(), steps);
+    print_summary(frames.len(), len, work, &counters, &cache, start);
+    Ok(())
+}
+
+/// The face pass's warnings and counts: `[enhanced, passed through]`.
+fn print_face_summary(pass: &face::FacePass<'_>, counts: &[AtomicUsize; 2]) {
+    for w in pass.warnings() {
+        eprintln!("anchor: warning: {w}");
+    }
+    println!(
+        "face pass: {} frames enhanced, {} passed through",
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed)
+    );
+}
+
+/// The closing line of a render: work done, cache use, peak memory and time.
+fn print_summary(
+    written: usize,
+    len: usize,
+    (windows, steps): (usize, usize),
+    counters: &Counters,
+    cache: &Cache,
+    start: Instant,
+) {
     let stats = cache.stats();
     println!(
-        "rendered {} frames of {len} ({} windows x {steps} steps): {} network calls, {} decodes, \
-         cache {} hits / {} misses, cache peak {:.1} MiB, peak RSS {} MiB, {:.1} s",
-        frames.len(),
-        denoiser.plan().windows().len(),
+        "rendered {written} frames of {len} ({windows} windows x {steps} steps): {} network \
+         calls, {} decodes, cache {} hits / {} misses, cache peak {:.1} MiB, peak RSS {} MiB, \
+         {:.1} s",
         counters.network_calls.load(Ordering::Relaxed),
         counters.decodes.load(Ordering::Relaxed),
         stats.hits,
@@ -587,7 +652,47 @@ fn render(a: RenderArgs) -> Result<()> {
             .unwrap_or_else(|| "?".into()),
         start.elapsed().as_secs_f64()
     );
-    Ok(())
+}
+
+/// Body frame `f` from an earlier render in `dir` (named like the pose frame), which must be at
+/// the working size.
+fn read_body_frame(
+    dir: &Path,
+    poses: &PoseSequence,
+    f: usize,
+    res: usize,
+) -> Result<(Vec<u8>, usize, usize)> {
+    let name = poses.paths()[f].file_name().unwrap_or_default();
+    let (rgb, w, h) = pipeline::read_rgb8(&dir.join(name))?;
+    if (w, h) != (res, res) {
+        return Err(EngineError::Input(format!(
+            "body frame {} is {w}×{h}; the render works at {res}×{res} \
+             (render the body with the same model and --resolution)",
+            dir.join(name).display()
+        )));
+    }
+    Ok((rgb, w, h))
+}
+
+/// The face crop transforms of the whole clip, smoothed over time with `alpha`.
+fn smoothed_transforms(
+    pass: &face::FacePass<'_>,
+    inputs: &face::inputs::FaceInputs,
+    len: usize,
+    res: usize,
+    alpha: f64,
+) -> Result<Vec<std::result::Result<face::enhance::ResolvedPlacement, face::SkipReason>>> {
+    let frames = (0..len)
+        .map(|f| inputs.frame(f))
+        .collect::<Result<Vec<_>>>()?;
+    let placements: Vec<face::Placement> = frames
+        .iter()
+        .map(|fr| face::Placement {
+            matte: fr.matte.as_deref(),
+            landmarks: fr.landmarks,
+        })
+        .collect();
+    Ok(pass.clip_transforms(&placements, res, res, Some(alpha)))
 }
 
 fn main() -> std::process::ExitCode {

@@ -245,3 +245,86 @@ fn tempdir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// `--control-residuals`: the default is the original in-place addition; `standard` changes the
+/// pixels; a model folder's `anchor.json` can choose standard; a wrong value is named.
+#[test]
+fn control_residuals_switch_and_model_default() {
+    let tmp = tempdir("residuals");
+    let poses = poses(&tmp, 4, 64);
+    let default = tmp.join("default");
+    let original = tmp.join("original");
+    let standard = tmp.join("standard");
+    render(&poses, &default, &[]);
+    render(&poses, &original, &["--control-residuals", "original"]);
+    render(&poses, &standard, &["--control-residuals", "standard"]);
+    assert_eq!(
+        frames(&default),
+        frames(&original),
+        "the default is original"
+    );
+    assert_ne!(
+        frames(&default),
+        frames(&standard),
+        "standard residuals give the same pixels"
+    );
+
+    // The same tiny model with `"control_residuals": "standard"` in its anchor.json.
+    let model = tmp.join("model-standard");
+    std::fs::create_dir_all(&model).unwrap();
+    let tiny = fixtures().join("tiny");
+    let components = [
+        "unet",
+        "controlnet",
+        "vae",
+        "scheduler",
+        "text_encoder",
+        "image_encoder",
+    ]
+    .map(|c| format!("{c:?}: {:?}", tiny.join(c).to_str().unwrap()))
+    .join(", ");
+    std::fs::write(
+        model.join("anchor.json"),
+        format!(
+            "{{\"components\": {{{components}}}, \"defaults\": {{\"control_residuals\": \"standard\"}}}}"
+        ),
+    )
+    .unwrap();
+    let photo = fixtures().join("photo.png");
+    let from_json = tmp.join("from-json");
+    let r = anchor(&[
+        "render",
+        "--model",
+        model.to_str().unwrap(),
+        "--poses",
+        poses.to_str().unwrap(),
+        "--appearance",
+        photo.to_str().unwrap(),
+        "--out",
+        from_json.to_str().unwrap(),
+        "--resolution",
+        "64",
+        "--steps",
+        "3",
+        "--window",
+        "4",
+        "--overlap",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    assert!(r.ok, "anchor failed: {}", r.stderr);
+    assert_eq!(
+        frames(&from_json),
+        frames(&standard),
+        "anchor.json chose standard"
+    );
+
+    let r = anchor(&["render", "--control-residuals", "inplace"]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("expected original") && r.stderr.contains("standard"),
+        "{}",
+        r.stderr
+    );
+}

@@ -1,4 +1,4 @@
-//! Parity of the BiSeNet face parser (issue 7, "Face mask"; spec §5.2) against the PyTorch
+//! Parity of the BiSeNet face parser (issue 7, "Face mask") against the PyTorch
 //! implementation in `tests/fixtures/fixtures_bisenet.py`: a width-reduced network (same structure
 //! and keys as `79999_iter.pth`) saved with `torch.save` as `bisenet_tiny.pth` (zip) and
 //! `bisenet_tiny_legacy.pth` (the pre-1.6 format of the published file), one 48×96 input,

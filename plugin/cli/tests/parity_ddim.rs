@@ -79,7 +79,7 @@ fn sd15_timesteps_and_alphas_are_exact() {
         );
         println!("{steps} steps: timesteps identical {:?}", s.timesteps());
     }
-    // spec §4: 20 steps are 951, 901, …, 1.
+    // 20 steps are 951, 901, …, 1.
     let s20 = sched("scheduler", 20);
     assert_eq!(s20.timesteps()[0], 951);
     assert_eq!(s20.timesteps()[19], 1);

@@ -1,4 +1,4 @@
-//! Parity of the face path (issue 7; spec §5) against the reference libraries, on the fixtures
+//! Parity of the face path (issue 7) against the reference libraries, on the fixtures
 //! written by `tests/fixtures/fixtures_face.py`: skimage's SimilarityTransform, OpenCV's
 //! warpAffine / resize / erode / GaussianBlur, the numpy blend, diffusers' UNet and ControlNet,
 //! and one full inpainting chain in PyTorch. CPU, f32. Measured errors are printed

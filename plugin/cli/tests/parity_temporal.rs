@@ -1,5 +1,5 @@
-//! Parity of the temporal engine with the reference's joint denoising of a whole clip (spec §3–4,
-//! issue 4 "Done when"), on the tiny random models, CPU, f32.
+//! Parity of the temporal engine with the reference's joint denoising of a whole clip
+//! (issue 4 "Done when"), on the tiny random models, CPU, f32.
 //!
 //! The reference is `tests/fixtures/fixtures_temporal.py`: 11 frames, window 4, overlap 1
 //! (windows [0,4) [3,7) [6,10) [9,11), the short tail included), 4 DDIM steps, CFG 7.5, control

@@ -139,8 +139,8 @@ fn loss_falls_and_resume_is_exact() -> R<()> {
         bits(&a.losses),
         "resumed loss curve differs"
     );
-    let csv_a = anchor_engine::train::log::read_csv_losses(&a_out.join("loss.csv"))?;
-    let csv_b = anchor_engine::train::log::read_csv_losses(&b_out.join("loss.csv"))?;
+    let csv_a = anchor_engine::train::loss_log::read_csv_losses(&a_out.join("loss.csv"))?;
+    let csv_b = anchor_engine::train::loss_log::read_csv_losses(&b_out.join("loss.csv"))?;
     assert_eq!(csv_a, csv_b);
     assert_eq!(csv_a.len(), 16);
     for c in ["unet", "controlnet"] {

@@ -22,7 +22,7 @@
 use super::colour::{self, Encoding};
 use super::error::EffectError;
 use super::params::{self, Settings};
-use super::render::{write_frame, Frame};
+use super::render::{image_bytes, write_frame, Frame};
 use super::state;
 use super::{APPEARANCE_CLIP, OUTPUT_CLIP, SOURCE_CLIP};
 use crate::engine::device::DeviceChoice;
@@ -250,8 +250,10 @@ pub(super) fn image_rgb8(
             "the {name} image at frame {time} is empty ({w}x{h} pixels)"
         )));
     }
+    let bytes =
+        image_bytes(name, "image", time, w, h, 3).map_err(|e| EngineError::Input(e.to_string()))?;
     let mut row = vec![0f32; w * 4];
-    let mut rgb = Vec::with_capacity(w * h * 3);
+    let mut rgb = Vec::with_capacity(bytes);
     for y in (b.y1..b.y2).rev() {
         view.read_row(y, b.x1, &mut row);
         for px in row.chunks_exact(4) {
@@ -360,11 +362,15 @@ fn warn_no_temporal(effect: ImageEffect) {
 /// Turn an engine failure into the effect's error for frame `time`.
 fn effect_error(e: ServiceError, time: f64) -> EffectError {
     match e {
-        ServiceError::OutOfMemory { detail } => EffectError::OutOfMemory { time, detail },
-        e if e.is_out_of_memory() => EffectError::OutOfMemory {
-            time,
-            detail: e.to_string(),
-        },
+        ServiceError::OutOfMemory { detail }
+        | ServiceError::Model {
+            source: EngineError::OutOfMemory { detail },
+            ..
+        }
+        | ServiceError::Appearance(EngineError::OutOfMemory { detail })
+        | ServiceError::Render(EngineError::OutOfMemory { detail }) => {
+            EffectError::OutOfMemory { time, detail }
+        }
         ServiceError::Model { folder, source } => EffectError::IncompatibleModel {
             path: folder,
             detail: source.to_string(),
@@ -407,6 +413,8 @@ pub fn render(
     settings: &Settings,
     folder: &Path,
 ) -> Result<Status, EffectError> {
+    // Refuse a render window too large to hold before any work (the frame is filled at the end).
+    Frame::check_window(window, time)?;
     let host = state::with(|g| g.host.clone());
     let source_clip = effect.clip(SOURCE_CLIP)?;
     if !source_clip.is_connected()? {
@@ -473,6 +481,25 @@ pub fn render(
         encoding,
         fetches: AtomicUsize::new(0),
     };
+    // The frame goes back to the Source RoD: read it before the engine runs, so that an empty or
+    // oversized RoD is refused before any work (its RGB buffer is sized from it).
+    let rod = source.clip.region_of_definition(time)?;
+    let rod = Rect::new(
+        rod.x1.floor() as i32,
+        rod.y1.floor() as i32,
+        rod.x2.ceil() as i32,
+        rod.y2.ceil() as i32,
+    );
+    let (w, h) = (rod.width(), rod.height());
+    if w == 0 || h == 0 {
+        return Err(EffectError::EmptyImage {
+            clip: SOURCE_CLIP,
+            time,
+            width: w,
+            height: h,
+        });
+    }
+    image_bytes(SOURCE_CLIP, "region of definition", time, w, h, 3)?;
     // At most every window meeting the cone, at every step (fewer when cached or shared).
     let total = match (rs.plan(frames.len()), rs.frames_needed(frames.len(), index)) {
         (Ok(plan), Ok(cone)) => {
@@ -532,23 +559,6 @@ pub fn render(
         engine.network_calls()
     );
 
-    // Back to the Source RoD, in the host's encoding, alpha 1.
-    let rod = source.clip.region_of_definition(time)?;
-    let rod = Rect::new(
-        rod.x1.floor() as i32,
-        rod.y1.floor() as i32,
-        rod.x2.ceil() as i32,
-        rod.y2.ceil() as i32,
-    );
-    let (w, h) = (rod.width(), rod.height());
-    if w == 0 || h == 0 {
-        return Err(EffectError::EmptyImage {
-            clip: SOURCE_CLIP,
-            time,
-            width: w,
-            height: h,
-        });
-    }
     // Issue 7: the face pass on the body frame at the working resolution. The temporal face
     // reads other frames' body frames through the same (cached) engine requests.
     let abort_only = AbortOnly(effect);
@@ -558,6 +568,10 @@ pub fn render(
             .map(|r| r.rgb)
             .map_err(|e| match e {
                 ServiceError::Render(EngineError::Cancelled) => EngineError::Cancelled,
+                // Stays out of memory, so the face pass reports it as such.
+                ServiceError::OutOfMemory { detail } => EngineError::OutOfMemory {
+                    detail: format!("body frame {f}: {detail}"),
+                },
                 e => EngineError::Input(format!("body frame {f}: {e}")),
             })
     };
@@ -585,6 +599,7 @@ pub fn render(
     } else {
         resize_rgb8(&body, frame.size, frame.size, w, h, Filter::Lanczos)
     };
+    // Its size was checked before the engine ran (`Frame::check_window` above).
     let mut out = Frame::new(window);
     let stride = window.width() * 4;
     if stride > 0 {
@@ -625,9 +640,9 @@ mod tests {
     #[test]
     fn engine_errors_become_effect_errors_with_their_texts() {
         let oom = effect_error(
-            ServiceError::Render(EngineError::Candle(candle_core::Error::Msg(
+            ServiceError::from(candle_core::Error::Msg(
                 "CUDA_ERROR_OUT_OF_MEMORY: out of memory".into(),
-            ))),
+            )),
             4.0,
         );
         assert_eq!(
@@ -635,6 +650,17 @@ mod tests {
             "Out of memory while rendering frame 4 (CUDA_ERROR_OUT_OF_MEMORY: out of memory): lower resolution (the working resolution) or window (frames per window), choose f16 precision, or lower cacheMiB"
         );
         assert_eq!(oom.status(), Status::ErrMemory);
+        // Any phase's allocation failure is out of memory, not a missing appearance.
+        let appearance = effect_error(
+            ServiceError::Appearance(EngineError::OutOfMemory {
+                detail: "CUBLAS_STATUS_ALLOC_FAILED".into(),
+            }),
+            5.0,
+        );
+        assert_eq!(
+            appearance.to_string(),
+            "Out of memory while rendering frame 5 (CUBLAS_STATUS_ALLOC_FAILED): lower resolution (the working resolution) or window (frames per window), choose f16 precision, or lower cacheMiB"
+        );
         let limit = effect_error(
             ServiceError::OutOfMemory {
                 detail: "a window batch needs about 9 MiB, but only 1 MiB are available".into(),

@@ -117,6 +117,25 @@ pub enum EffectError {
         /// What was needed and available, or the allocator's message.
         detail: String,
     },
+    /// Host-given bounds (an image, the render window, a region of definition) too large to
+    /// hold, refused before allocating: a failed allocation aborts the host, and no
+    /// `catch_unwind` can turn that into a message. The caps are [`crate::render::MAX_IMAGE_SIDE`]
+    /// and [`crate::render::MAX_IMAGE_BYTES`].
+    #[error("The {clip} {what} at frame {time} is {width}x{height} pixels, which would take {} of memory: Make Your Anchor holds images of at most {} pixels per side and {} per buffer. Render a smaller region, or lower the project or clip resolution", human_bytes(*bytes), crate::render::MAX_IMAGE_SIDE, human_bytes(crate::render::MAX_IMAGE_BYTES as u128))]
+    ImageTooLarge {
+        /// Clip name.
+        clip: &'static str,
+        /// Which bounds: `image`, `render window` or `region of definition`.
+        what: &'static str,
+        /// Frame.
+        time: f64,
+        /// Width in pixels.
+        width: usize,
+        /// Height in pixels.
+        height: usize,
+        /// Bytes the buffer would take (saturating; wider than `usize` so it cannot overflow).
+        bytes: u128,
+    },
     /// A render time that is not a frame of the Source clip's range.
     #[error("Frame {time} is outside the Source clip's frame range {first}-{last}: Make Your Anchor renders only frames of the mesh-render track")]
     FrameOutsideClip {
@@ -162,6 +181,19 @@ pub enum EffectError {
     },
 }
 
+/// `bytes` for people: GiB with one decimal from 1 GiB up, else MiB rounded up, else bytes.
+fn human_bytes(bytes: u128) -> String {
+    const MIB: u128 = 1 << 20;
+    const GIB: u128 = 1 << 30;
+    if bytes >= GIB {
+        format!("{:.1} GiB", bytes as f64 / GIB as f64)
+    } else if bytes >= MIB {
+        format!("{} MiB", bytes.div_ceil(MIB))
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 /// The text of [`EffectError::FaceModelFolderMissing`].
 fn face_folder_text(path: Option<&std::path::Path>) -> String {
     match path {
@@ -190,7 +222,7 @@ impl EffectError {
         match self {
             Self::Ofx(e) | Self::HostCall { source: e, .. } => e.status(),
             Self::UnsupportedContext(_) => Status::ErrUnsupported,
-            Self::OutOfMemory { .. } => Status::ErrMemory,
+            Self::OutOfMemory { .. } | Self::ImageTooLarge { .. } => Status::ErrMemory,
             _ => Status::Failed,
         }
     }
@@ -224,6 +256,7 @@ impl EffectError {
             Self::IncompatibleFaceModel { .. } => "org.makeyouranchor.Anchor.incompatibleFaceModel",
             Self::FaceLandmarks { .. } => "org.makeyouranchor.Anchor.faceLandmarks",
             Self::OutOfMemory { .. } => "org.makeyouranchor.Anchor.outOfMemory",
+            Self::ImageTooLarge { .. } => "org.makeyouranchor.Anchor.imageTooLarge",
             Self::FrameOutsideClip { .. } => "org.makeyouranchor.Anchor.frameOutsideClip",
             Self::Engine { .. } => "org.makeyouranchor.Anchor.engine",
             Self::Ofx(_) | Self::HostCall { .. } => "org.makeyouranchor.Anchor.hostCall",

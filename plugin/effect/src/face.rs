@@ -1,4 +1,4 @@
-//! The face pass behind Render (issue 7; spec §5): after the body frame, the face is placed,
+//! The face pass behind Render (issue 7): after the body frame, the face is placed,
 //! re-rendered with the face model and blended back (`face_service.rs`, the engine's
 //! `engine::face`). This file only gathers the inputs from the host.
 //!
@@ -176,8 +176,10 @@ fn image_matte8(clip: &Clip, time: f64) -> EngineResult<Option<(Vec<u8>, usize, 
     if w == 0 || h == 0 {
         return Ok(None);
     }
+    let bytes = super::render::image_bytes(FACE_MATTE_CLIP, "image", time, w, h, 1)
+        .map_err(|e| EngineError::Input(e.to_string()))?;
     let mut row = vec![0f32; w * 4];
-    let mut out = Vec::with_capacity(w * h);
+    let mut out = Vec::with_capacity(bytes);
     for y in (b.y1..b.y2).rev() {
         view.read_row(y, b.x1, &mut row);
         for px in row.chunks_exact(4) {
@@ -532,6 +534,14 @@ fn default_photo_of(folder: &Path) -> EngineResult<std::sync::Arc<(Vec<u8>, usiz
 /// A face-pass failure as the effect's error at `time`.
 fn face_error(e: FaceError, time: f64) -> EffectError {
     match e {
+        FaceError::Model {
+            source: EngineError::OutOfMemory { detail },
+            ..
+        }
+        | FaceError::Render(EngineError::OutOfMemory { detail }) => EffectError::OutOfMemory {
+            time,
+            detail: format!("face pass: {detail}"),
+        },
         FaceError::Model { folder, source } => EffectError::IncompatibleFaceModel {
             path: folder,
             detail: source.to_string(),

@@ -1,10 +1,15 @@
 //! The effect's parameters, declared once as data ([`PARAMS`]), defined from that table in
 //! DescribeInContext, and read back at render time into a typed [`Settings`].
 //!
+//! Each table entry also says where its value lands in [`Settings`] ([`Store`]) and which
+//! `anchor.json` value, if any, it takes when a model folder is chosen ([`ModelDefault`]), so
+//! adding a parameter means a script-name constant, one entry and one [`Settings`] field.
+//!
 //! Script names are camelCase and **frozen**: saved projects, host scripts and farm job files
 //! store them. Change a label or hint freely; never rename a script name.
 use super::colour::ColourChoice;
 use super::error::EffectError;
+use crate::engine::model::{FaceDefaults, SamplingDefaults};
 use crate::engine::networks::unet::ControlResiduals;
 use anchor_ofx::{ParamSet, ParamType, StringMode};
 use std::path::{Path, PathBuf};
@@ -59,7 +64,7 @@ pub const FACE_POINTS: [&str; 5] = [
 ];
 /// `faceLandmarksFile`: per-frame landmarks, JSON (the CLI's `--face-landmarks` format).
 pub const FACE_LANDMARKS_FILE: &str = "faceLandmarksFile";
-/// `faceParser`: an optional BiSeNet face-parsing checkpoint for the crop mask (spec §5.2).
+/// `faceParser`: an optional BiSeNet face-parsing checkpoint whose face classes mask the crop.
 pub const FACE_PARSER: &str = "faceParser";
 /// `faceSmoothing`: temporal smoothing of the face crop's transform (0 = off).
 pub const FACE_SMOOTHING: &str = "faceSmoothing";
@@ -208,8 +213,33 @@ pub enum Kind {
     Point,
 }
 
-/// One parameter: script name, label, hint (a full sentence), page, and kind.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Where a parameter's value lands in [`Settings`].
+#[derive(Debug, Clone, Copy)]
+pub enum Store {
+    /// A number, read with `int_at` (int, bool and choice parameters) or `double_at` (double
+    /// parameters). A value the host cannot give takes the model folder's default when the entry
+    /// has a [`ModelDefault`], else the table default. The same function applies model defaults.
+    Number(fn(&mut Settings, ParamValue)),
+    /// A path typed as text; empty when the host cannot give it.
+    Text(fn(&mut Settings, String)),
+    /// A face placement parameter: `faceUsePoints` and the five points are read together into
+    /// [`Settings::face_points`] by [`face_points_at`].
+    FacePoints,
+}
+
+/// The `anchor.json` value a parameter takes when the user picks a model folder (and when the
+/// host cannot give the parameter).
+#[derive(Debug, Clone, Copy)]
+pub enum ModelDefault {
+    /// A value of the model folder's `defaults`.
+    Body(fn(&SamplingDefaults) -> ParamValue),
+    /// A value of the face model folder's `face_defaults`.
+    Face(fn(&FaceDefaults) -> ParamValue),
+}
+
+/// One parameter: script name, label, hint (a full sentence), page, kind, where its value lands
+/// in [`Settings`], and the model default it takes, if any.
+#[derive(Debug, Clone, Copy)]
 pub struct ParamSpec {
     /// Script name (frozen).
     pub name: &'static str,
@@ -221,6 +251,11 @@ pub struct ParamSpec {
     pub page: Page,
     /// Type, default and ranges.
     pub kind: Kind,
+    /// Where its value lands in [`Settings`].
+    pub store: Store,
+    /// The `anchor.json` value it takes from a model folder; `None` for the parameters a model
+    /// does not recommend.
+    pub model_default: Option<ModelDefault>,
 }
 
 const fn int(default: i32, min: i32, max: i32, display_min: i32, display_max: i32) -> Kind {
@@ -243,6 +278,16 @@ const fn double(default: f64, min: f64, max: f64, display_min: f64, display_max:
     }
 }
 
+/// A count from `anchor.json` as an int parameter's value (saturating).
+fn count(v: usize) -> ParamValue {
+    ParamValue::Int(i32::try_from(v).unwrap_or(i32::MAX))
+}
+
+/// A seed from `anchor.json` as an int parameter's value (saturating).
+fn seed(v: u64) -> ParamValue {
+    ParamValue::Int(i32::try_from(v).unwrap_or(i32::MAX))
+}
+
 /// Every parameter of the effect, in display order.
 pub const PARAMS: &[ParamSpec] = &[
     ParamSpec {
@@ -251,6 +296,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Folder holding a Make-Your-Anchor model (UNet, ControlNet, VAE and CLIP weights); when empty, the MAKE_YOUR_ANCHOR_MODEL environment variable is used, and without either the Source passes through unchanged; its appearance.png is the reference photo used when the Appearance input is not connected. Choosing a folder whose anchor.json recommends sampling settings sets Steps, Guidance, Control Scale, Window, Overlap, Resolution and Seed to them.",
         page: PAGE_MODEL,
         kind: Kind::Directory,
+        store: Store::Text(|s, v| s.model_folder = v),
+        model_default: None,
     },
     ParamSpec {
         name: DEVICE,
@@ -261,6 +308,8 @@ pub const PARAMS: &[ParamSpec] = &[
             options: DEVICE_OPTIONS,
             default: 0,
         },
+        store: Store::Number(|s, v| s.device = Device::from_index(v.int())),
+        model_default: None,
     },
     ParamSpec {
         name: PRECISION,
@@ -271,6 +320,8 @@ pub const PARAMS: &[ParamSpec] = &[
             options: PRECISION_OPTIONS,
             default: 0,
         },
+        store: Store::Number(|s, v| s.precision = Precision::from_index(v.int())),
+        model_default: None,
     },
     ParamSpec {
         name: CACHE_MIB,
@@ -278,6 +329,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Memory in MiB that the process-wide frame cache may use, shared by every instance of the effect.",
         page: PAGE_MODEL,
         kind: int(4096, 0, 1 << 20, 0, 32768),
+        store: Store::Number(|s, v| s.cache_mib = v.int()),
+        model_default: None,
     },
     ParamSpec {
         name: COLORSPACE,
@@ -288,6 +341,8 @@ pub const PARAMS: &[ParamSpec] = &[
             options: COLORSPACE_OPTIONS,
             default: 0,
         },
+        store: Store::Number(|s, v| s.colour = colour_from_index(v.int())),
+        model_default: None,
     },
     ParamSpec {
         name: SEED,
@@ -295,6 +350,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Seed of the initial noise: the same seed and inputs give the same frames.",
         page: PAGE_SAMPLING,
         kind: int(42, 0, i32::MAX, 0, 1000),
+        store: Store::Number(|s, v| s.seed = v.int()),
+        model_default: Some(ModelDefault::Body(|d| seed(d.seed))),
     },
     ParamSpec {
         name: STEPS,
@@ -302,6 +359,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Number of DDIM denoising steps: more steps are slower and usually cleaner.",
         page: PAGE_SAMPLING,
         kind: int(20, 1, 1000, 1, 100),
+        store: Store::Number(|s, v| s.steps = v.int()),
+        model_default: Some(ModelDefault::Body(|d| count(d.steps))),
     },
     ParamSpec {
         name: GUIDANCE,
@@ -309,6 +368,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Classifier-free guidance scale: higher values follow the appearance more strictly.",
         page: PAGE_SAMPLING,
         kind: double(7.5, 0.0, 50.0, 1.0, 15.0),
+        store: Store::Number(|s, v| s.guidance = v.double()),
+        model_default: Some(ModelDefault::Body(|d| ParamValue::Double(d.guidance_scale))),
     },
     ParamSpec {
         name: CONTROL_SCALE,
@@ -316,6 +377,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Strength of the ControlNet conditioning on the mesh render.",
         page: PAGE_SAMPLING,
         kind: double(2.0, 0.0, 10.0, 0.0, 4.0),
+        store: Store::Number(|s, v| s.control_scale = v.double()),
+        model_default: Some(ModelDefault::Body(|d| ParamValue::Double(d.control_scale))),
     },
     ParamSpec {
         name: CONTROL_RESIDUALS,
@@ -326,6 +389,8 @@ pub const PARAMS: &[ParamSpec] = &[
             options: CONTROL_RESIDUALS_OPTIONS,
             default: 0,
         },
+        store: Store::Number(|s, v| s.control_residuals = control_residuals_from_index(v.int())),
+        model_default: Some(ModelDefault::Body(|d| ParamValue::Int(control_residuals_index(d.control_residuals)))),
     },
     ParamSpec {
         name: RESOLUTION,
@@ -333,6 +398,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Working resolution in pixels of the square the frames are resized to before diffusion.",
         page: PAGE_SAMPLING,
         kind: int(512, 64, 2048, 256, 1024),
+        store: Store::Number(|s, v| s.resolution = v.int()),
+        model_default: Some(ModelDefault::Body(|d| count(d.width))),
     },
     ParamSpec {
         name: WINDOW,
@@ -340,6 +407,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Number of frames denoised together in one temporal window.",
         page: PAGE_TEMPORAL,
         kind: int(16, 1, 256, 2, 32),
+        store: Store::Number(|s, v| s.window = v.int()),
+        model_default: Some(ModelDefault::Body(|d| count(d.window))),
     },
     ParamSpec {
         name: OVERLAP,
@@ -347,6 +416,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Number of frames shared by neighbouring windows; it must be smaller than the window.",
         page: PAGE_TEMPORAL,
         kind: int(4, 0, 255, 0, 16),
+        store: Store::Number(|s, v| s.overlap = v.int()),
+        model_default: Some(ModelDefault::Body(|d| count(d.overlap))),
     },
     ParamSpec {
         name: FUSION,
@@ -357,6 +428,8 @@ pub const PARAMS: &[ParamSpec] = &[
             options: FUSION_OPTIONS,
             default: 0,
         },
+        store: Store::Number(|s, v| s.fusion = Fusion::from_index(v.int())),
+        model_default: None,
     },
     ParamSpec {
         name: TAIL,
@@ -367,6 +440,8 @@ pub const PARAMS: &[ParamSpec] = &[
             options: TAIL_OPTIONS,
             default: 0,
         },
+        store: Store::Number(|s, v| s.tail = Tail::from_index(v.int())),
+        model_default: None,
     },
     ParamSpec {
         name: FACE_ENHANCE,
@@ -374,6 +449,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Run the face inpainting pass after the body pass, using the face model folder.",
         page: PAGE_FACE,
         kind: Kind::Bool { default: false },
+        store: Store::Number(|s, v| s.face_enhance = v.flag()),
+        model_default: None,
     },
     ParamSpec {
         name: FACE_MODEL_FOLDER,
@@ -381,6 +458,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Folder holding the Make-Your-Anchor face model used when Face Enhance is on: a 9-channel inpainting unet/ (or a head/ subfolder), controlnet/, vae/, scheduler/, text_encoder/ and image_encoder/. Choosing a folder whose anchor.json has face_defaults sets the face settings below to them.",
         page: PAGE_FACE,
         kind: Kind::Directory,
+        store: Store::Text(|s, v| s.face_model_folder = v),
+        model_default: None,
     },
     ParamSpec {
         name: FACE_USE_POINTS,
@@ -388,6 +467,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Place the face with the five face points below at the frames where this is on (it can be animated); without a FaceMatte input they come before the landmarks file.",
         page: PAGE_FACE,
         kind: Kind::Bool { default: false },
+        store: Store::FacePoints,
+        model_default: None,
     },
     ParamSpec {
         name: FACE_LEFT_EYE,
@@ -395,6 +476,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Centre of the eye on the image's left (the person's right eye), in canonical image coordinates with y up; keyframe it or link it to a tracker.",
         page: PAGE_FACE,
         kind: Kind::Point,
+        store: Store::FacePoints,
+        model_default: None,
     },
     ParamSpec {
         name: FACE_RIGHT_EYE,
@@ -402,6 +485,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Centre of the eye on the image's right (the person's left eye), in canonical image coordinates with y up.",
         page: PAGE_FACE,
         kind: Kind::Point,
+        store: Store::FacePoints,
+        model_default: None,
     },
     ParamSpec {
         name: FACE_NOSE,
@@ -409,6 +494,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Tip of the nose, in canonical image coordinates with y up.",
         page: PAGE_FACE,
         kind: Kind::Point,
+        store: Store::FacePoints,
+        model_default: None,
     },
     ParamSpec {
         name: FACE_MOUTH_LEFT,
@@ -416,6 +503,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Corner of the mouth on the image's left, in canonical image coordinates with y up.",
         page: PAGE_FACE,
         kind: Kind::Point,
+        store: Store::FacePoints,
+        model_default: None,
     },
     ParamSpec {
         name: FACE_MOUTH_RIGHT,
@@ -423,6 +512,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Corner of the mouth on the image's right, in canonical image coordinates with y up.",
         page: PAGE_FACE,
         kind: Kind::Point,
+        store: Store::FacePoints,
+        model_default: None,
     },
     ParamSpec {
         name: FACE_LANDMARKS_FILE,
@@ -430,6 +521,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "JSON file mapping each frame of the Source clip (its 0-based index, as 000012 or 12) to five [x, y] points in Source pixels with y down (the format of anchor render --face-landmarks); used where neither the FaceMatte input nor the face points place the face.",
         page: PAGE_FACE,
         kind: Kind::File,
+        store: Store::Text(|s, v| s.face_landmarks_file = v),
+        model_default: None,
     },
     ParamSpec {
         name: FACE_PARSER,
@@ -437,6 +530,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Optional BiSeNet face-parsing checkpoint (face-parsing.PyTorch 79999_iter.pth, non-commercial weights, see the README): when set and no FaceMatte input is connected, the face mask inside the crop is the parser's classes 1-13 instead of the landmark template's ellipse.",
         page: PAGE_FACE,
         kind: Kind::File,
+        store: Store::Text(|s, v| s.face_parser = v),
+        model_default: None,
     },
     ParamSpec {
         name: FACE_SMOOTHING,
@@ -444,6 +539,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Temporal smoothing of the face crop's placement, from 0 (off, as the reference) towards 1 (steadier crops that follow motion more slowly); a jittery crop flickers.",
         page: PAGE_FACE,
         kind: double(0.0, 0.0, 0.95, 0.0, 0.95),
+        store: Store::Number(|s, v| s.face_smoothing = v.double()),
+        model_default: None,
     },
     ParamSpec {
         name: FACE_TEMPORAL,
@@ -451,6 +548,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Beyond the paper: denoise the face crops of the clip together in overlapping windows with the inflated head UNet, as the body is, instead of frame by frame; use it with Smoothing so that the crops are stably aligned (needs temporal clip access).",
         page: PAGE_FACE,
         kind: Kind::Bool { default: false },
+        store: Store::Number(|s, v| s.face_temporal = v.flag()),
+        model_default: None,
     },
     ParamSpec {
         name: FACE_WINDOW,
@@ -458,6 +557,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Number of face crops denoised together in one window of the temporal face.",
         page: PAGE_FACE,
         kind: int(16, 1, 256, 2, 32),
+        store: Store::Number(|s, v| s.face_window = v.int()),
+        model_default: None,
     },
     ParamSpec {
         name: FACE_OVERLAP,
@@ -465,6 +566,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Number of face crops shared by neighbouring windows of the temporal face; it must be smaller than the face window.",
         page: PAGE_FACE,
         kind: int(4, 0, 255, 0, 16),
+        store: Store::Number(|s, v| s.face_overlap = v.int()),
+        model_default: None,
     },
     ParamSpec {
         name: FACE_CROP,
@@ -472,6 +575,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Side in frame pixels of the square aligned crop around the face (the reference's 512).",
         page: PAGE_FACE,
         kind: int(512, 16, 4096, 64, 1024),
+        store: Store::Number(|s, v| s.face_crop = v.int()),
+        model_default: Some(ModelDefault::Face(|f| count(f.crop))),
     },
     ParamSpec {
         name: FACE_SIZE,
@@ -479,6 +584,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Side in pixels at which the face is inpainted, a multiple of 8 (the reference's 256).",
         page: PAGE_FACE,
         kind: int(256, 8, 2048, 64, 512),
+        store: Store::Number(|s, v| s.face_size = v.int()),
+        model_default: Some(ModelDefault::Face(|f| count(f.size))),
     },
     ParamSpec {
         name: FACE_STEPS,
@@ -486,6 +593,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Number of DDIM steps of the face pass (the reference's 20).",
         page: PAGE_FACE,
         kind: int(20, 1, 1000, 1, 100),
+        store: Store::Number(|s, v| s.face_steps = v.int()),
+        model_default: Some(ModelDefault::Face(|f| count(f.steps))),
     },
     ParamSpec {
         name: FACE_GUIDANCE,
@@ -493,6 +602,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Classifier-free guidance scale of the face pass (the reference's 3.5).",
         page: PAGE_FACE,
         kind: double(3.5, 0.0, 50.0, 1.0, 15.0),
+        store: Store::Number(|s, v| s.face_guidance = v.double()),
+        model_default: Some(ModelDefault::Face(|f| ParamValue::Double(f.guidance_scale))),
     },
     ParamSpec {
         name: FACE_CONTROL_SCALE,
@@ -500,6 +611,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Strength of the head ControlNet's conditioning on the mesh crop (the reference's 1.0).",
         page: PAGE_FACE,
         kind: double(1.0, 0.0, 10.0, 0.0, 4.0),
+        store: Store::Number(|s, v| s.face_control_scale = v.double()),
+        model_default: Some(ModelDefault::Face(|f| ParamValue::Double(f.control_scale))),
     },
     ParamSpec {
         name: FACE_SEED,
@@ -507,6 +620,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Seed of the face pass's initial noise, shared by every frame.",
         page: PAGE_FACE,
         kind: int(999, 0, i32::MAX, 0, 1000),
+        store: Store::Number(|s, v| s.face_seed = v.int()),
+        model_default: Some(ModelDefault::Face(|f| seed(f.seed))),
     },
     ParamSpec {
         name: FACE_ERODE,
@@ -514,6 +629,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Side in frame pixels of the erosion of the paste-back mask (the reference's 40).",
         page: PAGE_FACE,
         kind: int(40, 0, 1024, 0, 100),
+        store: Store::Number(|s, v| s.face_erode = v.int()),
+        model_default: Some(ModelDefault::Face(|f| count(f.erode))),
     },
     ParamSpec {
         name: FACE_BLUR,
@@ -521,6 +638,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Side in frame pixels of the Gaussian feather of the paste-back mask, an odd number (the reference's 41).",
         page: PAGE_FACE,
         kind: int(41, 1, 1023, 1, 101),
+        store: Store::Number(|s, v| s.face_blur = v.int()),
+        model_default: Some(ModelDefault::Face(|f| count(f.blur))),
     },
     ParamSpec {
         name: FACE_MESH_JPEG,
@@ -528,6 +647,8 @@ pub const PARAMS: &[ParamSpec] = &[
         hint: "Put the mesh crop through a JPEG round trip (quality 95) before it conditions the face model, as the reference does when it saves the aligned crop as a JPEG file; its face models were trained on such crops.",
         page: PAGE_FACE,
         kind: Kind::Bool { default: true },
+        store: Store::Number(|s, v| s.face_mesh_jpeg = v.flag()),
+        model_default: Some(ModelDefault::Face(|f| ParamValue::Int(i32::from(f.mesh_jpeg)))),
     },
 ];
 
@@ -623,9 +744,10 @@ impl ParamSpec {
 }
 
 /// `fusion` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fusion {
     /// Plain mean of overlapping predictions (the paper).
+    #[default]
     Flat,
     /// Pyramid weights, highest at the window centre.
     Pyramid,
@@ -634,18 +756,20 @@ pub enum Fusion {
 }
 
 /// `tail` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Tail {
-    /// As the reference implementation (spec §7 item 11).
+    /// As the reference implementation: short and redundant tail windows are kept.
+    #[default]
     Paper,
     /// Complete windows up to the last frame.
     Full,
 }
 
 /// `device` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
     /// First CUDA GPU if any, else CPU.
+    #[default]
     Auto,
     /// The CPU.
     Cpu,
@@ -654,9 +778,10 @@ pub enum Device {
 }
 
 /// `precision` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// 32-bit float.
+    #[default]
     F32,
     /// 16-bit float.
     F16,
@@ -702,6 +827,14 @@ fn colour_from_index(i: i32) -> ColourChoice {
     }
 }
 
+/// `colorspace`'s first option, `auto` (the table default), so that [`Settings`] has a
+/// `Default` to read into.
+impl Default for ColourChoice {
+    fn default() -> Self {
+        Self::Auto
+    }
+}
+
 impl Fusion {
     fn from_index(i: i32) -> Self {
         match option(FUSION, i, FUSION_OPTIONS) {
@@ -742,8 +875,9 @@ impl Precision {
 }
 
 /// Every parameter's value at one time, read at render time (OFX does not promise an
-/// InstanceChanged after a project load, and the UI may change values while we render).
-#[derive(Debug, Clone, PartialEq)]
+/// InstanceChanged after a project load, and the UI may change values while we render). Its
+/// `Default` is the empty value [`Settings::read`] starts from, not the table defaults.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Settings {
     /// `modelFolder` as typed (may be empty).
     pub model_folder: String,
@@ -820,68 +954,43 @@ impl Settings {
     /// (`anchor.json` → `defaults`, when a model folder is known) or else its default from
     /// [`PARAMS`], with a warning logged once per parameter, so such hosts still render.
     pub fn read(params: ParamSet, time: f64) -> anchor_ofx::Result<Self> {
-        let missed = std::cell::RefCell::new(Vec::<&'static str>::new());
-        let miss = |name: &'static str| missed.borrow_mut().push(name);
-        let int = |name: &'static str| {
-            params
-                .param(name)
-                .and_then(|p| p.int_at(time))
-                .unwrap_or_else(|e| {
-                    miss(name);
-                    fallback(name, &e, default_int(name))
-                })
-        };
-        let double = |name: &'static str| {
-            params
-                .param(name)
-                .and_then(|p| p.double_at(time))
-                .unwrap_or_else(|e| {
-                    miss(name);
-                    fallback(name, &e, default_double(name))
-                })
-        };
-        let string = |name: &'static str| {
-            params
-                .param(name)
-                .and_then(|p| p.string_at(time))
-                .unwrap_or_else(|e| fallback(name, &e, String::new()))
-        };
-        let mut settings = Self {
-            model_folder: string(MODEL_FOLDER),
-            seed: int(SEED),
-            steps: int(STEPS),
-            guidance: double(GUIDANCE),
-            control_scale: double(CONTROL_SCALE),
-            control_residuals: control_residuals_from_index(int(CONTROL_RESIDUALS)),
-            window: int(WINDOW),
-            overlap: int(OVERLAP),
-            fusion: Fusion::from_index(int(FUSION)),
-            tail: Tail::from_index(int(TAIL)),
-            resolution: int(RESOLUTION),
-            face_enhance: int(FACE_ENHANCE) != 0,
-            face_model_folder: string(FACE_MODEL_FOLDER),
-            face_points: face_points_at(params, time),
-            face_landmarks_file: string(FACE_LANDMARKS_FILE),
-            face_parser: string(FACE_PARSER),
-            face_smoothing: double(FACE_SMOOTHING),
-            face_temporal: int(FACE_TEMPORAL) != 0,
-            face_window: int(FACE_WINDOW),
-            face_overlap: int(FACE_OVERLAP),
-            face_crop: int(FACE_CROP),
-            face_size: int(FACE_SIZE),
-            face_steps: int(FACE_STEPS),
-            face_guidance: double(FACE_GUIDANCE),
-            face_control_scale: double(FACE_CONTROL_SCALE),
-            face_seed: int(FACE_SEED),
-            face_erode: int(FACE_ERODE),
-            face_blur: int(FACE_BLUR),
-            face_mesh_jpeg: int(FACE_MESH_JPEG) != 0,
-            device: Device::from_index(int(DEVICE)),
-            precision: Precision::from_index(int(PRECISION)),
-            cache_mib: int(CACHE_MIB),
-            colour: colour_from_index(int(COLORSPACE)),
-        };
-        let missed = missed.into_inner();
+        let mut settings = Self::default();
+        let mut missed = Vec::<&'static str>::new();
+        for spec in PARAMS {
+            let name = spec.name;
+            match spec.store {
+                Store::Number(store) => {
+                    let value = match spec.kind {
+                        Kind::Double { .. } => params
+                            .param(name)
+                            .and_then(|p| p.double_at(time))
+                            .map(ParamValue::Double)
+                            .unwrap_or_else(|e| {
+                                missed.push(name);
+                                ParamValue::Double(fallback(name, &e, default_double(name)))
+                            }),
+                        _ => params
+                            .param(name)
+                            .and_then(|p| p.int_at(time))
+                            .map(ParamValue::Int)
+                            .unwrap_or_else(|e| {
+                                missed.push(name);
+                                ParamValue::Int(fallback(name, &e, default_int(name)))
+                            }),
+                    };
+                    store(&mut settings, value);
+                }
+                Store::Text(store) => {
+                    let text = params
+                        .param(name)
+                        .and_then(|p| p.string_at(time))
+                        .unwrap_or_else(|e| fallback(name, &e, String::new()));
+                    store(&mut settings, text);
+                }
+                Store::FacePoints => {}
+            }
+        }
+        settings.face_points = face_points_at(params, time);
         if !missed.is_empty() {
             settings.apply_model_defaults(&missed);
         }
@@ -900,37 +1009,12 @@ impl Settings {
         let face_folder = PathBuf::from(self.face_model_folder.trim());
         let face = model_default_values(&face_folder, DefaultsPart::Face);
         for (name, value) in body.into_iter().chain(face) {
-            if missed.contains(&name) {
-                self.set(name, value);
+            if !missed.contains(&name) {
+                continue;
             }
-        }
-    }
-
-    /// Sets the sampling value of parameter `name` (those [`model_default_values`] names).
-    fn set(&mut self, name: &str, value: ParamValue) {
-        let (i, d) = match value {
-            ParamValue::Int(i) => (i, f64::from(i)),
-            ParamValue::Double(d) => (d as i32, d),
-        };
-        match name {
-            STEPS => self.steps = i,
-            GUIDANCE => self.guidance = d,
-            CONTROL_SCALE => self.control_scale = d,
-            CONTROL_RESIDUALS => self.control_residuals = control_residuals_from_index(i),
-            WINDOW => self.window = i,
-            OVERLAP => self.overlap = i,
-            RESOLUTION => self.resolution = i,
-            SEED => self.seed = i,
-            FACE_CROP => self.face_crop = i,
-            FACE_SIZE => self.face_size = i,
-            FACE_STEPS => self.face_steps = i,
-            FACE_GUIDANCE => self.face_guidance = d,
-            FACE_CONTROL_SCALE => self.face_control_scale = d,
-            FACE_SEED => self.face_seed = i,
-            FACE_ERODE => self.face_erode = i,
-            FACE_BLUR => self.face_blur = i,
-            FACE_MESH_JPEG => self.face_mesh_jpeg = i != 0,
-            _ => {}
+            if let Some(Store::Number(store)) = spec(name).map(|p| p.store) {
+                store(self, value);
+            }
         }
     }
 }
@@ -944,6 +1028,29 @@ pub enum ParamValue {
     Double(f64),
 }
 
+impl ParamValue {
+    /// As an int, bool or choice parameter's value (a double is truncated).
+    fn int(self) -> i32 {
+        match self {
+            Self::Int(i) => i,
+            Self::Double(d) => d as i32,
+        }
+    }
+
+    /// As a double parameter's value.
+    fn double(self) -> f64 {
+        match self {
+            Self::Int(i) => f64::from(i),
+            Self::Double(d) => d,
+        }
+    }
+
+    /// As a bool parameter's value (OFX bools are ints: non-zero is on).
+    fn flag(self) -> bool {
+        self.int() != 0
+    }
+}
+
 /// Which defaults of a model folder's `anchor.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefaultsPart {
@@ -955,9 +1062,10 @@ pub enum DefaultsPart {
     Face,
 }
 
-/// The parameter values a model folder's `anchor.json` recommends, by script name: empty when
-/// the folder cannot be resolved or has no `anchor.json` (a plain diffusers folder keeps the
-/// parameters as they are). Keys the file leaves out give the reference's values.
+/// The parameter values a model folder's `anchor.json` recommends, by script name, in table
+/// order (the [`ModelDefault`]s of [`PARAMS`] for `part`): empty when the folder cannot be
+/// resolved or has no `anchor.json` (a plain diffusers folder keeps the parameters as they
+/// are). Keys the file leaves out give the reference's values.
 pub fn model_default_values(folder: &Path, part: DefaultsPart) -> Vec<(&'static str, ParamValue)> {
     if folder.as_os_str().is_empty() {
         return Vec::new();
@@ -966,40 +1074,17 @@ pub fn model_default_values(folder: &Path, part: DefaultsPart) -> Vec<(&'static 
         Ok(l) if l.anchor_json.is_some() => l,
         _ => return Vec::new(),
     };
-    let int = |v: usize| ParamValue::Int(i32::try_from(v).unwrap_or(i32::MAX));
-    let seed = |v: u64| ParamValue::Int(i32::try_from(v).unwrap_or(i32::MAX));
-    match part {
-        DefaultsPart::Body => {
-            let d = layout.defaults;
-            vec![
-                (STEPS, int(d.steps)),
-                (GUIDANCE, ParamValue::Double(d.guidance_scale)),
-                (CONTROL_SCALE, ParamValue::Double(d.control_scale)),
-                (
-                    CONTROL_RESIDUALS,
-                    ParamValue::Int(control_residuals_index(d.control_residuals)),
-                ),
-                (WINDOW, int(d.window)),
-                (OVERLAP, int(d.overlap)),
-                (RESOLUTION, int(d.width)),
-                (SEED, seed(d.seed)),
-            ]
-        }
-        DefaultsPart::Face => {
-            let f = layout.face_defaults;
-            vec![
-                (FACE_CROP, int(f.crop)),
-                (FACE_SIZE, int(f.size)),
-                (FACE_STEPS, int(f.steps)),
-                (FACE_GUIDANCE, ParamValue::Double(f.guidance_scale)),
-                (FACE_CONTROL_SCALE, ParamValue::Double(f.control_scale)),
-                (FACE_SEED, seed(f.seed)),
-                (FACE_ERODE, int(f.erode)),
-                (FACE_BLUR, int(f.blur)),
-                (FACE_MESH_JPEG, ParamValue::Int(i32::from(f.mesh_jpeg))),
-            ]
-        }
-    }
+    PARAMS
+        .iter()
+        .filter_map(|p| {
+            let value = match (p.model_default?, part) {
+                (ModelDefault::Body(f), DefaultsPart::Body) => f(&layout.defaults),
+                (ModelDefault::Face(f), DefaultsPart::Face) => f(&layout.face_defaults),
+                _ => return None,
+            };
+            Some((p.name, value))
+        })
+        .collect()
 }
 
 /// The five face points at `time` (canonical coordinates, [`FACE_POINTS`] order) when
@@ -1025,9 +1110,14 @@ pub fn face_points_at(params: ParamSet, time: f64) -> Option<[[f64; 2]; 5]> {
     Some(points)
 }
 
+/// The table entry of parameter `name`.
+fn spec(name: &str) -> Option<&'static ParamSpec> {
+    PARAMS.iter().find(|p| p.name == name)
+}
+
 /// The table default of an int, bool or choice parameter.
 fn default_int(name: &str) -> i32 {
-    match PARAMS.iter().find(|p| p.name == name).map(|p| p.kind) {
+    match spec(name).map(|p| p.kind) {
         Some(Kind::Int { default, .. }) => default,
         Some(Kind::Choice { default, .. }) => default,
         Some(Kind::Bool { default }) => default as i32,
@@ -1037,7 +1127,7 @@ fn default_int(name: &str) -> i32 {
 
 /// The table default of a double parameter.
 fn default_double(name: &str) -> f64 {
-    match PARAMS.iter().find(|p| p.name == name).map(|p| p.kind) {
+    match spec(name).map(|p| p.kind) {
         Some(Kind::Double { default, .. }) => default,
         _ => 0.0,
     }
@@ -1250,6 +1340,162 @@ mod tests {
         assert_eq!(default_int(FACE_ENHANCE), 0);
         assert_eq!(default_double(GUIDANCE), 7.5);
         assert_eq!(default_double(CONTROL_SCALE), 2.0);
+    }
+
+    #[test]
+    fn every_entry_stores_a_value_of_its_kind() {
+        for p in PARAMS {
+            let ok = match p.store {
+                Store::Number(_) => matches!(
+                    p.kind,
+                    Kind::Int { .. }
+                        | Kind::Double { .. }
+                        | Kind::Bool { .. }
+                        | Kind::Choice { .. }
+                ),
+                Store::Text(_) => matches!(p.kind, Kind::Directory | Kind::File),
+                Store::FacePoints => p.kind == Kind::Point || p.name == FACE_USE_POINTS,
+            };
+            assert!(ok, "{}: {:?} does not hold a {:?}", p.name, p.store, p.kind);
+            if p.model_default.is_some() {
+                assert!(matches!(p.store, Store::Number(_)), "{}", p.name);
+            }
+        }
+    }
+
+    /// Every `Settings` value of the table defaults, as the stores write them.
+    fn table_settings() -> Settings {
+        let mut s = Settings::default();
+        for p in PARAMS {
+            match p.store {
+                Store::Number(store) => match p.kind {
+                    Kind::Double { default, .. } => store(&mut s, ParamValue::Double(default)),
+                    _ => store(&mut s, ParamValue::Int(default_int(p.name))),
+                },
+                Store::Text(store) => store(&mut s, format!("{} text", p.name)),
+                Store::FacePoints => {}
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn stores_fill_every_field() {
+        let s = table_settings();
+        let expected = Settings {
+            model_folder: "modelFolder text".into(),
+            seed: 42,
+            steps: 20,
+            guidance: 7.5,
+            control_scale: 2.0,
+            control_residuals: ControlResiduals::Original,
+            window: 16,
+            overlap: 4,
+            fusion: Fusion::Flat,
+            tail: Tail::Paper,
+            resolution: 512,
+            face_enhance: false,
+            face_model_folder: "faceModelFolder text".into(),
+            face_points: None,
+            face_landmarks_file: "faceLandmarksFile text".into(),
+            face_parser: "faceParser text".into(),
+            face_smoothing: 0.0,
+            face_temporal: false,
+            face_window: 16,
+            face_overlap: 4,
+            face_crop: 512,
+            face_size: 256,
+            face_steps: 20,
+            face_guidance: 3.5,
+            face_control_scale: 1.0,
+            face_seed: 999,
+            face_erode: 40,
+            face_blur: 41,
+            face_mesh_jpeg: true,
+            device: Device::Auto,
+            precision: Precision::F32,
+            cache_mib: 4096,
+            colour: ColourChoice::Auto,
+        };
+        assert_eq!(s, expected);
+        // Each store writes its own field: a non-default value changes that field only.
+        let mut one = table_settings();
+        for (name, value) in [
+            (CONTROL_RESIDUALS, ParamValue::Int(1)),
+            (FACE_MESH_JPEG, ParamValue::Int(0)),
+            (COLORSPACE, ParamValue::Int(2)),
+            (DEVICE, ParamValue::Int(3)),
+            (STEPS, ParamValue::Double(7.9)),
+        ] {
+            if let Some(Store::Number(store)) = spec(name).map(|p| p.store) {
+                store(&mut one, value);
+            }
+        }
+        let mut want = expected;
+        want.control_residuals = ControlResiduals::Standard;
+        want.face_mesh_jpeg = false;
+        want.colour = ColourChoice::Srgb;
+        want.device = Device::Cuda(1);
+        want.steps = 7;
+        assert_eq!(one, want);
+    }
+
+    fn tiny_anchor() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../resources/models/tiny-anchor")
+    }
+
+    #[test]
+    fn model_defaults_come_from_anchor_json() {
+        let folder = tiny_anchor();
+        if !folder.join("anchor.json").is_file() {
+            println!("skipped: no {}", folder.display());
+            return;
+        }
+        let sorted = |mut v: Vec<(&'static str, ParamValue)>| {
+            v.sort_by_key(|(n, _)| *n);
+            v
+        };
+        assert_eq!(
+            sorted(model_default_values(&folder, DefaultsPart::Body)),
+            sorted(vec![
+                (STEPS, ParamValue::Int(20)),
+                (GUIDANCE, ParamValue::Double(3.5)),
+                (CONTROL_SCALE, ParamValue::Double(1.5)),
+                (CONTROL_RESIDUALS, ParamValue::Int(0)),
+                (WINDOW, ParamValue::Int(16)),
+                (OVERLAP, ParamValue::Int(4)),
+                (RESOLUTION, ParamValue::Int(64)),
+                (SEED, ParamValue::Int(42)),
+            ])
+        );
+        assert_eq!(
+            sorted(model_default_values(&folder, DefaultsPart::Face)),
+            sorted(vec![
+                (FACE_CROP, ParamValue::Int(512)),
+                (FACE_SIZE, ParamValue::Int(32)),
+                (FACE_STEPS, ParamValue::Int(20)),
+                (FACE_GUIDANCE, ParamValue::Double(3.5)),
+                (FACE_CONTROL_SCALE, ParamValue::Double(1.0)),
+                (FACE_SEED, ParamValue::Int(999)),
+                (FACE_ERODE, ParamValue::Int(6)),
+                (FACE_BLUR, ParamValue::Int(11)),
+                (FACE_MESH_JPEG, ParamValue::Int(1)),
+            ])
+        );
+        assert!(model_default_values(Path::new(""), DefaultsPart::Body).is_empty());
+
+        // Values the host could not give take the model's defaults; the others stay.
+        let mut s = table_settings();
+        s.model_folder = folder.display().to_string();
+        s.face_model_folder = folder.display().to_string();
+        s.apply_model_defaults(&[GUIDANCE, RESOLUTION, FACE_BLUR, FUSION]);
+        let mut want = table_settings();
+        want.model_folder = s.model_folder.clone();
+        want.face_model_folder = s.face_model_folder.clone();
+        want.guidance = 3.5;
+        want.resolution = 64;
+        want.face_blur = 11;
+        assert_eq!(s, want);
     }
 
     #[test]

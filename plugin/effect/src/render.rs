@@ -4,11 +4,57 @@
 //!
 //! Pixel I/O honours the bounds the host returns (not what we asked for), negative rowBytes and
 //! any supported depth/layout, through `anchor_ofx::pixels`. `abort()` is checked on every row.
+//!
+//! Every buffer sized from host-given bounds (render window, region of definition, image bounds)
+//! is sized through [`image_bytes`] first, which refuses bounds above [`MAX_IMAGE_SIDE`] pixels
+//! per side or [`MAX_IMAGE_BYTES`] per buffer: a failed allocation aborts the host process, and
+//! no `catch_unwind` can turn that into a message.
 use super::error::EffectError;
 use super::params::{resolve_model_folder, Settings, ENV_MODEL_FOLDER};
 use super::{OUTPUT_CLIP, SOURCE_CLIP};
 use anchor_ofx::{Image, ImageEffect, PixelView, PixelViewMut, Rect, Status};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Widest or tallest image, in pixels, that the effect allocates a buffer for. Four times the
+/// width of 8K UHD: anything larger is a host's placeholder "infinite" region or a mistake.
+pub const MAX_IMAGE_SIDE: usize = 32_768;
+
+/// Largest buffer, in bytes, that the effect allocates for one image: 2 GiB, i.e. an RGBA
+/// `f32` frame of 16384 × 8192 pixels (8K UHD takes 0.5 GiB). The engine works at its own
+/// resolution (512 px by default), so larger frames only cost memory the diffusion does not use.
+pub const MAX_IMAGE_BYTES: usize = 1 << 31;
+
+/// Bytes of a `width × height` buffer of `bytes_per_pixel` for the `what` (`image`, `render
+/// window`, `region of definition`) of `clip` at frame `time`, or
+/// [`EffectError::ImageTooLarge`] when a side exceeds [`MAX_IMAGE_SIDE`] or the buffer
+/// [`MAX_IMAGE_BYTES`]. Call it before allocating from host-given bounds.
+pub fn image_bytes(
+    clip: &'static str,
+    what: &'static str,
+    time: f64,
+    width: usize,
+    height: usize,
+    bytes_per_pixel: usize,
+) -> Result<usize, EffectError> {
+    let bytes = width
+        .checked_mul(height)
+        .and_then(|px| px.checked_mul(bytes_per_pixel));
+    match bytes {
+        Some(b) if width <= MAX_IMAGE_SIDE && height <= MAX_IMAGE_SIDE && b <= MAX_IMAGE_BYTES => {
+            Ok(b)
+        }
+        _ => Err(EffectError::ImageTooLarge {
+            clip,
+            what,
+            time,
+            width,
+            height,
+            bytes: (width as u128)
+                .saturating_mul(height as u128)
+                .saturating_mul(bytes_per_pixel as u128),
+        }),
+    }
+}
 
 /// A plain RGBA `f32` frame: 4 floats per pixel, rows from `bounds.y1` (bottom) upwards, in the
 /// host's pixel coordinates. No OFX types: this is what the engine will consume and produce.
@@ -27,6 +73,28 @@ impl Frame {
             bounds,
             rgba: vec![0.0; bounds.width() * bounds.height() * 4],
         }
+    }
+
+    /// A transparent-black frame for the Output clip's render window `window` at `time`, or
+    /// [`EffectError::ImageTooLarge`] when the window is too large to hold ([`image_bytes`]).
+    pub fn for_window(window: Rect, time: f64) -> Result<Self, EffectError> {
+        Self::check_window(window, time)?;
+        Ok(Self::new(window))
+    }
+
+    /// Whether a frame for the render window `window` at `time` may be allocated
+    /// ([`image_bytes`] of the Output clip's render window, RGBA `f32`).
+    pub fn check_window(window: Rect, time: f64) -> Result<(), EffectError> {
+        let rgba_f32 = 4 * std::mem::size_of::<f32>();
+        image_bytes(
+            OUTPUT_CLIP,
+            "render window",
+            time,
+            window.width(),
+            window.height(),
+            rgba_f32,
+        )
+        .map(drop)
     }
 
     /// Floats per row.
@@ -165,14 +233,14 @@ impl Abort for ImageEffect {
 }
 
 /// Read `window` of `view` into a frame (transparent black outside the image's bounds), checking
-/// `abort` before every row.
+/// `abort` before every row. A window too large to hold is refused ([`Frame::for_window`]).
 pub fn read_frame(
     abort: impl Abort,
     view: &PixelView<'_>,
     window: Rect,
     time: f64,
 ) -> Result<Frame, EffectError> {
-    let mut frame = Frame::new(window);
+    let mut frame = Frame::for_window(window, time)?;
     let stride = frame.stride();
     if stride == 0 {
         return Ok(frame);
@@ -277,6 +345,53 @@ mod tests {
             floats, frame.rgba,
             "Float RGBA output holds the frame exactly"
         );
+    }
+
+    #[test]
+    fn host_sized_buffers_above_the_caps_are_refused_before_allocating() {
+        assert_eq!(
+            image_bytes("Source", "image", 0.0, 1920, 1080, 16).ok(),
+            Some(1920 * 1080 * 16)
+        );
+        // Exactly at the caps: 32768 pixels per side, 2 GiB per buffer.
+        assert_eq!(
+            image_bytes("Source", "image", 0.0, MAX_IMAGE_SIDE, 16384, 4).ok(),
+            Some(MAX_IMAGE_BYTES)
+        );
+        let err = |w, h, bpp| image_bytes("Source", "image", 3.0, w, h, bpp).err();
+        assert!(err(MAX_IMAGE_SIDE + 1, 1, 1).is_some(), "one side too wide");
+        assert!(err(16384, 16385, 8).is_some(), "one row past 2 GiB");
+        assert!(
+            err(usize::MAX, usize::MAX, 16).is_some(),
+            "overflow is refused, not wrapped"
+        );
+        // The absurd RoD of issue 14: 100000 x 100000 RGBA float.
+        let e = Frame::for_window(Rect::new(0, 0, 100_000, 100_000), 12.0).unwrap_err();
+        assert_eq!(e.status(), Status::ErrMemory);
+        assert_eq!(e.message_id(), "org.makeyouranchor.Anchor.imageTooLarge");
+        assert_eq!(
+            e.to_string(),
+            "The Output render window at frame 12 is 100000x100000 pixels, which would take 149.0 GiB of memory: Make Your Anchor holds images of at most 32768 pixels per side and 2.0 GiB per buffer. Render a smaller region, or lower the project or clip resolution"
+        );
+        let small = err(40_000, 2, 3).unwrap();
+        assert_eq!(
+            small.to_string(),
+            "The Source image at frame 3 is 40000x2 pixels, which would take 240000 bytes of memory: Make Your Anchor holds images of at most 32768 pixels per side and 2.0 GiB per buffer. Render a smaller region, or lower the project or clip resolution"
+        );
+        // read_frame refuses before allocating the frame.
+        let mem = vec![0u8; 4];
+        let rgba8 = PixelLayout::new(BitDepth::Byte, Components::Rgba);
+        let view = PixelView::new(&mem, 0, Rect::new(0, 0, 1, 1), 4, rgba8).unwrap();
+        let huge = Rect::new(-50_000, -50_000, 50_000, 50_000);
+        assert!(matches!(
+            read_frame(Never, &view, huge, 0.0),
+            Err(EffectError::ImageTooLarge {
+                clip: "Output",
+                width: 100_000,
+                height: 100_000,
+                ..
+            })
+        ));
     }
 
     #[test]

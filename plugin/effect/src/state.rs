@@ -1,7 +1,7 @@
 //! Process-global state, behind `parking_lot` locks (never in instances): the Load refcount,
 //! what we learnt about the host, and the caches that PurgeCaches and the last Unload free.
 //!
-//! Hosts load the plug-in in different ways (spec `ofx-hosts.md`): MLT sends Load several times
+//! Hosts load the plug-in in different ways: MLT sends Load several times
 //! without Unload, hostDemo sends Load → Describe → Unload → Load, Natron unloads only at exit.
 //! Load and Unload are therefore counted and idempotent, and nothing here belongs to an instance:
 //! one clip is often rendered by many instances (render clones, one instance per frame).
@@ -23,7 +23,8 @@ pub struct Global {
     pub loads: u32,
     /// The host, as seen on the last Load.
     pub host: HostInfo,
-    /// Process-wide caches: the engine's models and frames live in `engine::service`.
+    /// Process-wide caches: the engine's models and frames live in `engine::service`, its
+    /// memos (tokens, photos, files, face parsers) in `engine::registry`.
     pub caches: Caches,
 }
 
@@ -35,12 +36,16 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Drop everything cached: the engine's frame cache, and its models when no render is
-    /// running (`engine::service`); the face pass's models and frames (`face_service`).
-    pub fn clear(&mut self) {
+    /// Drop everything cached: the engine's frame cache and every resource-registry memo, and
+    /// the models (body models, face parsers) when no render is running (`engine::service`);
+    /// the face pass's models and frames (`face_service`). Returns what the registry holds
+    /// afterwards (only loaded models, and only while renders run).
+    pub fn clear(&mut self) -> crate::engine::registry::RegistryStats {
         self.purges += 1;
+        // `Service::purge` purges the process registry: memos always, models when idle.
         crate::engine::service::global().purge();
         crate::engine::face_service::global().purge();
+        crate::engine::registry::global().stats()
     }
 }
 

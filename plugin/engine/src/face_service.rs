@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
-use parking_lot::Mutex;
 
 use crate::device::{device_name, dtype_name, select_device, DeviceChoice};
 use crate::face::landmarks::FivePoints;
@@ -31,6 +30,7 @@ use crate::face::temporal::{FaceClipSource, TemporalFace, TemporalFaceSettings};
 use crate::face::{self, FacePass, FaceSettings, FaceStatus, Placement, RgbFrame, SkipReason};
 use crate::model::{AnchorModel, ModelLayout, ModelPart};
 use crate::pipeline;
+use crate::registry::{self, Registry};
 use crate::service::{ModelSlots, Slot};
 use crate::temporal::{Cache, Counters, Entry, Key, KeyHasher};
 use crate::{EngineError, Result};
@@ -104,28 +104,19 @@ pub struct FaceOutcome {
     pub computed: bool,
 }
 
-/// Head photos whose tokens a loaded face model keeps (an animated FaceAppearance clip would
-/// otherwise grow the memo by one entry per frame); the oldest is dropped first.
-const MAX_HEAD_PHOTOS: usize = 8;
-
-/// A loaded face model and its head-appearance tokens by photo content (newest last).
+/// A loaded face model.
 struct Loaded {
     model: AnchorModel,
     identity: Key,
-    tokens: Mutex<std::collections::VecDeque<(Key, Tensor)>>,
 }
-
-/// A landmarks file read: (path, size, mtime, contents).
-type LandmarkFile = (
-    PathBuf,
-    u64,
-    Option<std::time::SystemTime>,
-    Arc<face::landmarks::LandmarkTrack>,
-);
 
 /// The process's face models and face-frame cache.
 pub struct FaceService {
     models: ModelSlots<Loaded>,
+    /// Where head-appearance tokens and landmarks files are memoised: the process's
+    /// [`crate::registry`], bounded by bytes (an animated FaceAppearance clip adds one token
+    /// entry per frame) and freed by PurgeCaches.
+    registry: Arc<Registry>,
     cache: Cache,
     /// The temporal face's window cache (noise predictions, latents, decoded crops).
     temporal: Cache,
@@ -144,6 +135,7 @@ impl Default for FaceService {
     fn default() -> Self {
         Self {
             models: ModelSlots::default(),
+            registry: registry::shared(),
             cache: Cache::new(CACHE_BYTES),
             temporal: Cache::new(TEMPORAL_CACHE_BYTES),
             temporal_counters: Counters::default(),
@@ -185,12 +177,23 @@ impl FaceService {
         self.inpaintings.load(Ordering::SeqCst)
     }
 
-    /// Frees the face-frame cache and the face models (a running request keeps its model
-    /// alive through its own reference).
+    /// A service memoising its tokens and files in `registry` rather than the process's.
+    #[cfg(test)]
+    pub(crate) fn with_registry(registry: Arc<Registry>) -> Self {
+        Self {
+            registry,
+            ..Self::default()
+        }
+    }
+
+    /// Frees the face-frame cache, the face models (a running request keeps its model alive
+    /// through its own reference) and the registry's memos (head tokens, photos, files; loaded
+    /// parsers stay for [`crate::service::Service::purge`] to free when no render runs).
     pub fn purge(&self) {
         self.cache.purge();
         self.temporal.purge();
         self.models.clear();
+        self.registry.purge(false);
     }
 
     fn model(
@@ -224,41 +227,45 @@ impl FaceService {
                 dtype_name(req.dtype),
                 device_name(device)
             );
-            Ok(Loaded {
-                model,
-                identity,
-                tokens: Mutex::new(std::collections::VecDeque::new()),
-            })
+            Ok(Loaded { model, identity })
         })
     }
 
-    /// Head-appearance tokens of an RGB photo, memoised per model by content.
+    /// Head-appearance tokens of an RGB photo, memoised in the registry by model identity,
+    /// dtype, device and photo content.
     fn tokens(&self, loaded: &Loaded, photo: RgbFrame<'_>) -> Result<Tensor> {
+        let model = &loaded.model;
         let key = KeyHasher::tagged("head-appearance")
+            .key(loaded.identity)
+            .str(dtype_name(model.dtype))
+            .str(&device_name(&model.device))
             .u64(photo.width as u64)
             .u64(photo.height as u64)
             .bytes(photo.data)
             .finish();
-        if let Some((_, t)) = loaded.tokens.lock().iter().find(|(k, _)| *k == key) {
-            return Ok(t.clone());
-        }
-        let t = {
-            let _g = crate::service::global().lock_accelerator();
-            face::inpaint::encode_head_appearance(
-                &loaded.model,
-                photo.data,
-                photo.width,
-                photo.height,
-            )?
-        };
-        let mut memo = loaded.tokens.lock();
-        if !memo.iter().any(|(k, _)| *k == key) {
-            if memo.len() >= MAX_HEAD_PHOTOS {
-                memo.pop_front();
-            }
-            memo.push_back((key, t.clone()));
-        }
-        Ok(t)
+        let tokens = self.registry.get_or_insert_with(
+            registry::Kind::Tokens,
+            key,
+            None,
+            registry::tensor_bytes,
+            || {
+                let _g = crate::service::global().lock_accelerator();
+                face::inpaint::encode_head_appearance(model, photo.data, photo.width, photo.height)
+            },
+        )?;
+        Ok(tokens.as_ref().clone())
+    }
+
+    /// Head-appearance tokens of `photo` for the face model of `req` (loaded when absent).
+    #[cfg(test)]
+    pub(crate) fn head_tokens(
+        &self,
+        req: &FaceRequest,
+        photo: RgbFrame<'_>,
+    ) -> std::result::Result<Tensor, FaceError> {
+        let device = select_device(req.device)?;
+        let loaded = self.model(req, &device)?;
+        Ok(self.tokens(&loaded, photo)?)
     }
 
     /// Enhances the face of the body frame `body` (RGB, working size), with `mesh` the Source
@@ -411,25 +418,21 @@ impl FaceService {
         })
     }
 
-    /// Reads a landmarks file once per (path, size, mtime) and keeps it.
+    /// Reads a landmarks file once per version (path, length, mtime) and keeps it in the
+    /// registry (charged the file's length; an edited file replaces its old version).
     pub fn landmarks_file(&self, path: &Path) -> Result<Arc<face::landmarks::LandmarkTrack>> {
-        static FILES: Mutex<Vec<LandmarkFile>> = Mutex::new(Vec::new());
-        let meta = std::fs::metadata(path).map_err(|e| EngineError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-        let (len, mtime) = (meta.len(), meta.modified().ok());
-        let mut files = FILES.lock();
-        if let Some((_, _, _, t)) = files
-            .iter()
-            .find(|(p, l, m, _)| p == path && *l == len && *m == mtime)
-        {
-            return Ok(t.clone());
-        }
-        let track = Arc::new(face::landmarks::LandmarkTrack::from_file(path)?);
-        files.retain(|(p, ..)| p != path);
-        files.push((path.to_path_buf(), len, mtime, track.clone()));
-        Ok(track)
+        let version =
+            registry::file_version("landmarks-file", path).map_err(|e| EngineError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+        self.registry.get_or_insert_with(
+            registry::Kind::File,
+            version.key,
+            Some(version.path_key),
+            |_: &face::landmarks::LandmarkTrack| version.len as usize,
+            || face::landmarks::LandmarkTrack::from_file(path),
+        )
     }
 }
 

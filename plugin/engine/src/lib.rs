@@ -14,6 +14,7 @@ pub mod memory;
 pub mod model;
 pub mod networks;
 pub mod pipeline;
+pub mod registry;
 pub mod resample;
 pub mod sampler;
 pub mod service;

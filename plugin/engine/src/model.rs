@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! A model folder holds diffusers/transformers component folders (spec §1.1, §1.2):
+//! A model folder holds diffusers/transformers component folders:
 //!
 //! | component       | files                                                                  |
 //! |-----------------|------------------------------------------------------------------------|
@@ -43,7 +43,7 @@
 //! }
 //! ```
 //!
-//! The defaults are the reference's body settings (spec §0, §3, §4).
+//! The defaults are the reference's body settings.
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -75,13 +75,13 @@ pub const COMPONENTS: [&str; 6] = [
 /// Extra `anchor.json` component keys for the head (face) networks.
 pub const HEAD_COMPONENT_KEYS: [&str; 2] = ["head_unet", "head_controlnet"];
 
-/// Which diffusion model of a folder to resolve: the body pass or the face (head) pass (spec §0).
+/// Which diffusion model of a folder to resolve: the body pass or the face (head) pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ModelPart {
     /// The body model: `body/{unet,controlnet}` (or `unet/`, `controlnet/` at the top).
     #[default]
     Body,
-    /// The face-inpainting model: `head/{unet,controlnet}` (9-channel UNet, spec §1.3, §5.3).
+    /// The face-inpainting model: `head/{unet,controlnet}` (9-channel UNet).
     Head,
 }
 
@@ -103,7 +103,7 @@ impl ModelPart {
     }
 
     /// Latent channels the UNet of this part takes, given the VAE's latent channels: the head's
-    /// inpainting UNet takes [latent, mask, masked latent] (spec §7.8).
+    /// inpainting UNet takes [latent, mask, masked latent].
     pub fn unet_in_channels(self, latent: usize) -> usize {
         match self {
             Self::Body => latent,
@@ -179,7 +179,7 @@ impl SamplingDefaults {
 }
 
 /// Default face-pass settings (`anchor.json` → `face_defaults`); absent keys take the
-/// reference values (spec §5). A small head model trained on small crops records its own here.
+/// reference values. A small head model trained on small crops records its own here.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaceDefaults {
@@ -497,7 +497,7 @@ impl BodyConfigs {
                 cn_dir.join("config.json"),
                 format!(
                     "the ControlNet takes in_channels = {} but the VAE has latent_channels = \
-                     {latent}; the ControlNet gets the plain latents in both passes (spec §1.4)",
+                     {latent}; the ControlNet gets the plain latents in both passes",
                     controlnet.in_channels
                 ),
             ));
@@ -513,7 +513,7 @@ impl BodyConfigs {
     }
 }
 
-/// A loaded diffusion model (spec §1.1): the body pass's, or the face (head) pass's, with every
+/// A loaded diffusion model: the body pass's, or the face (head) pass's, with every
 /// network on one device.
 #[derive(Debug, Clone)]
 pub struct AnchorModel {
@@ -528,10 +528,10 @@ pub struct AnchorModel {
     pub controlnet: ControlNetModel,
     /// The VAE, in the run dtype.
     pub vae: AutoencoderKl,
-    /// The appearance encoder, in f32 as the reference runs it (spec §1.5).
+    /// The appearance encoder, in f32 as the reference runs it.
     pub image_encoder: ClipVisionEncoder,
     /// The CFG negative `(1, tokens, width)` in the run dtype, computed once from the text tower
-    /// (which is then dropped: it has no other use, spec §1.6).
+    /// (which is then dropped: it has no other use).
     pub negative_embedding: Tensor,
     /// The run dtype.
     pub dtype: DType,
@@ -551,7 +551,7 @@ impl AnchorModel {
     }
 
     /// Loads `part` of `folder` for `dtype` on `device`. The head pass runs in f32 in the
-    /// reference (spec §4, "Numerics").
+    /// reference.
     pub fn load_part(
         folder: &Path,
         part: ModelPart,
@@ -584,7 +584,7 @@ impl AnchorModel {
             ClipVisionEncoder::load(layout.component("image_encoder")?, DType::F32, device)?;
         reports.push(("image_encoder".to_string(), r));
 
-        // The reference computes the negative in the body's dtype (fp16), spec §1.6.
+        // The reference computes the negative in the body's dtype (fp16).
         let (text, r) = ClipTextEncoder::load(layout.component("text_encoder")?, dtype, device)?;
         reports.push(("text_encoder".to_string(), r));
         let negative_embedding =

@@ -1,4 +1,4 @@
-//! The body pipeline (spec §0, §3–4): appearance tokens, control frames from a pose folder, and
+//! The body pipeline: appearance tokens, control frames from a pose folder, and
 //! the real networks behind the temporal engine's [`WindowNetworks`] interface.
 //!
 //! Named steps as in diffusers' pipelines: [`check_resolution`], [`encode_appearance`],
@@ -50,33 +50,28 @@ pub fn read_rgb8(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
     Ok((rgb.into_raw(), w as usize, h as usize))
 }
 
-/// An image file decoded once: [`read_rgb8`] memoised by path, size and modification time (a
-/// rewritten file is read again). Renderers ask for the same model-folder photo on every frame;
-/// the memo keeps the 8 most recently read files.
+/// An image file decoded once: [`read_rgb8`] memoised in the process's resource registry
+/// ([`crate::registry`]) by path, length and modification time (a rewritten file is read again,
+/// and its old version dropped). Renderers ask for the same model-folder photo on every frame;
+/// the registry bounds the memo by bytes and PurgeCaches frees it.
 pub fn read_rgb8_memo(path: &Path) -> Result<std::sync::Arc<(Vec<u8>, usize, usize)>> {
-    type Entry = (
-        PathBuf,
-        u64,
-        Option<std::time::SystemTime>,
-        std::sync::Arc<(Vec<u8>, usize, usize)>,
-    );
-    static MEMO: parking_lot::Mutex<std::collections::VecDeque<Entry>> =
-        parking_lot::Mutex::new(std::collections::VecDeque::new());
-    let meta = std::fs::metadata(path)
+    read_rgb8_memo_in(crate::registry::global(), path)
+}
+
+/// [`read_rgb8_memo`] in `registry`.
+pub(crate) fn read_rgb8_memo_in(
+    registry: &crate::registry::Registry,
+    path: &Path,
+) -> Result<std::sync::Arc<(Vec<u8>, usize, usize)>> {
+    let version = crate::registry::file_version("rgb8-file", path)
         .map_err(|e| EngineError::Input(format!("cannot read image {}: {e}", path.display())))?;
-    let (len, mtime) = (meta.len(), meta.modified().ok());
-    let hit = |e: &Entry| e.0 == path && e.1 == len && e.2 == mtime;
-    if let Some(e) = MEMO.lock().iter().find(|e| hit(e)) {
-        return Ok(e.3.clone());
-    }
-    let image = std::sync::Arc::new(read_rgb8(path)?);
-    let mut memo = MEMO.lock();
-    memo.retain(|e| e.0 != path);
-    if memo.len() >= 8 {
-        memo.pop_front();
-    }
-    memo.push_back((path.to_path_buf(), len, mtime, image.clone()));
-    Ok(image)
+    registry.get_or_insert_with(
+        crate::registry::Kind::Photo,
+        version.key,
+        Some(version.path_key),
+        |image: &(Vec<u8>, usize, usize)| image.0.len(),
+        || read_rgb8(path),
+    )
 }
 
 /// The model folder's default reference photo, used when no appearance image is given (the
@@ -88,7 +83,7 @@ pub fn default_appearance(layout: &ModelLayout) -> PathBuf {
     layout.root.join(DEFAULT_APPEARANCE)
 }
 
-/// Appearance tokens `(1, N, D)` of a reference photo, in the run dtype (spec §1.5).
+/// Appearance tokens `(1, N, D)` of a reference photo, in the run dtype.
 pub fn encode_appearance(model: &BodyModel, photo: &Path) -> Result<Tensor> {
     let (rgb, w, h) = read_rgb8(photo)?;
     let tokens = model.image_encoder.encode_image(&rgb, w, h)?;
@@ -135,7 +130,7 @@ pub fn initial_noise(
 }
 
 /// The pose (mesh-render) frames of a folder, sorted by name, resized to the working size with
-/// PIL's LANCZOS as the reference does (spec §4), read lazily.
+/// PIL's LANCZOS as the reference does, read lazily.
 pub struct PoseSequence {
     paths: Vec<PathBuf>,
     size: (usize, usize),
@@ -218,7 +213,7 @@ impl PoseSequence {
     }
 }
 
-/// 8-bit RGB `(w × h × 3)` to a `[3, h, w]` tensor in [0, 1] (`/255`, no normalisation, spec §7.6).
+/// 8-bit RGB `(w × h × 3)` to a `[3, h, w]` tensor in [0, 1] (`/255`, no normalisation).
 pub fn rgb8_to_tensor(
     rgb: &[u8],
     w: usize,
@@ -332,7 +327,7 @@ impl WindowNetworks for BodyNetworks<'_> {
         scale: f64,
     ) -> Result<(Tensor, Tensor)> {
         let t = timestep as f64;
-        // The CFG halves never mix in the reference (spec §2): two window passes are exact.
+        // The CFG halves never mix in the reference: two window passes are exact.
         let u = self.eps(latents, t, &self.uncond, control, scale)?;
         let c = self.eps(latents, t, &self.cond, control, scale)?;
         Ok((u, c))
@@ -340,7 +335,7 @@ impl WindowNetworks for BodyNetworks<'_> {
 
     fn decode(&self, latent: &Tensor) -> Result<Tensor> {
         let x = self.model.vae.decode_scaled(&latent.unsqueeze(0)?)?;
-        // `(x / 2 + 0.5).clamp(0, 1)` (spec §4, body output).
+        // `(x / 2 + 0.5).clamp(0, 1)` (body output).
         let x = (x.to_dtype(DType::F32)? / 2.0)?;
         Ok((x + 0.5)?.clamp(0f32, 1f32)?.squeeze(0)?)
     }
@@ -363,7 +358,7 @@ impl StepScheduler for DdimStep {
     }
 }
 
-/// `[3, H, W]` in [0, 1] to interleaved 8-bit RGB with the reference's *floor* (spec §7.12).
+/// `[3, H, W]` in [0, 1] to interleaved 8-bit RGB with the reference's *floor*.
 pub fn image_to_rgb8(img: &Tensor) -> Result<(Vec<u8>, usize, usize)> {
     let (_, h, w) = img.dims3()?;
     let data = img

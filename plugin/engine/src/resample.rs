@@ -1,7 +1,7 @@
 //! Pillow-exact image resampling for 8-bit RGB: the resizers the reference runs.
 //!
 //! The reference resizes body control frames with PIL `LANCZOS` and CLIP references with PIL
-//! `BICUBIC` (spec §4, §7.13). Pillow's `ImagingResample` is separable: a horizontal pass into an
+//! `BICUBIC`. Pillow's `ImagingResample` is separable: a horizontal pass into an
 //! 8-bit intermediate image, then a vertical pass. Each output sample is a normalised, antialiased
 //! filter window (support scaled by the downscale factor) applied in 22-bit fixed point, rounded
 //! and clamped to 0–255. Reproducing exactly that, rather than a float resize, keeps our control

@@ -15,7 +15,10 @@
 //! - **The accelerator** runs one network batch at a time: every UNet/ControlNet batch, VAE decode
 //!   and CLIP encode takes [`Service::accelerator`], so concurrent requests interleave batches
 //!   rather than oversubscribing the device.
-//! - **Purge** ([`Service::purge`]) frees the cache, and the models when no request is running.
+//! - **Memos** of appearance tokens and reference photos live in the process's resource
+//!   registry ([`crate::registry`]), bounded by its share of the cache budget.
+//! - **Purge** ([`Service::purge`]) frees the cache and the registry's memos, and the models
+//!   (ours and the registry's loaded parsers) when no request is running.
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -30,6 +33,7 @@ use super::memory;
 use super::model::{BodyModel, ModelLayout};
 use super::networks::unet::ControlResiduals;
 use super::pipeline::{self, BodyNetworks, DdimStep};
+use super::registry::{self, Registry};
 use super::resample::{resize_rgb8, Filter};
 use super::sampler::ddim::DdimScheduler;
 use super::temporal::{
@@ -67,8 +71,10 @@ pub struct RenderSettings {
     pub resolution: usize,
     /// Seed of the initial noise.
     pub seed: u64,
-    /// Cache budget in bytes (process-wide; the latest request's value wins). Raised to the
-    /// bytes one request touches when below them ([`memory::request_cache_bytes`]).
+    /// Cache budget in bytes (process-wide; the latest request's value wins), shared by the
+    /// resource registry, which takes [`registry::share_of`] it, and the frame cache, which gets
+    /// the rest, raised to the bytes one request touches when below them
+    /// ([`memory::request_cache_bytes`]).
     pub cache_bytes: usize,
     /// Memory the request may use (weights + one window batch's working set), when limited:
     /// a request whose estimate exceeds it fails before its first batch with
@@ -130,7 +136,7 @@ pub enum Appearance<'a> {
 /// One rendered frame at the working resolution.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderedFrame {
-    /// Interleaved 8-bit RGB, top row first (the reference's floor quantisation, spec §7.12).
+    /// Interleaved 8-bit RGB, top row first (the reference's floor quantisation).
     pub rgb: Vec<u8>,
     /// Width = height = the working resolution.
     pub size: usize,
@@ -157,7 +163,7 @@ pub enum ServiceError {
     #[error("appearance: {0}")]
     Appearance(EngineError),
     /// The request needs more memory than it may use (found before its first batch), or an
-    /// allocation failed (candle's CPU or CUDA allocator).
+    /// allocation failed in any phase ([`EngineError::OutOfMemory`]).
     #[error("out of memory: {detail}")]
     OutOfMemory {
         /// What was needed and what was available, or the allocator's message.
@@ -170,17 +176,38 @@ pub enum ServiceError {
 
 impl ServiceError {
     /// Whether the failure was a lack of memory: the estimate above the limit, or an
-    /// allocation failure (CUDA or host memory) reported by any phase.
+    /// allocation failure ([`EngineError::OutOfMemory`]) reported by any phase.
     pub fn is_out_of_memory(&self) -> bool {
-        matches!(self, Self::OutOfMemory { .. }) || memory::is_allocation_failure(&self.to_string())
+        matches!(
+            self,
+            Self::OutOfMemory { .. }
+                | Self::Model {
+                    source: EngineError::OutOfMemory { .. },
+                    ..
+                }
+                | Self::Appearance(EngineError::OutOfMemory { .. })
+                | Self::Render(EngineError::OutOfMemory { .. })
+        )
     }
 
-    /// Allocation failures of any phase as [`ServiceError::OutOfMemory`]; other errors as they are.
+    /// Allocation failures of any phase as [`ServiceError::OutOfMemory`], naming the phase;
+    /// other errors as they are.
     fn classify(self) -> Self {
         match self {
-            Self::OutOfMemory { .. } => self,
-            e if e.is_out_of_memory() => Self::OutOfMemory {
-                detail: format!("the allocator failed: {e}"),
+            Self::Model {
+                folder,
+                source: EngineError::OutOfMemory { detail },
+            } => Self::OutOfMemory {
+                detail: format!(
+                    "the allocator failed while loading the model folder {}: {detail}",
+                    folder.display()
+                ),
+            },
+            Self::Appearance(EngineError::OutOfMemory { detail }) => Self::OutOfMemory {
+                detail: format!("the allocator failed while encoding the appearance: {detail}"),
+            },
+            Self::Render(EngineError::OutOfMemory { detail }) => Self::OutOfMemory {
+                detail: format!("the allocator failed: {detail}"),
             },
             e => e,
         }
@@ -199,12 +226,10 @@ impl From<EngineError> for ServiceError {
     }
 }
 
-/// A loaded model and what is derived from it.
+/// A loaded model and its identity.
 struct Loaded {
     model: BodyModel,
     identity: Key,
-    /// Appearance tokens by photo content.
-    appearances: Mutex<HashMap<Key, Tensor>>,
 }
 
 /// (folder, dtype, device): one slot of a model table.
@@ -282,6 +307,10 @@ impl<T> ModelSlots<T> {
 /// The process-global engine.
 pub struct Service {
     models: ModelSlots<Loaded>,
+    /// Where appearance tokens and reference photos are memoised: the process's
+    /// [`crate::registry`], bounded by bytes (an animated Appearance clip adds one token entry
+    /// per frame), given its share of the cache budget by each request and freed by purge.
+    registry: Arc<Registry>,
     cache: Cache,
     counters: Counters,
     accelerator: Mutex<()>,
@@ -293,13 +322,14 @@ pub struct Service {
 }
 
 /// Default cache budget until a request sets one.
-const DEFAULT_CACHE_BYTES: usize = 4096 << 20;
+pub(crate) const DEFAULT_CACHE_BYTES: usize = 4096 << 20;
 
 impl Default for Service {
     fn default() -> Self {
         Self {
             models: ModelSlots::default(),
-            cache: Cache::new(DEFAULT_CACHE_BYTES),
+            registry: registry::shared(),
+            cache: Cache::new(DEFAULT_CACHE_BYTES - registry::share_of(DEFAULT_CACHE_BYTES)),
             counters: Counters::default(),
             accelerator: Mutex::new(()),
             active: AtomicUsize::new(0),
@@ -501,19 +531,45 @@ impl Service {
         self.models.len()
     }
 
-    /// Frees every cached frame, and the models too when no request is running (a running
-    /// request keeps its model alive through its own reference either way). Returns whether
-    /// the models were freed.
+    /// The resource registry this service memoises tokens and photos in (the process's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A service memoising in `registry` rather than the process's.
+    #[cfg(test)]
+    pub(crate) fn with_registry(registry: Arc<Registry>) -> Self {
+        Self {
+            registry,
+            ..Self::default()
+        }
+    }
+
+    /// Frees every cached frame and every registry memo (tokens, photos, files), and the models
+    /// (the body models and the registry's loaded parsers) too when no request is running (a
+    /// running request keeps its model alive through its own reference either way). Returns
+    /// whether the models were freed.
     pub fn purge(&self) -> bool {
         self.cache.purge();
-        if self.active.load(Ordering::SeqCst) == 0 {
+        let idle = self.active.load(Ordering::SeqCst) == 0;
+        let memos = self.registry.purge(idle);
+        if idle {
             let n = self.models.clear();
-            log::info!("purged the frame cache and {n} model(s)");
-            true
+            log::info!(
+                "purged the frame cache and {n} model(s); the resource registry freed {} \
+                 entr(ies) of {} bytes",
+                memos.entries,
+                memos.bytes
+            );
         } else {
-            log::info!("purged the frame cache; models kept while renders run");
-            false
+            log::info!(
+                "purged the frame cache and {} registry entr(ies) of {} bytes; models kept \
+                 while renders run",
+                memos.entries,
+                memos.bytes
+            );
         }
+        idle
     }
 
     /// The model of `settings`, loaded once per (folder, dtype, device) and reloaded when the
@@ -540,15 +596,12 @@ impl Service {
                 BodyModel::load(&settings.folder, settings.dtype, device).map_err(bad)?
             };
             self.loads.fetch_add(1, Ordering::SeqCst);
-            Ok(Loaded {
-                model,
-                identity,
-                appearances: Mutex::new(HashMap::new()),
-            })
+            Ok(Loaded { model, identity })
         })
     }
 
-    /// Appearance tokens of `appearance`, memoised per model.
+    /// Appearance tokens of `appearance`, memoised in the registry by model identity, dtype,
+    /// device and photo content (the model's default photo is read through the registry too).
     fn appearance(&self, loaded: &Loaded, appearance: Appearance<'_>) -> Result<Tensor> {
         let owned;
         let (data, w, h) = match appearance {
@@ -568,7 +621,7 @@ impl Service {
                         ),
                     ));
                 }
-                owned = pipeline::read_rgb8(&path)?;
+                owned = pipeline::read_rgb8_memo_in(&self.registry, &path)?;
                 (&owned.0[..], owned.1, owned.2)
             }
         };
@@ -578,24 +631,43 @@ impl Service {
                 data.len()
             )));
         }
+        let model = &loaded.model;
         let key = KeyHasher::tagged("appearance")
+            .key(loaded.identity)
+            .str(dtype_name(model.dtype))
+            .str(&device_name(&model.device))
             .u64(w as u64)
             .u64(h as u64)
             .bytes(data)
             .finish();
-        if let Some(t) = loaded.appearances.lock().get(&key) {
-            return Ok(t.clone());
-        }
-        let tokens = {
-            let _g = self.accelerator.lock();
-            loaded
-                .model
-                .image_encoder
-                .encode_image(data, w, h)?
-                .to_dtype(loaded.model.dtype)?
-        };
-        loaded.appearances.lock().insert(key, tokens.clone());
-        Ok(tokens)
+        let tokens = self.registry.get_or_insert_with(
+            registry::Kind::Tokens,
+            key,
+            None,
+            registry::tensor_bytes,
+            || {
+                let _g = self.accelerator.lock();
+                Ok::<_, EngineError>(
+                    model
+                        .image_encoder
+                        .encode_image(data, w, h)?
+                        .to_dtype(model.dtype)?,
+                )
+            },
+        )?;
+        Ok(tokens.as_ref().clone())
+    }
+
+    /// Appearance tokens of `appearance` for the model of `settings` (loaded when absent).
+    #[cfg(test)]
+    pub(crate) fn appearance_tokens(
+        &self,
+        settings: &RenderSettings,
+        appearance: Appearance<'_>,
+    ) -> std::result::Result<Tensor, ServiceError> {
+        let device = select_device(settings.device)?;
+        let loaded = self.model(settings, &device)?;
+        Ok(self.appearance(&loaded, appearance)?)
     }
 
     /// Renders frame `frame` (an index into `control`'s clip) with the batch-overlapped
@@ -691,7 +763,16 @@ impl Service {
                 settings.cache_bytes
             );
         }
-        self.cache.set_budget(settings.cache_bytes.max(floor));
+        // The registry's share is carved out of the budget; the frame cache gets the rest, but
+        // never less than what this request touches.
+        let registry_bytes = registry::share_of(settings.cache_bytes);
+        self.registry.set_budget(registry_bytes);
+        self.cache.set_budget(
+            settings
+                .cache_bytes
+                .saturating_sub(registry_bytes)
+                .max(floor),
+        );
         let serialised = Serialised {
             nets: &nets,
             service: self,
@@ -1023,11 +1104,26 @@ mod tests {
             matches!(e, ServiceError::Render(EngineError::Device(_))),
             "a device problem, not a model problem: {e}"
         );
-        let oom = ServiceError::Render(EngineError::Candle(candle_core::Error::Msg(
-            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
-        )));
-        assert!(oom.is_out_of_memory());
+        // A CUDA allocation failure, entering through the engine's one candle conversion.
+        let cuda = "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")";
+        let oom = ServiceError::from(candle_core::Error::Msg(cuda.into()));
+        assert!(oom.is_out_of_memory(), "{oom}");
+        assert!(
+            matches!(&oom, ServiceError::Render(EngineError::OutOfMemory { detail }) if detail == cuda),
+            "{oom:?}"
+        );
+        let ServiceError::OutOfMemory { detail } = oom.classify() else {
+            panic!("an allocation failure classifies as out of memory")
+        };
+        assert_eq!(detail, format!("the allocator failed: {cuda}"));
         assert!(!ServiceError::Render(EngineError::Cancelled).is_out_of_memory());
+        // Text alone is not a kind: an invalid input that mentions memory stays an input error.
+        let input = ServiceError::Render(EngineError::Input("out of memory".into()));
+        assert!(!input.is_out_of_memory());
+        assert!(matches!(
+            input.classify(),
+            ServiceError::Render(EngineError::Input(_))
+        ));
     }
 
     #[test]
@@ -1064,14 +1160,23 @@ mod tests {
         // Allocation failures of any phase are out-of-memory errors too.
         let alloc = ServiceError::Model {
             folder: "/m".into(),
-            source: EngineError::Candle(candle_core::Error::Msg(
-                "CUBLAS_STATUS_ALLOC_FAILED".into(),
-            )),
-        }
+            source: candle_core::Error::Msg("CUBLAS_STATUS_ALLOC_FAILED".into()).into(),
+        };
+        assert!(alloc.is_out_of_memory(), "{alloc}");
+        let alloc = alloc.classify();
+        assert_eq!(
+            alloc.to_string(),
+            "out of memory: the allocator failed while loading the model folder /m: \
+             CUBLAS_STATUS_ALLOC_FAILED"
+        );
+        let appearance = ServiceError::Appearance(EngineError::OutOfMemory {
+            detail: "CUDA_ERROR_OUT_OF_MEMORY".into(),
+        })
         .classify();
         assert!(
-            matches!(&alloc, ServiceError::OutOfMemory { detail } if detail.starts_with("the allocator failed: ")),
-            "{alloc}"
+            matches!(&appearance, ServiceError::OutOfMemory { detail }
+                if detail == "the allocator failed while encoding the appearance: CUDA_ERROR_OUT_OF_MEMORY"),
+            "{appearance:?}"
         );
     }
 

@@ -1,8 +1,8 @@
 //! Strict weight loading: `.safetensors` and PyTorch `.bin` (zip, or legacy pre-1.6 through
 //! `legacy_pth`), cast to the run dtype, with a key check.
 //!
-//! The reference loads its 3D UNet with `strict=False`, so a wrong key is silently random-initialised
-//! (spec §1.2, §7.17). Here every tensor a network asks for must exist with the expected shape, and
+//! The reference loads its 3D UNet with `strict=False`, so a wrong key is silently random-initialised.
+//! Here every tensor a network asks for must exist with the expected shape, and
 //! every tensor in the file must have been asked for (or be on a short list of known-unused buffers).
 //! A violation is an [`EngineError::Weights`] naming the key and the file.
 //!
@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use super::error::{EngineError, Result};
 
 /// Weight file names tried in a component folder, in order: diffusers and transformers prefer
-/// safetensors (the reference's 3D loaders try `.bin` first, spec §1.2, but a folder holding both
+/// safetensors (the reference's 3D loaders try `.bin` first, but a folder holding both
 /// has the same tensors in each). A `*.safetensors.index.json` names the shards of a sharded
 /// checkpoint.
 pub const WEIGHT_FILE_NAMES: [&str; 6] = [

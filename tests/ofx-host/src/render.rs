@@ -906,23 +906,13 @@ fn render_with_plugin(
     Ok(report)
 }
 
-fn describe_and_render(
-    opts: &RenderOptions,
+/// Describe, then DescribeInContext in `context` (which the plugin must support): the plugin's
+/// descriptor and its context descriptor.
+fn describe(
     plugin: &Plugin,
     file_path: &str,
-    input: Prepared,
-) -> Result<RenderReport, HostError> {
-    let Prepared {
-        context,
-        store,
-        appearance,
-        face_matte,
-        project,
-        range,
-        frames,
-        inputs,
-    } = input;
-    let (frames, inputs) = (&frames[..], &inputs[..]);
+    context: Context,
+) -> Result<(Box<Effect>, Box<Effect>), HostError> {
     let desc = Effect::descriptor(file_path);
     let st = plugin.call(kOfxActionDescribe, Some(&desc), None, None);
     check(kOfxActionDescribe, st, None)?;
@@ -940,6 +930,79 @@ fn describe_and_render(
     let a = kOfxImageEffectActionDescribeInContext;
     let st = plugin.call(a, Some(&cdesc), Some(&inargs), None);
     check(a, st, None)?;
+    Ok((desc, cdesc))
+}
+
+/// EndSequenceRender on the instances that began one, PurgeCaches, then DestroyInstance on
+/// every instance, whatever failed: the first error, if any.
+// Instances stay boxed: the plugin holds their handles (addresses) until DestroyInstance.
+#[allow(clippy::vec_box)]
+fn shut_down(
+    run: &Run<'_>,
+    instances: Vec<Box<Effect>>,
+    begun: &[usize],
+    (fa, fb): (f64, f64),
+) -> Option<HostError> {
+    let mut cleanup_error: Option<HostError> = None;
+    for &i in begun {
+        if let Some(inst) = instances.get(i) {
+            if let Err(e) = run.sequence(inst, false, fa, fb) {
+                cleanup_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(inst) = instances.first() {
+        let st = run
+            .plugin
+            .call(kOfxActionPurgeCaches, Some(inst), None, None);
+        if let Err(e) = check(kOfxActionPurgeCaches, st, None) {
+            cleanup_error.get_or_insert(e);
+        }
+    }
+    for inst in instances {
+        if let Err(e) = run.destroy_instance(inst) {
+            cleanup_error.get_or_insert(e);
+        }
+    }
+    cleanup_error
+}
+
+/// Writes a rendered frame under `out`, named after its input file.
+fn save_frame(
+    out: &str,
+    inputs: &[(i32, PathBuf)],
+    frame: i32,
+    img: &image::RgbaImage,
+) -> Result<(), HostError> {
+    let input = inputs
+        .iter()
+        .find(|(n, _)| *n == frame)
+        .map(|(_, p)| p.clone())
+        .unwrap_or_default();
+    let path = output_path(out, frame, &input);
+    img.save(&path)
+        .map_err(|e| HostError::Sequence(format!("cannot write {}: {e}", path.display())))
+}
+
+fn describe_and_render(
+    opts: &RenderOptions,
+    plugin: &Plugin,
+    file_path: &str,
+    input: Prepared,
+) -> Result<RenderReport, HostError> {
+    let Prepared {
+        context,
+        store,
+        appearance,
+        face_matte,
+        project,
+        range,
+        frames,
+        inputs,
+    } = input;
+    let (frames, inputs) = (&frames[..], &inputs[..]);
+    let ctx_name = context.ofx().to_string_lossy().into_owned();
+    let (_desc, cdesc) = describe(plugin, file_path, context)?;
     let clips = cdesc.clip_names();
     if !clips.iter().any(|c| c == "Output") {
         return Err(HostError::Violation(format!(
@@ -1110,18 +1173,8 @@ fn describe_and_render(
                         }
                     };
                     if let Some(out) = &opts.output {
-                        let input = inputs
-                            .iter()
-                            .find(|(n, _)| *n == frame)
-                            .map(|(_, p)| p.clone())
-                            .unwrap_or_default();
-                        let path = output_path(out, frame, &input);
-                        if let Err(e) = img.save(&path) {
-                            let mut err = errors.lock();
-                            err.get_or_insert(HostError::Sequence(format!(
-                                "cannot write {}: {e}",
-                                path.display()
-                            )));
+                        if let Err(e) = save_frame(out, inputs, frame, &img) {
+                            errors.lock().get_or_insert(e);
                             stop.store(true, Ordering::SeqCst);
                         }
                     }
@@ -1147,25 +1200,7 @@ fn describe_and_render(
     });
 
     // Shut down cleanly whatever happened: End, PurgeCaches, Destroy.
-    let mut cleanup_error: Option<HostError> = None;
-    for i in begun {
-        if let Some(inst) = instances.get(i) {
-            if let Err(e) = run.sequence(inst, false, fa, fb) {
-                cleanup_error.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(inst) = instances.first() {
-        let st = plugin.call(kOfxActionPurgeCaches, Some(inst), None, None);
-        if let Err(e) = check(kOfxActionPurgeCaches, st, None) {
-            cleanup_error.get_or_insert(e);
-        }
-    }
-    for inst in instances {
-        if let Err(e) = run.destroy_instance(inst) {
-            cleanup_error.get_or_insert(e);
-        }
-    }
+    let cleanup_error = shut_down(&run, instances, &begun, (fa, fb));
 
     if let Some(e) = errors.into_inner() {
         return Err(e);

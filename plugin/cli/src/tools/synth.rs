@@ -1,5 +1,5 @@
 //! `anchor synth`: a synthetic presenter for training and evaluation without real footage
-//! (issue 6; spec §6 "Training"). One procedurally animated 3D body, built from capsules and
+//! (issue 6 "Training"). One procedurally animated 3D body, built from capsules and
 //! ellipsoids, is ray-cast (orthographic camera, z-buffered) twice per frame:
 //!
 //! - the **mesh render**: untextured, grey-blue Lambert shading on black, standing in for the
@@ -840,7 +840,7 @@ fn albedo(look: &Look, part: Part, local: V3) -> Rgb {
 const PERSON_TINT: V3 = v3(1.0, 0.98, 0.95);
 const KEY_LIGHT: V3 = v3(-0.42, 0.5, 0.76);
 const FILL_LIGHT: V3 = v3(0.6, 0.1, 0.79);
-/// Grey-blue of the mesh renders (SHOW's SMPL-X renders, spec §6).
+/// Grey-blue of the mesh renders (SHOW's SMPL-X renders).
 const MESH_ALBEDO: V3 = v3(0.62, 0.68, 0.82);
 
 fn to_u8(c: Rgb) -> [u8; 3] {
@@ -1281,18 +1281,7 @@ pub fn synthesize(a: &SynthArgs) -> Result<SynthSummary> {
             .map(|f| (frame_name(f), landmarks[first_job + f].unwrap_or_default()))
             .collect();
         write_text(&dir.join("landmarks.json"), &landmarks_json(&entries))?;
-        let mut jsonl = String::new();
-        for f in 0..n_train {
-            let name = frame_name(f);
-            let line = serde_json::json!({
-                "source": format!("mesh/{name}.png"),
-                "target": format!("person/{name}.png"),
-                "reference": "reference.png",
-            });
-            jsonl.push_str(&line.to_string());
-            jsonl.push('\n');
-        }
-        write_text(&dir.join("train.jsonl"), &jsonl)?;
+        write_text(&dir.join("train.jsonl"), &train_jsonl(n_train))?;
         let info = serde_json::json!({
             "name": id.name,
             "seed": id.seed,
@@ -1339,6 +1328,23 @@ pub fn synthesize(a: &SynthArgs) -> Result<SynthSummary> {
         frames_written: jobs.len(),
         heldout_frames: held,
     })
+}
+
+/// The training JSON-Lines of an identity's first `n` frames: mesh source, person target, the
+/// identity's reference photo.
+fn train_jsonl(n: usize) -> String {
+    let mut jsonl = String::new();
+    for f in 0..n {
+        let name = frame_name(f);
+        let line = serde_json::json!({
+            "source": format!("mesh/{name}.png"),
+            "target": format!("person/{name}.png"),
+            "reference": "reference.png",
+        });
+        jsonl.push_str(&line.to_string());
+        jsonl.push('\n');
+    }
+    jsonl
 }
 
 /// `anchor synth`: renders the data set and prints a one-line summary.

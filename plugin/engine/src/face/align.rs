@@ -1,5 +1,4 @@
-//! Face alignment: the similarity transform `M` that maps the frame to the aligned face crop
-//! (spec §5.1).
+//! Face alignment: the similarity transform `M` that maps the frame to the aligned face crop.
 //!
 //! - From five landmarks: the least-squares similarity (rotation, uniform scale, translation;
 //!   Umeyama 1991 with scale, as `skimage.transform.SimilarityTransform.estimate`) onto the FFHQ
@@ -80,7 +79,7 @@ pub fn similarity_lstsq(src: &[[f64; 2]], dst: &[[f64; 2]]) -> Option<Affine> {
     m.is_finite().then_some(m)
 }
 
-/// `M` from five landmarks to the template at `crop` (spec §5.1).
+/// `M` from five landmarks to the template at `crop`.
 pub fn from_landmarks(landmarks: &[[f64; 2]; 5], crop: usize) -> Option<Affine> {
     similarity_lstsq(landmarks, &template(crop))
 }

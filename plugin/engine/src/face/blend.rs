@@ -1,4 +1,4 @@
-//! Pasting the inpainted face back into the body frame (spec §5.4, `face_blending.py`).
+//! Pasting the inpainted face back into the body frame (`face_blending.py`).
 //!
 //! As `face_blending.py` and `util/reverse2original.py` (`use_mask=False`) do it: the 8-bit face
 //! result (inpainting size, 256²) is resized to the crop (512²) with `cv2.resize` bilinear,

@@ -1,5 +1,5 @@
-//! The per-frame face pass ([`FacePass`]): placement → crop → mask → inpaint → blend back
-//! (spec §5), with graceful degradation and a content-keyed memo.
+//! The per-frame face pass ([`FacePass`]): placement → crop → mask → inpaint → blend back,
+//! with graceful degradation and a content-keyed memo.
 //!
 //! A frame's result is a pure function of its body pixels, mesh pixels, placement (transform and
 //! crop mask), the model and the settings: the seeds are fixed and shared by all frames, so the
@@ -43,7 +43,7 @@ pub struct FaceSettings {
     pub feather: FeatherSettings,
     /// An optional BiSeNet face-parsing checkpoint (face-parsing.PyTorch `79999_iter.pth` as
     /// published, a re-saved `.pth`, or `.safetensors`): when set, frames without a matte get
-    /// the reference's parsed mask (spec §5.2) instead of the landmark template. Mask precedence:
+    /// the reference's parsed mask instead of the landmark template. Mask precedence:
     /// matte, parser, template (see `mask`).
     pub parser: Option<PathBuf>,
     /// Put the mesh crop through a JPEG round trip before it conditions the head ControlNet
@@ -429,7 +429,7 @@ impl<'m> FacePass<'m> {
         self.skip(&body, reason, transform)
     }
 
-    /// The working-size crops of one frame (spec §5.1, §5.3): the body crop, the mesh crop and
+    /// The working-size crops of one frame: the body crop, the mesh crop and
     /// the mask (255 = keep), all `size × size`; `Err` when the frame must pass through.
     pub fn crops(
         &self,
@@ -445,7 +445,7 @@ impl<'m> FacePass<'m> {
         }
         let crop = self.settings.crop;
         let size = self.settings.inpaint.size;
-        // Spec §5.1: the same M crops the mesh render and the generated body frame.
+        // The reference's alignment: the same M crops the mesh render and the generated body frame.
         let mut mesh_crop = warp_affine_u8(mesh.data, w, h, 3, &m, crop, crop);
         // The reference writes the crop-size mesh crop as JPEG and reads it back before the
         // resize to the working size (`aligned/<n>.jpg`).
@@ -456,9 +456,9 @@ impl<'m> FacePass<'m> {
             }
         }
         let body_crop = warp_affine_u8(body.data, w, h, 3, &m, crop, crop);
-        // Spec §5.2: the parser reads the aligned crop of the generated body frame.
+        // As the reference's `get_mask.py`, the parser reads the aligned crop of the generated body frame.
         let mask = self.crop_mask_with(placement, resolved, w, h, Some(&body_crop))?;
-        // Spec §5.3: every head input is cv2-resized to the working size.
+        // As in the reference, every head input is cv2-resized to the working size.
         Ok(FaceCrops {
             control: resize_linear_u8(&mesh_crop, crop, crop, 3, size, size),
             image: resize_linear_u8(&body_crop, crop, crop, 3, size, size),

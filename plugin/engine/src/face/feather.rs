@@ -1,4 +1,4 @@
-//! The feathered paste-back mask (spec §5.4, `reverse2original.py`, `use_mask=False`).
+//! The feathered paste-back mask (`reverse2original.py`, `use_mask=False`).
 //!
 //! A white `crop × crop` image (255) is warped into the frame with the inverse alignment
 //! (bilinear, border 0); values above 20 become 255; the result is eroded with a 40×40 box

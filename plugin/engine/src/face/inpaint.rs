@@ -1,4 +1,4 @@
-//! The face inpainting diffusion (spec §5.3, §7.7, §7.8): the fine-tuned SD-inpainting UNet with
+//! The face inpainting diffusion: the fine-tuned SD-inpainting UNet with
 //! 9 input channels `[x_t, mask, masked_latents]` and the head ControlNet on the 4-channel `x_t`
 //! with the mesh crop as control.
 //!
@@ -16,7 +16,7 @@
 //!    `numpy_to_pil`).
 //!
 //! Noise: the initial latents are one seeded draw ([`crate::temporal::noise`]) shared by
-//! every frame, as the reference shares its one `randn` (spec §7.3). The posterior ε is a second
+//! every frame, as the reference shares its one `randn`. The posterior ε is a second
 //! seeded draw, also the same for every frame: the reference's depends on the frame's position in
 //! its batch of 30, which would make a frame's pixels depend on how a clip is cut.
 use candle_core::{DType, Device, Tensor};
@@ -42,7 +42,7 @@ pub enum PosteriorMode {
     Mean,
 }
 
-/// Settings of the inpainting pass; the defaults are the reference's (spec §0, §4, §5.3).
+/// Settings of the inpainting pass; the defaults are the reference's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InpaintSettings {
     /// Working side in pixels (256); a multiple of the VAE's downsampling factor.
@@ -133,7 +133,7 @@ pub fn downsample_mask(mask: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 }
 
 /// Appearance tokens of the head reference photo: `cv2.resize` to 256² (bilinear), then the CLIP
-/// processor and vision tower (spec §1.5, head reference).
+/// processor and vision tower (head reference).
 pub fn encode_head_appearance(
     model: &AnchorModel,
     rgb: &[u8],
@@ -157,7 +157,7 @@ pub fn check_head_model(model: &AnchorModel) -> Result<()> {
             model.layout.component("unet")?.join("config.json"),
             format!(
                 "the face model's UNet takes in_channels = {unet_in}; face inpainting needs \
-                 {} ([latent, mask, masked latent], spec §7.8): use the head/unet of a \
+                 {} ([latent, mask, masked latent]): use the head/unet of a \
                  Make-Your-Anchor checkpoint or an SD-inpainting UNet",
                 2 * latent + 1
             ),

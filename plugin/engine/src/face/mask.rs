@@ -1,11 +1,11 @@
-//! The inpainting mask of a face crop, in the reference's **inverted** convention (spec §5.2,
-//! §7.7): 255 = keep (not face), 0 = face to regenerate.
+//! The inpainting mask of a face crop, in the reference's **inverted** convention
+//! (the SD-inpainting pipeline's `mask > 0.5` keeps): 255 = keep (not face), 0 = face to regenerate.
 //!
 //! - From the face matte: the matte is warped into the crop with the alignment `M` (bilinear,
 //!   border 0), pixels ≥ 128 are face, the face is dilated once with a 3×3 box (as the reference
 //!   dilates its BiSeNet classes 1–13), then inverted.
 //! - Without a matte, from a BiSeNet face parser when the user gave its checkpoint (the
-//!   reference's own mask, spec §5.2): the parser runs on the aligned crop of the generated body
+//!   reference's own mask): the parser runs on the aligned crop of the generated body
 //!   frame, classes 1–13 are face, dilated once 3×3, inverted ([`from_parser`]).
 //! - Otherwise, from the landmarks: the crop is aligned to the FFHQ template, so the face
 //!   always sits at the same place in it. The region is the ellipse centred at
@@ -22,7 +22,7 @@ use super::warp::{warp_affine_u8, Affine};
 use crate::networks::bisenet::FaceParser;
 use crate::Result;
 
-/// The CelebAMask-HQ classes the reference regenerates (spec §5.2): skin, brows, eyes,
+/// The CelebAMask-HQ classes the reference regenerates: skin, brows, eyes,
 /// eyeglasses, ears, earring, nose, mouth, lips. Background (0), neck (14), necklace (15),
 /// cloth (16), hair (17) and hat (18) are kept.
 pub const FACE_CLASSES: RangeInclusive<u8> = 1..=13;
@@ -102,7 +102,7 @@ pub fn from_classes(classes: &[u8], w: usize, h: usize) -> Vec<u8> {
 }
 
 /// The crop mask from the BiSeNet parser run on the aligned RGB crop (`crop × crop`) of the
-/// generated body frame, as the reference's `get_mask.py` parses `raw_aligned` (spec §5.2).
+/// generated body frame, as the reference's `get_mask.py` parses `raw_aligned`.
 pub fn from_parser(parser: &FaceParser, crop_rgb: &[u8], crop: usize) -> Result<Vec<u8>> {
     let classes = parser.classes(crop_rgb, crop, crop)?;
     Ok(from_classes(&classes, crop, crop))

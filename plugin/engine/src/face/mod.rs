@@ -1,4 +1,4 @@
-//! Identity-specific face enhancement (issue 7; spec §5): align a crop around the face, re-render
+//! Identity-specific face enhancement (issue 7): align a crop around the face, re-render
 //! the face with the head (inpainting) model, and blend it back into the body frame.
 //!
 //! OFX-free; the effect and the CLI drive it through [`FacePass`]:

@@ -1,6 +1,6 @@
 //! Temporal face (beyond the paper, issue 7): the face crops of a clip denoised jointly by the
-//! same batch-overlapped window machinery as the body ([`crate::temporal`], spec §3),
-//! with the head UNet inflated (all-frame `attn1`, GroupNorm statistics over the window, spec §2)
+//! same batch-overlapped window machinery as the body ([`crate::temporal`]),
+//! with the head UNet inflated (all-frame `attn1`, GroupNorm statistics over the window)
 //! and the head ControlNet per frame with window GroupNorm, as the body's 3D ControlNet.
 //!
 //! Only frames with a usable placement take part; they are renumbered consecutively

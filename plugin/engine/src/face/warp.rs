@@ -1,4 +1,4 @@
-//! OpenCV-compatible geometric resampling for the face path (spec §5.1, §5.4, §7.13):
+//! OpenCV-compatible geometric resampling for the face path:
 //! `cv2.warpAffine` with `INTER_LINEAR` and a constant border of 0 (8-bit, float32 and float64
 //! images), the analytic inverse of a 2×3 affine map, and `cv2.resize` with `INTER_LINEAR` on 8-bit
 //! images with OpenCV 4.7's rounding.

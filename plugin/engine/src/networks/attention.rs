@@ -1,7 +1,7 @@
 //! Scaled dot-product attention that never materialises the full score matrix, and diffusers'
 //! `Attention` module (`to_q`, `to_k`, `to_v`, `to_out.0`) built on it.
 //!
-//! Full-frame self-attention over a 16-frame window at 64² latents is 65,536 tokens (spec §2, §7.18):
+//! Full-frame self-attention over a 16-frame window at 64² latents is 65,536 tokens:
 //! a naive score matrix per head would be 16 GiB. [`attention`] never builds it:
 //! - on the CPU, a fused tiled kernel (`attention_cpu`): 128 query rows × 512 key rows per tile,
 //!   two small GEMMs per tile and an online (running max / running sum) softmax, tiles spread over
@@ -251,7 +251,7 @@ impl Attention {
 
     /// `x: [B, N, C]`. Self-attention when `context` is `None`, in which case each run of `frames`
     /// consecutive batch entries attends jointly over its `frames · N` tokens (ControlVideo's
-    /// fully cross-frame attention, spec §2; `frames = 1` is per image). Cross-attention
+    /// fully cross-frame attention; `frames = 1` is per image). Cross-attention
     /// (`context: [B, M, C']`) is always per batch entry.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>, frames: usize) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;

@@ -1,6 +1,6 @@
 //! BiSeNet face parser (Yu et al. 2018, "BiSeNet: Bilateral Segmentation Network for Real-time
 //! Semantic Segmentation", arXiv 1808.00897), in the variant of the face-parsing.PyTorch project
-//! whose CelebAMask-HQ checkpoint `79999_iter.pth` the reference's `get_mask.py` runs (spec §5.2).
+//! whose CelebAMask-HQ checkpoint `79999_iter.pth` the reference's `get_mask.py` runs.
 //!
 //! Structure (parameter names = the checkpoint's state_dict keys; every conv has no bias and every
 //! BatchNorm runs in eval mode with its running statistics, eps 1e-5):
@@ -26,25 +26,23 @@
 //! Checkpoints: PyTorch `.pth` or `.safetensors` through the strict loader (`engine::weights`). The
 //! published `79999_iter.pth` (2019) is in PyTorch's legacy non-zip format, which
 //! `engine::legacy_pth` reads; files re-saved by a newer PyTorch (zip) load as well.
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-use parking_lot::Mutex;
 
 use candle_core::{DType, Device, Module, Result as CResult, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 use crate::error::{EngineError, Result};
+use crate::registry::{Kind, Registry};
+use crate::temporal::{Key, KeyHasher};
 use crate::weights::StrictWeights;
 
 /// CelebAMask-HQ classes of the published checkpoint.
 pub const CELEBAMASK_CLASSES: usize = 19;
 /// BatchNorm2d's default eps.
 const BN_EPS: f64 = 1e-5;
-/// torchvision ImageNet normalisation (spec §5.2).
+/// torchvision ImageNet normalisation.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// torchvision ImageNet normalisation (spec §5.2).
+/// torchvision ImageNet normalisation.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// The trunk's first width in the published checkpoint (ResNet-18: 64, 128, 256, 512).
 const FULL_BASE_WIDTH: usize = 64;
@@ -477,7 +475,7 @@ impl BiSeNet {
     }
 
     /// The main head's logits at the input size `(N, classes, H, W)`: bilinear with
-    /// `align_corners = true` (spec §5.2).
+    /// `align_corners = true`.
     pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         self.forward_low(x)?.upsample_bilinear2d(h, w, true)
@@ -518,27 +516,40 @@ impl FaceParser {
         })
     }
 
-    /// [`Self::load`] once per process for each version of the file (path, size, mtime) and
+    /// [`Self::load`] once per process for each version of the file (path, length, mtime) and
     /// device: the face pass is set up per frame, and re-reading a 53 MB checkpoint per frame
-    /// would be wasted work on the render path. An edited checkpoint is a new version.
+    /// would be wasted work on the render path. The parser is kept in the process's resource
+    /// registry ([`crate::registry`], as a [`Kind::Model`] charged the file's length), which
+    /// frees it on PurgeCaches when no render is running. An edited checkpoint is a new
+    /// version, and replaces the old one.
     pub fn load_shared(path: &Path, device: &Device) -> Result<Self> {
-        let Some(version) = Self::version(path) else {
+        Self::load_shared_in(crate::registry::global(), path, device)
+    }
+
+    /// [`Self::load_shared`] in `registry`.
+    pub(crate) fn load_shared_in(
+        registry: &Registry,
+        path: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let Ok(version) = crate::registry::file_version("bisenet", path) else {
             // Unreadable metadata: `load` reports the problem with its usual message.
             return Self::load(path, device);
         };
-        let key = (version, format!("{:?}", device.location()));
-        let cache = loaded_parsers();
-        if let Some(p) = cache.lock().get(&key) {
-            return Ok(p.clone());
-        }
-        let parser = Self::load(path, device)?;
-        let mut map = cache.lock();
-        // Older versions of this file on this device are dropped with the new one's arrival.
-        map.retain(|(v, d), _| {
-            !(d == &key.1 && v.starts_with(&format!("{}\u{0}", path.display())))
-        });
-        map.insert(key, parser.clone());
-        Ok(parser)
+        let on_device = |k: Key| {
+            KeyHasher::tagged("bisenet-on-device")
+                .key(k)
+                .str(&format!("{:?}", device.location()))
+                .finish()
+        };
+        let parser = registry.get_or_insert_with(
+            Kind::Model,
+            on_device(version.key),
+            Some(on_device(version.path_key)),
+            |_: &FaceParser| version.len as usize,
+            || Self::load(path, device),
+        )?;
+        Ok(parser.as_ref().clone())
     }
 
     /// The identity of the checkpoint file's current version (path, size and mtime), or `None`
@@ -600,25 +611,10 @@ impl FaceParser {
     }
 }
 
-/// The parsers [`FaceParser::load_shared`] keeps, by (file version, device).
-fn loaded_parsers() -> &'static Mutex<HashMap<(String, String), FaceParser>> {
-    static LOADED: OnceLock<Mutex<HashMap<(String, String), FaceParser>>> = OnceLock::new();
-    LOADED.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn versions_of(path: &Path) -> Vec<String> {
-        let prefix = format!("{}\u{0}", path.display());
-        loaded_parsers()
-            .lock()
-            .keys()
-            .filter(|(v, _)| v.starts_with(&prefix))
-            .map(|(v, _)| v.clone())
-            .collect()
-    }
+    use crate::registry::Held;
 
     #[test]
     fn shared_parser_loads_once_per_file_version(
@@ -629,26 +625,46 @@ mod tests {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("parser.pth");
         std::fs::copy(&fixture, &path)?;
-        let first = FaceParser::load_shared(&path, &Device::Cpu)?;
-        let v1 = versions_of(&path);
-        assert_eq!(v1.len(), 1);
-        let again = FaceParser::load_shared(&path, &Device::Cpu)?;
-        assert_eq!(
-            versions_of(&path),
-            v1,
-            "a second request must reuse the loaded parser"
-        );
+        let len = std::fs::metadata(&path)?.len() as usize;
+        let registry = Registry::new(1 << 30);
+        let first = FaceParser::load_shared_in(&registry, &path, &Device::Cpu)?;
+        let held = Held {
+            entries: 1,
+            bytes: len,
+        };
+        assert_eq!(registry.stats().of(Kind::Model), held);
+        // Same length and mtime, unreadable contents: only a memo hit can succeed.
+        let mtime = std::fs::metadata(&path)?.modified()?;
+        std::fs::write(&path, vec![0u8; len])?;
+        std::fs::File::options()
+            .write(true)
+            .open(&path)?
+            .set_modified(mtime)?;
+        let again = FaceParser::load_shared_in(&registry, &path, &Device::Cpu)?;
         assert_eq!(first.path(), again.path());
+        assert_eq!(
+            registry.stats().of(Kind::Model),
+            held,
+            "reused, not reloaded"
+        );
         // A rewritten checkpoint (new mtime) is a new version and replaces the old one.
-        std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, std::fs::read(&fixture)?)?;
         let bumped = std::fs::File::options().write(true).open(&path)?;
-        bumped.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))?;
+        bumped.set_modified(mtime + std::time::Duration::from_secs(5))?;
         drop(bumped);
-        FaceParser::load_shared(&path, &Device::Cpu)?;
-        let v2 = versions_of(&path);
-        assert_eq!(v2.len(), 1);
-        assert_ne!(v2, v1, "an edited checkpoint must be reloaded");
+        FaceParser::load_shared_in(&registry, &path, &Device::Cpu)?;
+        let stats = registry.stats();
+        assert_eq!(stats.of(Kind::Model), held, "one version kept");
+        assert_eq!(
+            stats.peak_bytes, len,
+            "the old version left before the new one came"
+        );
+        assert_eq!(
+            registry.purge(false),
+            Held::default(),
+            "models survive a busy purge"
+        );
+        assert_eq!(registry.purge(true), held);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -1,15 +1,15 @@
 //! CLIP (Radford et al. 2021, arXiv 2103.00020): the vision tower that makes the appearance tokens,
 //! its exact `CLIPImageProcessor` preprocessing, and the text tower used only for the CFG negative.
 //!
-//! - Appearance tokens (spec §1.5, §7.5): transformers `CLIPVisionModel(...).last_hidden_state`, i.e.
+//! - Appearance tokens: transformers `CLIPVisionModel(...).last_hidden_state`, i.e.
 //!   every token of the last encoder layer **before** `post_layernorm` (50 × 768 for ViT-B/32), with
 //!   no projection. The tower is candle-transformers' `clip::vision_model` (faithful to 7e-7, issue 3);
 //!   its `forward` returns the pooled post-LN token, so we take the last hidden state instead, and
 //!   since it silently random-initialises a missing `class_embedding`, the strict loader checks keys.
-//! - Preprocessing (spec §1.5): resize the short side to 224 with PIL's BICUBIC (its separable
+//! - Preprocessing: resize the short side to 224 with PIL's BICUBIC (its separable
 //!   two-pass resampling with antialiasing support and 8-bit rounding between passes, reimplemented
 //!   here), centre crop, `x/255`, CLIP mean/std; read from `preprocessor_config.json`.
-//! - Negative embedding (spec §1.6, §7.4): the text tower on ids `[49406, 49407, 49407, …]` padded to
+//! - Negative embedding: the text tower on ids `[49406, 49407, 49407, …]` padded to
 //!   `max_position_embeddings` (the SD1.5 tokenizer pads with `<|endoftext|>` = 49407), keeping the first
 //!   N rows, N = appearance token count. Exact because the mask is causal. CLIP's two special tokens
 //!   are the last two entries of its vocabulary (49406 = 49408 − 2, 49407 = 49408 − 1), so the ids are
@@ -31,7 +31,7 @@ use crate::weights::{self, LoadReport, StrictWeights};
 
 /// `<|startoftext|>` in the CLIP BPE vocabulary.
 pub const BOS_TOKEN_ID: u32 = 49406;
-/// `<|endoftext|>`, also the SD1.5 tokenizer's padding token (spec §1.6).
+/// `<|endoftext|>`, also the SD1.5 tokenizer's padding token.
 pub const EOS_TOKEN_ID: u32 = 49407;
 
 fn default_layer_norm_eps() -> f64 {
@@ -353,7 +353,7 @@ impl Default for PreprocessorFile {
     }
 }
 
-/// The `CLIPImageProcessor` steps the reference uses (spec §1.5), from `preprocessor_config.json`.
+/// The `CLIPImageProcessor` steps the reference uses, from `preprocessor_config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipImageProcessor {
     /// Resize the short side to this (None: no resize).
@@ -593,7 +593,7 @@ impl ClipVisionEncoder {
 
     /// Loads `dir` (`config.json`, weights, `preprocessor_config.json`) with the strict key check.
     ///
-    /// The reference runs this tower in f32 (spec §1.5); pass `DType::F32` unless memory is short.
+    /// The reference runs this tower in f32; pass `DType::F32` unless memory is short.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<(Self, LoadReport)> {
         let cfg = ClipVisionConfig::from_dir(dir)?;
         let processor = ClipImageProcessor::from_file(&dir.join("preprocessor_config.json"))?;
@@ -727,7 +727,7 @@ impl ClipTextEncoder {
         &self.config
     }
 
-    /// The embedding of the empty prompt, `(1, n_tokens, hidden_size)` (spec §1.6).
+    /// The embedding of the empty prompt, `(1, n_tokens, hidden_size)`.
     ///
     /// Ids `[BOS, EOS, EOS, …]` (`[49406, 49407, …]` for CLIP) padded to `max_position_embeddings`, causal mask, final LayerNorm;
     /// the first `n_tokens` rows are kept.

@@ -2,10 +2,11 @@
 //!
 //! A copy of the UNet's encoder half (`conv_in`, `time_embedding`, down blocks, mid block) plus the
 //! conditioning embedding (`controlnet_cond_embedding`) and one zero-initialised 1×1 conv per skip
-//! state (`controlnet_down_blocks.{i}`) and for the mid block (`controlnet_mid_block`). Every
-//! residual is multiplied by the conditioning scale (spec §1.4). In [`Temporal::Window`] mode the
-//! ResNet GroupNorms share statistics across the window's frames but self-attention stays per frame
-//! (`IndividualAttention`, spec §2, §7.2).
+//! state (`controlnet_down_blocks.{i}`) and for the mid block (`controlnet_mid_block`). Its config
+//! holds the UNet's encoder keys ([`EncoderConfig`], flattened) and is checked by the same rows.
+//! Every residual is multiplied by the conditioning scale. In [`Temporal::Window`] mode the ResNet
+//! GroupNorms share statistics across the window's frames but self-attention stays per frame
+//! (the original's `IndividualAttention`).
 use std::path::{Path, PathBuf};
 
 use super::conv::{Conv2d, Conv2dConfig};
@@ -15,7 +16,10 @@ use serde::Deserialize;
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::resnet::conv;
-use super::unet::{check_sample, context_for_batch, expect_eq, read_config, PerBlock, Topology};
+use super::unet::{
+    check_class, check_sample, context_for_batch, positive_count, read_config, unsupported,
+    ConfigCheck, EncoderConfig, Topology,
+};
 use super::unet_blocks::{DownBlock, DownBlockSpec, FrameLayout, MidBlock, ResnetCommon};
 use crate::error::{EngineError, Result};
 
@@ -31,65 +35,20 @@ pub struct ControlNetOutput {
 }
 
 /// The `config.json` of a diffusers `ControlNetModel`. Field names are the JSON keys; absent keys
-/// take the Stable Diffusion 1.5 values.
+/// take the Stable Diffusion 1.5 values. Keys this port does not know are ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct ControlNetConfig {
     /// `_class_name`: must be `ControlNetModel` when present.
     #[serde(rename = "_class_name")]
     pub class_name: Option<String>,
+    /// The encoder keys, shared with the UNet the ControlNet copies.
+    #[serde(flatten)]
+    pub encoder: EncoderConfig,
     /// Latent channels in (4).
     pub in_channels: usize,
     /// Channels of the control image (3).
     pub conditioning_channels: usize,
-    /// Timestep embedding order `[cos | sin]`.
-    pub flip_sin_to_cos: bool,
-    /// `downscale_freq_shift` of the timestep sinusoid.
-    pub freq_shift: f64,
-    /// `CrossAttnDownBlock2D` / `DownBlock2D`, one per level.
-    pub down_block_types: Vec<String>,
-    /// Must be `UNetMidBlock2DCrossAttn`.
-    pub mid_block_type: Option<String>,
-    /// Must be false everywhere.
-    pub only_cross_attention: PerBlock<bool>,
-    /// Channels per level.
-    pub block_out_channels: Vec<usize>,
-    /// ResNet layers per down block.
-    pub layers_per_block: PerBlock<usize>,
-    /// Padding of the stride-2 downsampling conv.
-    pub downsample_padding: usize,
-    /// Output scale of the mid block's ResNets.
-    pub mid_block_scale_factor: f64,
-    /// Must be `silu`.
-    pub act_fn: String,
-    /// GroupNorm groups.
-    pub norm_num_groups: Option<usize>,
-    /// ResNet GroupNorm eps.
-    pub norm_eps: f64,
-    /// Width of the encoder hidden states.
-    pub cross_attention_dim: PerBlock<usize>,
-    /// `BasicTransformerBlock`s per transformer.
-    pub transformer_layers_per_block: PerBlock<usize>,
-    /// Legacy name: the number of heads when `num_attention_heads` is null.
-    pub attention_head_dim: PerBlock<usize>,
-    /// Number of heads (takes precedence over `attention_head_dim`).
-    pub num_attention_heads: Option<PerBlock<usize>>,
-    /// Linear instead of 1×1-conv transformer projections.
-    pub use_linear_projection: bool,
-    /// Ignored (f32 scores).
-    pub upcast_attention: bool,
-    /// Must be `default`.
-    pub resnet_time_scale_shift: String,
-    /// Must be null.
-    pub class_embed_type: Option<String>,
-    /// Must be null.
-    pub num_class_embeds: Option<usize>,
-    /// Must be null.
-    pub addition_embed_type: Option<String>,
-    /// Must be null.
-    pub encoder_hid_dim: Option<usize>,
-    /// Must be null.
-    pub encoder_hid_dim_type: Option<String>,
     /// `rgb` or `bgr` (the control image is flipped for `bgr`).
     pub controlnet_conditioning_channel_order: String,
     /// Channels of the conditioning embedding's stages.
@@ -105,39 +64,9 @@ impl Default for ControlNetConfig {
     fn default() -> Self {
         Self {
             class_name: None,
+            encoder: EncoderConfig::default(),
             in_channels: 4,
             conditioning_channels: 3,
-            flip_sin_to_cos: true,
-            freq_shift: 0.0,
-            down_block_types: [
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "DownBlock2D",
-            ]
-            .map(String::from)
-            .to_vec(),
-            mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
-            only_cross_attention: PerBlock::One(false),
-            block_out_channels: vec![320, 640, 1280, 1280],
-            layers_per_block: PerBlock::One(2),
-            downsample_padding: 1,
-            mid_block_scale_factor: 1.0,
-            act_fn: "silu".into(),
-            norm_num_groups: Some(32),
-            norm_eps: 1e-5,
-            cross_attention_dim: PerBlock::One(768),
-            transformer_layers_per_block: PerBlock::One(1),
-            attention_head_dim: PerBlock::One(8),
-            num_attention_heads: None,
-            use_linear_projection: false,
-            upcast_attention: false,
-            resnet_time_scale_shift: "default".into(),
-            class_embed_type: None,
-            num_class_embeds: None,
-            addition_embed_type: None,
-            encoder_hid_dim: None,
-            encoder_hid_dim_type: None,
             controlnet_conditioning_channel_order: "rgb".into(),
             conditioning_embedding_out_channels: vec![16, 32, 96, 256],
             global_pool_conditions: false,
@@ -145,6 +74,28 @@ impl Default for ControlNetConfig {
         }
     }
 }
+
+/// The ControlNet's own checks (beyond the shared encoder's), one row per key.
+const CONTROLNET_CHECKS: &[ConfigCheck<ControlNetConfig>] = &[
+    ("in_channels", |c| positive_count(c.in_channels)),
+    ("conditioning_channels", |c| {
+        positive_count(c.conditioning_channels)
+    }),
+    ("conditioning_embedding_out_channels", |c| {
+        let emb = &c.conditioning_embedding_out_channels;
+        (emb.is_empty() || emb.contains(&0))
+            .then(|| format!("is {emb:?}, expected positive channel counts"))
+    }),
+    ("controlnet_conditioning_channel_order", |c| {
+        match c.controlnet_conditioning_channel_order.as_str() {
+            "rgb" | "bgr" => None,
+            other => Some(format!("is {other:?}, expected \"rgb\" or \"bgr\"")),
+        }
+    }),
+    ("global_pool_conditions", |c| {
+        unsupported(c.global_pool_conditions, false)
+    }),
+];
 
 /// The checked, plain form of a ControlNet config.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,167 +150,32 @@ impl ControlNetConfig {
         }
     }
 
-    /// Checks every value once and returns the plain architecture.
+    /// Checks every value once and returns the plain architecture. All problems are reported
+    /// together, each quoting the value found and the one expected.
     pub fn validate(&self) -> Result<ControlNetArchitecture> {
+        check_class(self.class_name.as_deref(), "ControlNetModel").map_err(|m| self.error(m))?;
+        let topology = self
+            .encoder
+            .check(self, CONTROLNET_CHECKS)
+            .map_err(|e| self.error(e.join("; ")))?;
         let mut e = Vec::new();
-        if let Some(class) = &self.class_name {
-            if class != "ControlNetModel" {
-                return Err(self.error(format!(
-                    "`_class_name` is {class:?}, expected \"ControlNetModel\" (is this another \
-                     component's config?)"
-                )));
-            }
-        }
-        let n = self.down_block_types.len();
-        if n == 0 {
-            return Err(
-                self.error("`down_block_types` is empty, expected at least one block".into())
-            );
-        }
-        if self.block_out_channels.len() != n {
-            return Err(self.error(format!(
-                "`block_out_channels` has {} entries ({:?}), expected one per down block ({n})",
-                self.block_out_channels.len(),
-                self.block_out_channels
-            )));
-        }
-        let expand = |v: &PerBlock<usize>, key: &str, e: &mut Vec<String>| match v.expand(n, key) {
-            Ok(v) => v,
-            Err(m) => {
-                e.push(m);
-                vec![1; n]
-            }
-        };
-        let heads_cfg = self
-            .num_attention_heads
-            .as_ref()
-            .unwrap_or(&self.attention_head_dim);
-        let layers = expand(&self.layers_per_block, "layers_per_block", &mut e);
-        let transformer_layers = expand(
-            &self.transformer_layers_per_block,
-            "transformer_layers_per_block",
-            &mut e,
-        );
-        let heads = expand(heads_cfg, "attention_head_dim", &mut e);
-        let cross = expand(&self.cross_attention_dim, "cross_attention_dim", &mut e);
-        if cross.iter().any(|&c| c != cross[0]) {
-            e.push(format!(
-                "`cross_attention_dim` is {cross:?}, expected one width for all blocks"
-            ));
-        }
-        match self.only_cross_attention.expand(n, "only_cross_attention") {
-            Ok(v) if v.iter().any(|&b| b) => e.push(format!(
-                "`only_cross_attention` is {v:?}, expected false (unsupported)"
-            )),
-            Ok(_) => {}
-            Err(m) => e.push(m),
-        }
-        let groups = match self.norm_num_groups {
-            Some(g) if g > 0 => g,
-            other => {
-                e.push(format!(
-                    "`norm_num_groups` is {other:?}, expected a positive number"
-                ));
-                1
-            }
-        };
-        if self.in_channels == 0 || self.conditioning_channels == 0 {
-            e.push(format!(
-                "`in_channels`/`conditioning_channels` are {}/{}, expected positive",
-                self.in_channels, self.conditioning_channels
-            ));
-        }
-        let emb = &self.conditioning_embedding_out_channels;
-        if emb.is_empty() || emb.contains(&0) {
-            e.push(format!(
-                "`conditioning_embedding_out_channels` is {emb:?}, expected positive channel counts"
-            ));
-        }
-        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
-            e.push(format!("`norm_eps` is {}, expected > 0", self.norm_eps));
-        }
-        let bgr = match self.controlnet_conditioning_channel_order.as_str() {
-            "rgb" => false,
-            "bgr" => true,
-            other => {
-                e.push(format!(
-                    "`controlnet_conditioning_channel_order` is {other:?}, expected \"rgb\" or \"bgr\""
-                ));
-                false
-            }
-        };
-        expect_eq(
-            &mut e,
-            "mid_block_type",
-            &self.mid_block_type.as_deref(),
-            &Some("UNetMidBlock2DCrossAttn"),
-        );
-        expect_eq(&mut e, "act_fn", &self.act_fn.as_str(), &"silu");
-        expect_eq(
-            &mut e,
-            "resnet_time_scale_shift",
-            &self.resnet_time_scale_shift.as_str(),
-            &"default",
-        );
-        expect_eq(&mut e, "class_embed_type", &self.class_embed_type, &None);
-        expect_eq(&mut e, "num_class_embeds", &self.num_class_embeds, &None);
-        expect_eq(
-            &mut e,
-            "addition_embed_type",
-            &self.addition_embed_type,
-            &None,
-        );
-        expect_eq(&mut e, "encoder_hid_dim", &self.encoder_hid_dim, &None);
-        expect_eq(
-            &mut e,
-            "encoder_hid_dim_type",
-            &self.encoder_hid_dim_type,
-            &None,
-        );
-        expect_eq(
-            &mut e,
-            "global_pool_conditions",
-            &self.global_pool_conditions,
-            &false,
-        );
-        if !e.is_empty() {
-            return Err(self.error(e.join("; ")));
-        }
-        let topology = Topology {
-            block_out_channels: self.block_out_channels.clone(),
-            layers_per_block: layers,
-            transformer_layers,
-            heads,
-            cross_attention_dims: cross,
-            use_linear_projection: self.use_linear_projection,
-            downsample_padding: self.downsample_padding,
-            groups,
-        };
         topology.check(&mut e);
-        let down = topology.down_blocks(&self.down_block_types, &mut e);
+        let down = topology.down_blocks(&self.encoder.down_block_types, &mut e);
         if !e.is_empty() {
             return Err(self.error(e.join("; ")));
         }
-        let c0 = self.block_out_channels[0];
+        let common = self.encoder.resnet_common(&topology);
         Ok(ControlNetArchitecture {
             in_channels: self.in_channels,
             conditioning_channels: self.conditioning_channels,
-            bgr,
-            embedding_channels: emb.clone(),
-            time_proj: Timesteps {
-                num_channels: c0,
-                flip_sin_to_cos: self.flip_sin_to_cos,
-                freq_shift: self.freq_shift,
-            },
-            temb_channels: 4 * c0,
-            common: ResnetCommon {
-                temb_channels: 4 * c0,
-                groups,
-                eps: self.norm_eps,
-            },
+            bgr: self.controlnet_conditioning_channel_order == "bgr",
+            embedding_channels: self.conditioning_embedding_out_channels.clone(),
+            time_proj: self.encoder.time_proj(),
+            temb_channels: common.temb_channels,
+            common,
             topology,
             down,
-            mid_scale_factor: self.mid_block_scale_factor,
+            mid_scale_factor: self.encoder.mid_block_scale_factor,
         })
     }
 }
@@ -481,7 +297,7 @@ impl ControlNetModel {
     }
 
     /// Residuals for `sample: [B, in_channels, h, w]` and `controlnet_cond: [B, cond_channels,
-    /// h·8, w·8]` (RGB in [0, 1], spec §7.6), each multiplied by `conditioning_scale`.
+    /// h·8, w·8]` (RGB in [0, 1]), each multiplied by `conditioning_scale`.
     pub fn forward(
         &self,
         sample: &Tensor,
@@ -506,7 +322,7 @@ impl ControlNetModel {
         )
     }
 
-    /// [`Self::forward`] with one timestep per batch entry (training, spec §6).
+    /// [`Self::forward`] with one timestep per batch entry (training draws one per sample).
     pub fn forward_timesteps(
         &self,
         sample: &Tensor,
@@ -587,5 +403,130 @@ impl ControlNetModel {
             down_block_res_samples,
             mid_block_res_sample,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::networks::unet::{PerBlock, UNet2DConditionConfig};
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn both_configs_read_the_shared_encoder_keys() -> TestResult {
+        let json = serde_json::json!({
+            "in_channels": 9,
+            "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+            "block_out_channels": [32, 64],
+            "freq_shift": 1,
+            "attention_head_dim": [2, 4],
+            "norm_num_groups": 8,
+            "class_embed_type": null,
+            "conditioning_channels": 1,
+            "out_channels": 4,
+            "a_key_this_port_does_not_know": true
+        });
+        let unet: UNet2DConditionConfig = serde_json::from_value(json.clone())?;
+        let cn: ControlNetConfig = serde_json::from_value(json)?;
+        assert_eq!(unet.encoder, cn.encoder);
+        assert_eq!((unet.in_channels, cn.in_channels), (9, 9));
+        assert_eq!(cn.conditioning_channels, 1);
+        assert_eq!(unet.encoder.block_out_channels, [32, 64]);
+        assert_eq!(unet.encoder.freq_shift, 1.0);
+        assert_eq!(unet.encoder.attention_head_dim, PerBlock::Many(vec![2, 4]));
+        assert_eq!(unet.encoder.norm_num_groups, Some(8));
+        // Absent keys take the SD1.5 values.
+        assert_eq!(cn.encoder.cross_attention_dim, PerBlock::One(768));
+        assert_eq!(cn.conditioning_embedding_out_channels, [16, 32, 96, 256]);
+        assert_eq!(
+            UNet2DConditionConfig::default().encoder,
+            ControlNetConfig::default().encoder
+        );
+        let empty: ControlNetConfig = serde_json::from_str("{}")?;
+        assert_eq!(empty, ControlNetConfig::default());
+        let empty: UNet2DConditionConfig = serde_json::from_str("{}")?;
+        assert_eq!(empty, UNet2DConditionConfig::default());
+        Ok(())
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_value() -> TestResult {
+        let arch = ControlNetConfig::default().validate()?;
+        assert_eq!(arch.num_down_residuals(), 12);
+        assert!(!arch.bgr);
+        let arch = UNet2DConditionConfig::default().validate()?;
+        assert_eq!((arch.in_channels(), arch.cross_attention_dim()), (4, 768));
+
+        let mut cn = ControlNetConfig::default();
+        cn.encoder.act_fn = "gelu".into();
+        cn.encoder.layers_per_block = PerBlock::Many(vec![1, 2]);
+        cn.encoder.cross_attention_dim = PerBlock::Many(vec![768, 768, 1024, 768]);
+        cn.encoder.mid_block_scale_factor = 0.0;
+        cn.controlnet_conditioning_channel_order = "rbg".into();
+        cn.in_channels = 0;
+        let msg = cn
+            .validate()
+            .err()
+            .ok_or("bad config accepted")?
+            .to_string();
+        for want in [
+            "<ControlNetModel config>",
+            "`act_fn` is \"gelu\", expected \"silu\" (unsupported)",
+            "`layers_per_block` has 2 entries ([1, 2]), expected one per down block (4)",
+            "`cross_attention_dim` is [768, 768, 1024, 768], expected one width for all blocks",
+            "`mid_block_scale_factor` is 0, expected > 0",
+            "`controlnet_conditioning_channel_order` is \"rbg\", expected \"rgb\" or \"bgr\"",
+            "`in_channels` is 0, expected a positive number",
+        ] {
+            assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+        }
+
+        let mut unet = UNet2DConditionConfig {
+            conv_out_kernel: 2,
+            time_cond_proj_dim: Some(4),
+            ..UNet2DConditionConfig::default()
+        };
+        unet.up_block_types.pop();
+        unet.encoder.only_cross_attention = PerBlock::One(true);
+        let msg = unet
+            .validate()
+            .err()
+            .ok_or("bad config accepted")?
+            .to_string();
+        for want in [
+            "<UNet2DConditionModel config>",
+            "`conv_out_kernel` is 2, expected an odd kernel size",
+            "`time_cond_proj_dim` is Some(4), expected None (unsupported)",
+            "`up_block_types` has 3 entries, expected 4 (as many as `down_block_types`)",
+            "`only_cross_attention` is [true, true, true, true], expected false (unsupported)",
+        ] {
+            assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+        }
+
+        unet = UNet2DConditionConfig {
+            class_name: Some("ControlNetModel".into()),
+            ..UNet2DConditionConfig::default()
+        };
+        let msg = unet
+            .validate()
+            .err()
+            .ok_or("wrong class accepted")?
+            .to_string();
+        assert!(
+            msg.contains(
+                "`_class_name` is \"ControlNetModel\", expected \"UNet2DConditionModel\" (is this \
+                 another component's config?)"
+            ),
+            "{msg}"
+        );
+        cn = ControlNetConfig::default();
+        cn.encoder.down_block_types.clear();
+        let msg = cn.validate().err().ok_or("no blocks accepted")?.to_string();
+        assert!(
+            msg.contains("`down_block_types` is empty, expected at least one block"),
+            "{msg}"
+        );
+        Ok(())
     }
 }

@@ -1,5 +1,5 @@
 //! Plain-candle-op versions of the few inference kernels that have no backward pass, used only
-//! when a gradient is needed (training, issue 6; spec §6).
+//! when a gradient is needed (training, issue 6).
 //!
 //! Inference keeps its fast kernels: the fused CPU attention (`attention_cpu`), candle's
 //! `softmax_last_dim` and its fused `layer_norm` are custom ops without `bwd`, so autograd through

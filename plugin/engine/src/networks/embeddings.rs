@@ -1,6 +1,6 @@
 //! Timestep embeddings: diffusers `Timesteps` (sinusoidal) and `TimestepEmbedding` (linear → SiLU → linear).
 //!
-//! Spec §1.3: `exp(-ln(1e4)·i/(half - freq_shift))`, output `[cos | sin]` when `flip_sin_to_cos`.
+//! As diffusers' `get_timestep_embedding`: `exp(-ln(1e4)·i/(half - freq_shift))`, output `[cos | sin]` when `flip_sin_to_cos`.
 //! The arithmetic is done in f32 in the same order as `get_timestep_embedding`, so the phases
 //! (up to ~1000 rad) round like the reference.
 use candle_core::{DType, Device, Result, Tensor};
@@ -92,7 +92,7 @@ impl Timesteps {
     }
 
     /// One sinusoid row per batch entry, `[timesteps.len(), num_channels]`: training draws a
-    /// timestep per sample (spec §6).
+    /// timestep per sample.
     pub fn forward_each(&self, timesteps: &[f64], dtype: DType, device: &Device) -> Result<Tensor> {
         let rows = timesteps
             .iter()

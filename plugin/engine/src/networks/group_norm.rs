@@ -2,7 +2,7 @@
 //!
 //! diffusers applies `torch.nn.GroupNorm` per image; the inflated 3D UNet of Make-Your-Anchor applies
 //! the same module to the 5-D tensor `(b, c, f, h, w)`, so each (batch, group) statistic is taken
-//! over `(c/G, f, h, w)`: jointly over all frames of the window (spec §2, §7.1). With `frames = 1`
+//! over `(c/G, f, h, w)`: jointly over all frames of the window. With `frames = 1`
 //! this is the plain 2D GroupNorm.
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;

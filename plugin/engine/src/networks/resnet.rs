@@ -1,6 +1,6 @@
 //! diffusers `ResnetBlock2D` (default time-embedding norm), `Downsample2D` and `Upsample2D`.
 //!
-//! In a window (spec §2) the two GroupNorms of a ResNet block take statistics over all frames of the
+//! In a window the two GroupNorms of a ResNet block take statistics over all frames of the
 //! window; convolutions and resampling stay per frame.
 use super::conv::{Conv2d, Conv2dConfig};
 use candle_core::{Result, Tensor};

@@ -1,9 +1,9 @@
 //! diffusers `Transformer2DModel` (continuous input) with `BasicTransformerBlock`s and the GEGLU
 //! `FeedForward`.
 //!
-//! In a window (spec §2) only `attn1` of the UNet sees all frames; the transformer's own GroupNorm
+//! In a window only `attn1` of the UNet sees all frames; the transformer's own GroupNorm
 //! (`norm`, eps 1e-6), `attn2` (cross-attention to the appearance tokens), the FF and the
-//! projections stay per frame. GEGLU uses the exact erf GELU (spec §7.9).
+//! projections stay per frame. GEGLU uses the exact erf GELU.
 use super::conv::{Conv2d, Conv2dConfig};
 use candle_core::{Result, Tensor};
 use candle_nn::{LayerNorm, Linear, Module, VarBuilder};
@@ -15,7 +15,7 @@ use super::group_norm::GroupNorm;
 /// What a `Transformer2DModel` needs beyond its channel count (from the UNet/ControlNet config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransformerSpec {
-    /// Number of attention heads (legacy `attention_head_dim`, spec §1.3).
+    /// Number of attention heads (legacy `attention_head_dim`).
     pub heads: usize,
     /// `BasicTransformerBlock`s (`transformer_layers_per_block`).
     pub num_layers: usize,

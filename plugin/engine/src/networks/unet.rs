@@ -4,7 +4,7 @@
 //! checked once ([`UNet2DConditionConfig::validate`]) into a plain [`UNetArchitecture`]. Module
 //! fields and `vb.pp()` paths are the diffusers checkpoint keys. In [`Temporal::Window`] mode the
 //! batch holds the frames of one window: `attn1` attends over all their tokens and the ResNet
-//! GroupNorms and `conv_norm_out` share statistics across them (spec §2, §7.1–2), with no new
+//! GroupNorms and `conv_norm_out` share statistics across them, with no new
 //! weights. ControlNet residuals are added to the skip states and the mid block; how the last down
 //! residual is treated is a [`ControlResiduals`] choice.
 use std::path::{Path, PathBuf};
@@ -87,15 +87,15 @@ pub enum PerBlock<T> {
 }
 
 impl<T: Clone + std::fmt::Debug> PerBlock<T> {
-    /// Expands to `n` values; a list of the wrong length is an error naming `key`.
-    pub(crate) fn expand(&self, n: usize, key: &str) -> std::result::Result<Vec<T>, String> {
+    /// Expands to `n` values; a list of the wrong length is an error saying how long it is
+    /// (for [`run_checks`], which names the key).
+    pub(crate) fn values(&self, n: usize) -> std::result::Result<Vec<T>, String> {
         match self {
             Self::One(v) => Ok(vec![v.clone(); n]),
-            Self::Many(v) if v.len() == n => Ok(v.clone()),
-            Self::Many(v) => Err(format!(
-                "`{key}` has {} entries ({v:?}), expected one per down block ({n})",
-                v.len()
-            )),
+            Self::Many(v) => match one_per_block(v, n) {
+                Some(problem) => Err(problem),
+                None => Ok(v.clone()),
+            },
         }
     }
 }
@@ -121,17 +121,289 @@ pub(crate) fn read_config<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T
     })
 }
 
-/// Checks that an optional/unsupported key keeps its neutral value.
-pub(crate) fn expect_eq<T: PartialEq + std::fmt::Debug>(
-    errors: &mut Vec<String>,
-    key: &str,
-    found: &T,
-    expected: &T,
-) {
-    if found != expected {
-        errors.push(format!(
-            "`{key}` is {found:?}, expected {expected:?} (unsupported)"
-        ));
+/// One row of a config check: a JSON key and a test of its value that, on failure, says what was
+/// found and what was expected (`is 7, expected …`). [`run_checks`] prefixes the key.
+pub(crate) type ConfigCheck<C> = (&'static str, fn(&C) -> Option<String>);
+
+/// Runs every row of `rows` on `config`, one message per failing row.
+pub(crate) fn run_checks<C>(config: &C, rows: &[ConfigCheck<C>], errors: &mut Vec<String>) {
+    errors.extend(
+        rows.iter()
+            .filter_map(|(key, check)| check(config).map(|m| format!("`{key}` {m}"))),
+    );
+}
+
+/// A problem unless `found` is the neutral value `expected` of a key this port does not support.
+pub(crate) fn unsupported<T: PartialEq + std::fmt::Debug>(found: T, expected: T) -> Option<String> {
+    (found != expected).then(|| format!("is {found:?}, expected {expected:?} (unsupported)"))
+}
+
+/// A problem unless the channel count `n` is positive.
+pub(crate) fn positive_count(n: usize) -> Option<String> {
+    (n == 0).then(|| format!("is {n}, expected a positive number"))
+}
+
+/// A problem unless the scale `x` is positive.
+fn positive_scale(x: f64) -> Option<String> {
+    (x.is_nan() || x <= 0.0).then(|| format!("is {x}, expected > 0"))
+}
+
+/// A problem unless `values` has one entry per down block.
+fn one_per_block<T: std::fmt::Debug>(values: &[T], n: usize) -> Option<String> {
+    (values.len() != n).then(|| {
+        format!(
+            "has {} entries ({values:?}), expected one per down block ({n})",
+            values.len()
+        )
+    })
+}
+
+/// A problem with the length of a per-block value.
+fn per_block_length<T: Clone + std::fmt::Debug>(v: &PerBlock<T>, n: usize) -> Option<String> {
+    v.values(n).err()
+}
+
+/// A problem unless `kernel` is odd.
+fn odd_kernel(kernel: usize) -> Option<String> {
+    kernel
+        .is_multiple_of(2)
+        .then(|| format!("is {kernel}, expected an odd kernel size"))
+}
+
+/// Checks `_class_name`, when present, against the class a config is read as.
+pub(crate) fn check_class(found: Option<&str>, expected: &str) -> std::result::Result<(), String> {
+    match found {
+        Some(class) if class != expected => Err(format!(
+            "`_class_name` is {class:?}, expected {expected:?} (is this another component's \
+             config?)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The `config.json` keys of the encoder half (`time_embedding`, the down blocks and the mid
+/// block), which a diffusers `ControlNetModel` shares with the `UNet2DConditionModel` it is made
+/// from (`ControlNetModel.from_unet` copies them). Both configs flatten it, so its field names are
+/// JSON keys too; absent keys take the Stable Diffusion 1.5 values. `in_channels` is not shared:
+/// the face model's ControlNet takes 4 latent channels beside a 9-channel inpainting UNet.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct EncoderConfig {
+    /// Timestep embedding order `[cos | sin]`.
+    pub flip_sin_to_cos: bool,
+    /// `downscale_freq_shift` of the timestep sinusoid.
+    pub freq_shift: f64,
+    /// `CrossAttnDownBlock2D` / `DownBlock2D`, one per level.
+    pub down_block_types: Vec<String>,
+    /// Must be `UNetMidBlock2DCrossAttn`.
+    pub mid_block_type: Option<String>,
+    /// Must be false everywhere.
+    pub only_cross_attention: PerBlock<bool>,
+    /// Channels per level.
+    pub block_out_channels: Vec<usize>,
+    /// ResNet layers per down block (a UNet's up blocks have one more).
+    pub layers_per_block: PerBlock<usize>,
+    /// Padding of the stride-2 downsampling conv.
+    pub downsample_padding: usize,
+    /// Output scale of the mid block's ResNets.
+    pub mid_block_scale_factor: f64,
+    /// Must be `silu`.
+    pub act_fn: String,
+    /// GroupNorm groups of ResNets, transformers and the UNet's `conv_norm_out`.
+    pub norm_num_groups: Option<usize>,
+    /// ResNet (and the UNet's `conv_norm_out`) GroupNorm eps.
+    pub norm_eps: f64,
+    /// Width of the encoder hidden states (diffusers' own default is 1280; SD1.5 sets 768).
+    pub cross_attention_dim: PerBlock<usize>,
+    /// `BasicTransformerBlock`s per transformer.
+    pub transformer_layers_per_block: PerBlock<usize>,
+    /// Legacy name: diffusers reads it as the number of heads (not their width) when
+    /// `num_attention_heads` is null.
+    pub attention_head_dim: PerBlock<usize>,
+    /// Number of heads (takes precedence over `attention_head_dim`).
+    pub num_attention_heads: Option<PerBlock<usize>>,
+    /// Linear instead of 1×1-conv transformer projections.
+    pub use_linear_projection: bool,
+    /// Only matters for f16 attention; ignored here (scores are computed in f32 anyway).
+    pub upcast_attention: bool,
+    /// Must be `default`.
+    pub resnet_time_scale_shift: String,
+    /// Must be null.
+    pub class_embed_type: Option<String>,
+    /// Must be null.
+    pub num_class_embeds: Option<usize>,
+    /// Must be null.
+    pub addition_embed_type: Option<String>,
+    /// Must be null.
+    pub encoder_hid_dim: Option<usize>,
+    /// Must be null.
+    pub encoder_hid_dim_type: Option<String>,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            down_block_types: [
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D",
+            ]
+            .map(String::from)
+            .to_vec(),
+            mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
+            only_cross_attention: PerBlock::One(false),
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: PerBlock::One(2),
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            act_fn: "silu".into(),
+            norm_num_groups: Some(32),
+            norm_eps: 1e-5,
+            cross_attention_dim: PerBlock::One(768),
+            transformer_layers_per_block: PerBlock::One(1),
+            attention_head_dim: PerBlock::One(8),
+            num_attention_heads: None,
+            use_linear_projection: false,
+            upcast_attention: false,
+            resnet_time_scale_shift: "default".into(),
+            class_embed_type: None,
+            num_class_embeds: None,
+            addition_embed_type: None,
+            encoder_hid_dim: None,
+            encoder_hid_dim_type: None,
+        }
+    }
+}
+
+/// The encoder's checks, one row per key. Per-block lists are checked against the number of
+/// down blocks.
+const ENCODER_CHECKS: &[ConfigCheck<EncoderConfig>] = &[
+    ("block_out_channels", |c| {
+        one_per_block(&c.block_out_channels, c.levels())
+    }),
+    ("layers_per_block", |c| {
+        per_block_length(&c.layers_per_block, c.levels())
+    }),
+    ("transformer_layers_per_block", |c| {
+        per_block_length(&c.transformer_layers_per_block, c.levels())
+    }),
+    ("attention_head_dim", |c| {
+        per_block_length(c.heads(), c.levels())
+    }),
+    ("cross_attention_dim", |c| {
+        match c.cross_attention_dim.values(c.levels()) {
+            Ok(v) if v.iter().any(|&w| w != v[0]) => {
+                Some(format!("is {v:?}, expected one width for all blocks"))
+            }
+            Ok(_) => None,
+            Err(m) => Some(m),
+        }
+    }),
+    ("only_cross_attention", |c| {
+        match c.only_cross_attention.values(c.levels()) {
+            Ok(v) if v.iter().any(|&b| b) => {
+                Some(format!("is {v:?}, expected false (unsupported)"))
+            }
+            Ok(_) => None,
+            Err(m) => Some(m),
+        }
+    }),
+    ("norm_num_groups", |c| match c.norm_num_groups {
+        Some(g) if g > 0 => None,
+        other => Some(format!("is {other:?}, expected a positive number")),
+    }),
+    ("norm_eps", |c| positive_scale(c.norm_eps)),
+    ("mid_block_scale_factor", |c| {
+        positive_scale(c.mid_block_scale_factor)
+    }),
+    ("mid_block_type", |c| {
+        unsupported(c.mid_block_type.as_deref(), Some("UNetMidBlock2DCrossAttn"))
+    }),
+    ("act_fn", |c| unsupported(c.act_fn.as_str(), "silu")),
+    ("resnet_time_scale_shift", |c| {
+        unsupported(c.resnet_time_scale_shift.as_str(), "default")
+    }),
+    ("class_embed_type", |c| {
+        unsupported(&c.class_embed_type, &None)
+    }),
+    ("num_class_embeds", |c| {
+        unsupported(c.num_class_embeds, None)
+    }),
+    ("addition_embed_type", |c| {
+        unsupported(&c.addition_embed_type, &None)
+    }),
+    ("encoder_hid_dim", |c| unsupported(c.encoder_hid_dim, None)),
+    ("encoder_hid_dim_type", |c| {
+        unsupported(&c.encoder_hid_dim_type, &None)
+    }),
+];
+
+impl EncoderConfig {
+    /// Number of down blocks.
+    fn levels(&self) -> usize {
+        self.down_block_types.len()
+    }
+
+    /// The head counts: `num_attention_heads`, else the legacy `attention_head_dim`.
+    fn heads(&self) -> &PerBlock<usize> {
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+    }
+
+    /// Runs the encoder's rows and then the network's own `rows` on `config`, and returns the
+    /// topology once every row passes; otherwise every problem found.
+    pub(crate) fn check<C>(
+        &self,
+        config: &C,
+        rows: &[ConfigCheck<C>],
+    ) -> std::result::Result<Topology, Vec<String>> {
+        if self.levels() == 0 {
+            return Err(vec![
+                "`down_block_types` is empty, expected at least one block".into(),
+            ]);
+        }
+        let mut errors = Vec::new();
+        run_checks(self, ENCODER_CHECKS, &mut errors);
+        run_checks(config, rows, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let n = self.levels();
+        // The rows have checked every length; the fallback is never taken.
+        let expand = |v: &PerBlock<usize>| v.values(n).unwrap_or_else(|_| vec![1; n]);
+        Ok(Topology {
+            block_out_channels: self.block_out_channels.clone(),
+            layers_per_block: expand(&self.layers_per_block),
+            transformer_layers: expand(&self.transformer_layers_per_block),
+            heads: expand(self.heads()),
+            cross_attention_dims: expand(&self.cross_attention_dim),
+            use_linear_projection: self.use_linear_projection,
+            downsample_padding: self.downsample_padding,
+            groups: self.norm_num_groups.unwrap_or(1),
+        })
+    }
+
+    /// The timestep sinusoid, as wide as the first level.
+    pub(crate) fn time_proj(&self) -> Timesteps {
+        Timesteps {
+            num_channels: self.block_out_channels[0],
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+        }
+    }
+
+    /// What every ResNet of a checked `topology` shares (the time embedding is four times as
+    /// wide as the first level).
+    pub(crate) fn resnet_common(&self, topology: &Topology) -> ResnetCommon {
+        ResnetCommon {
+            temb_channels: 4 * topology.block_out_channels[0],
+            groups: topology.groups,
+            eps: self.norm_eps,
+        }
     }
 }
 
@@ -143,54 +415,19 @@ pub struct UNet2DConditionConfig {
     /// `_class_name`: must be `UNet2DConditionModel` when present.
     #[serde(rename = "_class_name")]
     pub class_name: Option<String>,
+    /// The encoder half's keys, shared with the ControlNet.
+    #[serde(flatten)]
+    pub encoder: EncoderConfig,
     /// Latent channels in (4; 9 for the inpainting UNet).
     pub in_channels: usize,
     /// Latent channels out.
     pub out_channels: usize,
     /// Map the input from [0,1] to [-1,1] first.
     pub center_input_sample: bool,
-    /// Timestep embedding order `[cos | sin]`.
-    pub flip_sin_to_cos: bool,
-    /// `downscale_freq_shift` of the timestep sinusoid.
-    pub freq_shift: f64,
-    /// `CrossAttnDownBlock2D` / `DownBlock2D`, one per level.
-    pub down_block_types: Vec<String>,
-    /// Must be `UNetMidBlock2DCrossAttn`.
-    pub mid_block_type: Option<String>,
     /// `CrossAttnUpBlock2D` / `UpBlock2D`, one per level.
     pub up_block_types: Vec<String>,
-    /// Must be false everywhere.
-    pub only_cross_attention: PerBlock<bool>,
-    /// Channels per level.
-    pub block_out_channels: Vec<usize>,
-    /// ResNet layers per down block (up blocks have one more).
-    pub layers_per_block: PerBlock<usize>,
-    /// Padding of the stride-2 downsampling conv.
-    pub downsample_padding: usize,
-    /// Output scale of the mid block's ResNets.
-    pub mid_block_scale_factor: f64,
-    /// Must be `silu`.
-    pub act_fn: String,
-    /// GroupNorm groups of ResNets, transformers and `conv_norm_out`.
-    pub norm_num_groups: Option<usize>,
-    /// ResNet / `conv_norm_out` GroupNorm eps.
-    pub norm_eps: f64,
-    /// Width of the encoder hidden states (diffusers' own default is 1280; SD1.5 sets 768).
-    pub cross_attention_dim: PerBlock<usize>,
-    /// `BasicTransformerBlock`s per transformer.
-    pub transformer_layers_per_block: PerBlock<usize>,
-    /// Legacy name: the number of heads when `num_attention_heads` is null (spec §1.3).
-    pub attention_head_dim: PerBlock<usize>,
-    /// Number of heads (takes precedence over `attention_head_dim`).
-    pub num_attention_heads: Option<PerBlock<usize>>,
-    /// Linear instead of 1×1-conv transformer projections.
-    pub use_linear_projection: bool,
-    /// Only matters for f16 attention; ignored here (scores are computed in f32 anyway).
-    pub upcast_attention: bool,
     /// Must be false.
     pub dual_cross_attention: bool,
-    /// Must be `default`.
-    pub resnet_time_scale_shift: String,
     /// Must be `positional`.
     pub time_embedding_type: String,
     /// Must be null.
@@ -205,16 +442,6 @@ pub struct UNet2DConditionConfig {
     pub conv_in_kernel: usize,
     /// Kernel of `conv_out` (odd).
     pub conv_out_kernel: usize,
-    /// Must be null.
-    pub class_embed_type: Option<String>,
-    /// Must be null.
-    pub num_class_embeds: Option<usize>,
-    /// Must be null.
-    pub addition_embed_type: Option<String>,
-    /// Must be null.
-    pub encoder_hid_dim: Option<usize>,
-    /// Must be null.
-    pub encoder_hid_dim_type: Option<String>,
     /// Must be `default`.
     pub attention_type: String,
     /// Must be null.
@@ -234,20 +461,10 @@ impl Default for UNet2DConditionConfig {
     fn default() -> Self {
         Self {
             class_name: None,
+            encoder: EncoderConfig::default(),
             in_channels: 4,
             out_channels: 4,
             center_input_sample: false,
-            flip_sin_to_cos: true,
-            freq_shift: 0.0,
-            down_block_types: [
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "DownBlock2D",
-            ]
-            .map(String::from)
-            .to_vec(),
-            mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
             up_block_types: [
                 "UpBlock2D",
                 "CrossAttnUpBlock2D",
@@ -256,22 +473,7 @@ impl Default for UNet2DConditionConfig {
             ]
             .map(String::from)
             .to_vec(),
-            only_cross_attention: PerBlock::One(false),
-            block_out_channels: vec![320, 640, 1280, 1280],
-            layers_per_block: PerBlock::One(2),
-            downsample_padding: 1,
-            mid_block_scale_factor: 1.0,
-            act_fn: "silu".into(),
-            norm_num_groups: Some(32),
-            norm_eps: 1e-5,
-            cross_attention_dim: PerBlock::One(768),
-            transformer_layers_per_block: PerBlock::One(1),
-            attention_head_dim: PerBlock::One(8),
-            num_attention_heads: None,
-            use_linear_projection: false,
-            upcast_attention: false,
             dual_cross_attention: false,
-            resnet_time_scale_shift: "default".into(),
             time_embedding_type: "positional".into(),
             time_embedding_dim: None,
             time_embedding_act_fn: None,
@@ -279,11 +481,6 @@ impl Default for UNet2DConditionConfig {
             time_cond_proj_dim: None,
             conv_in_kernel: 3,
             conv_out_kernel: 3,
-            class_embed_type: None,
-            num_class_embeds: None,
-            addition_embed_type: None,
-            encoder_hid_dim: None,
-            encoder_hid_dim_type: None,
             attention_type: "default".into(),
             cross_attention_norm: None,
             resnet_skip_time_act: false,
@@ -293,6 +490,52 @@ impl Default for UNet2DConditionConfig {
         }
     }
 }
+
+/// The UNet's own checks (beyond [`ENCODER_CHECKS`]), one row per key.
+const UNET_CHECKS: &[ConfigCheck<UNet2DConditionConfig>] = &[
+    ("up_block_types", |c| {
+        let (found, n) = (c.up_block_types.len(), c.encoder.levels());
+        (found != n)
+            .then(|| format!("has {found} entries, expected {n} (as many as `down_block_types`)"))
+    }),
+    ("in_channels", |c| positive_count(c.in_channels)),
+    ("out_channels", |c| positive_count(c.out_channels)),
+    ("conv_in_kernel", |c| odd_kernel(c.conv_in_kernel)),
+    ("conv_out_kernel", |c| odd_kernel(c.conv_out_kernel)),
+    ("dual_cross_attention", |c| {
+        unsupported(c.dual_cross_attention, false)
+    }),
+    ("time_embedding_type", |c| {
+        unsupported(c.time_embedding_type.as_str(), "positional")
+    }),
+    ("time_embedding_dim", |c| {
+        unsupported(c.time_embedding_dim, None)
+    }),
+    ("time_embedding_act_fn", |c| {
+        unsupported(&c.time_embedding_act_fn, &None)
+    }),
+    ("timestep_post_act", |c| {
+        unsupported(&c.timestep_post_act, &None)
+    }),
+    ("time_cond_proj_dim", |c| {
+        unsupported(c.time_cond_proj_dim, None)
+    }),
+    ("attention_type", |c| {
+        unsupported(c.attention_type.as_str(), "default")
+    }),
+    ("cross_attention_norm", |c| {
+        unsupported(&c.cross_attention_norm, &None)
+    }),
+    ("resnet_skip_time_act", |c| {
+        unsupported(c.resnet_skip_time_act, false)
+    }),
+    ("resnet_out_scale_factor", |c| {
+        unsupported(c.resnet_out_scale_factor, 1.0)
+    }),
+    ("reverse_transformer_layers_per_block", |c| {
+        unsupported(&c.reverse_transformer_layers_per_block, &None)
+    }),
+];
 
 /// The per-level settings shared by the UNet and the ControlNet, expanded to one value per block.
 #[derive(Debug, Clone, PartialEq)]
@@ -435,226 +678,32 @@ impl UNet2DConditionConfig {
     /// Checks every value once and returns the plain architecture. All problems are reported
     /// together, each quoting the value found and the one expected.
     pub fn validate(&self) -> Result<UNetArchitecture> {
+        check_class(self.class_name.as_deref(), "UNet2DConditionModel")
+            .map_err(|m| self.error(m))?;
+        let topology = self
+            .encoder
+            .check(self, UNET_CHECKS)
+            .map_err(|e| self.error(e.join("; ")))?;
         let mut e = Vec::new();
-        if let Some(class) = &self.class_name {
-            if class != "UNet2DConditionModel" {
-                return Err(self.error(format!(
-                    "`_class_name` is {class:?}, expected \"UNet2DConditionModel\" (is this another \
-                     component's config?)"
-                )));
-            }
-        }
-        let n = self.down_block_types.len();
-        if n == 0 {
-            return Err(
-                self.error("`down_block_types` is empty, expected at least one block".into())
-            );
-        }
-        if self.block_out_channels.len() != n {
-            e.push(format!(
-                "`block_out_channels` has {} entries ({:?}), expected one per down block ({n})",
-                self.block_out_channels.len(),
-                self.block_out_channels
-            ));
-        }
-        if self.up_block_types.len() != n {
-            e.push(format!(
-                "`up_block_types` has {} entries, expected {n} (as many as `down_block_types`)",
-                self.up_block_types.len()
-            ));
-        }
-        let heads_cfg = self
-            .num_attention_heads
-            .as_ref()
-            .unwrap_or(&self.attention_head_dim);
-        let expand = |v: &PerBlock<usize>, key: &str, e: &mut Vec<String>| match v.expand(n, key) {
-            Ok(v) => v,
-            Err(m) => {
-                e.push(m);
-                vec![1; n]
-            }
-        };
-        let layers = expand(&self.layers_per_block, "layers_per_block", &mut e);
-        let transformer_layers = expand(
-            &self.transformer_layers_per_block,
-            "transformer_layers_per_block",
-            &mut e,
-        );
-        let heads = expand(heads_cfg, "attention_head_dim", &mut e);
-        let cross = expand(&self.cross_attention_dim, "cross_attention_dim", &mut e);
-        match self.only_cross_attention.expand(n, "only_cross_attention") {
-            Ok(v) if v.iter().any(|&b| b) => e.push(format!(
-                "`only_cross_attention` is {v:?}, expected false (unsupported)"
-            )),
-            Ok(_) => {}
-            Err(m) => e.push(m),
-        }
-        if cross.iter().any(|&c| c != cross[0]) {
-            e.push(format!(
-                "`cross_attention_dim` is {cross:?}, expected one width for all blocks"
-            ));
-        }
-        let groups = match self.norm_num_groups {
-            Some(g) if g > 0 => g,
-            other => {
-                e.push(format!(
-                    "`norm_num_groups` is {other:?}, expected a positive number"
-                ));
-                1
-            }
-        };
-        if self.in_channels == 0 || self.out_channels == 0 {
-            e.push(format!(
-                "`in_channels`/`out_channels` are {}/{}, expected positive",
-                self.in_channels, self.out_channels
-            ));
-        }
-        for (key, k) in [
-            ("conv_in_kernel", self.conv_in_kernel),
-            ("conv_out_kernel", self.conv_out_kernel),
-        ] {
-            if k.is_multiple_of(2) {
-                e.push(format!("`{key}` is {k}, expected an odd kernel size"));
-            }
-        }
-        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
-            e.push(format!("`norm_eps` is {}, expected > 0", self.norm_eps));
-        }
-        if self.mid_block_scale_factor.is_nan() || self.mid_block_scale_factor <= 0.0 {
-            e.push(format!(
-                "`mid_block_scale_factor` is {}, expected > 0",
-                self.mid_block_scale_factor
-            ));
-        }
-        expect_eq(
-            &mut e,
-            "mid_block_type",
-            &self.mid_block_type.as_deref(),
-            &Some("UNetMidBlock2DCrossAttn"),
-        );
-        expect_eq(&mut e, "act_fn", &self.act_fn.as_str(), &"silu");
-        expect_eq(
-            &mut e,
-            "dual_cross_attention",
-            &self.dual_cross_attention,
-            &false,
-        );
-        expect_eq(
-            &mut e,
-            "resnet_time_scale_shift",
-            &self.resnet_time_scale_shift.as_str(),
-            &"default",
-        );
-        expect_eq(
-            &mut e,
-            "time_embedding_type",
-            &self.time_embedding_type.as_str(),
-            &"positional",
-        );
-        expect_eq(
-            &mut e,
-            "time_embedding_dim",
-            &self.time_embedding_dim,
-            &None,
-        );
-        expect_eq(
-            &mut e,
-            "time_embedding_act_fn",
-            &self.time_embedding_act_fn,
-            &None,
-        );
-        expect_eq(&mut e, "timestep_post_act", &self.timestep_post_act, &None);
-        expect_eq(
-            &mut e,
-            "time_cond_proj_dim",
-            &self.time_cond_proj_dim,
-            &None,
-        );
-        expect_eq(&mut e, "class_embed_type", &self.class_embed_type, &None);
-        expect_eq(&mut e, "num_class_embeds", &self.num_class_embeds, &None);
-        expect_eq(
-            &mut e,
-            "addition_embed_type",
-            &self.addition_embed_type,
-            &None,
-        );
-        expect_eq(&mut e, "encoder_hid_dim", &self.encoder_hid_dim, &None);
-        expect_eq(
-            &mut e,
-            "encoder_hid_dim_type",
-            &self.encoder_hid_dim_type,
-            &None,
-        );
-        expect_eq(
-            &mut e,
-            "attention_type",
-            &self.attention_type.as_str(),
-            &"default",
-        );
-        expect_eq(
-            &mut e,
-            "cross_attention_norm",
-            &self.cross_attention_norm,
-            &None,
-        );
-        expect_eq(
-            &mut e,
-            "resnet_skip_time_act",
-            &self.resnet_skip_time_act,
-            &false,
-        );
-        expect_eq(
-            &mut e,
-            "resnet_out_scale_factor",
-            &self.resnet_out_scale_factor,
-            &1.0,
-        );
-        expect_eq(
-            &mut e,
-            "reverse_transformer_layers_per_block",
-            &self.reverse_transformer_layers_per_block,
-            &None,
-        );
-        if !e.is_empty() {
-            return Err(self.error(e.join("; ")));
-        }
-        let topology = Topology {
-            block_out_channels: self.block_out_channels.clone(),
-            layers_per_block: layers,
-            transformer_layers,
-            heads,
-            cross_attention_dims: cross,
-            use_linear_projection: self.use_linear_projection,
-            downsample_padding: self.downsample_padding,
-            groups,
-        };
         topology.check(&mut e);
-        let down = topology.down_blocks(&self.down_block_types, &mut e);
+        let down = topology.down_blocks(&self.encoder.down_block_types, &mut e);
         let up = self.up_blocks(&topology, &mut e);
         if !e.is_empty() {
             return Err(self.error(e.join("; ")));
         }
-        let c0 = self.block_out_channels[0];
+        let common = self.encoder.resnet_common(&topology);
         Ok(UNetArchitecture {
             in_channels: self.in_channels,
             out_channels: self.out_channels,
             center_input_sample: self.center_input_sample,
             conv_in_kernel: self.conv_in_kernel,
             conv_out_kernel: self.conv_out_kernel,
-            time_proj: Timesteps {
-                num_channels: c0,
-                flip_sin_to_cos: self.flip_sin_to_cos,
-                freq_shift: self.freq_shift,
-            },
-            temb_channels: 4 * c0,
-            common: ResnetCommon {
-                temb_channels: 4 * c0,
-                groups,
-                eps: self.norm_eps,
-            },
+            time_proj: self.encoder.time_proj(),
+            temb_channels: common.temb_channels,
+            common,
             topology,
             down,
-            mid_scale_factor: self.mid_block_scale_factor,
+            mid_scale_factor: self.encoder.mid_block_scale_factor,
             up,
         })
     }
@@ -840,7 +889,7 @@ impl UNet2DConditionModel {
         self.forward_embedded(sample, &t_proj, encoder_hidden_states, residuals, mode)
     }
 
-    /// [`Self::forward`] with one timestep per batch entry (training, spec §6).
+    /// [`Self::forward`] with one timestep per batch entry (training).
     pub fn forward_timesteps(
         &self,
         sample: &Tensor,
@@ -915,7 +964,12 @@ impl UNet2DConditionModel {
         for block in &self.up_blocks {
             let n = block.num_skips();
             if skips.len() < n {
-                return Err(EngineError::Input("UNet skip states exhausted".into()));
+                // Down and up blocks are built from the same block counts, so the up blocks take
+                // back exactly the states the down blocks pushed: running short is a bug.
+                return Err(EngineError::Internal(format!(
+                    "a UNet up block needs {n} skip states but only {} remain",
+                    skips.len()
+                )));
             }
             let these = skips.split_off(skips.len() - n);
             let size = match skips.last() {

@@ -1,6 +1,6 @@
 //! The UNet's down, mid and up blocks (`CrossAttnDownBlock2D`/`DownBlock2D`,
 //! `UNetMidBlock2DCrossAttn`, `CrossAttnUpBlock2D`/`UpBlock2D`), shared by the UNet and the
-//! ControlNet, and the frame layout of the inflated 3D mode (spec §2).
+//! ControlNet, and the frame layout of the inflated 3D mode.
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -32,7 +32,7 @@ pub(crate) struct FrameLayout {
 
 impl FrameLayout {
     /// The layout for `batch` entries; `joint_attention` is false for the ControlNet, whose
-    /// self-attention stays per frame even in a window (spec §1.4).
+    /// self-attention stays per frame even in a window.
     pub fn new(mode: Temporal, batch: usize, joint_attention: bool) -> Result<Self> {
         let frames = match mode {
             Temporal::PerFrame => 1,

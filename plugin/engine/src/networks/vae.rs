@@ -2,12 +2,12 @@
 //! the SD "kl-f8" autoencoder of Rombach et al. 2022, arXiv 2112.10752), built from its `config.json`.
 //!
 //! Encode returns the diagonal-Gaussian posterior (mean and log-variance); a posterior sample takes
-//! the caller's noise, so every random draw is seeded by the caller (spec §4, §7.7: the head pass
+//! the caller's noise, so every random draw is seeded by the caller (the head pass
 //! needs a *sample* of the masked image's posterior). Decode maps latents back to images in [-1, 1].
-//! The latent scale (`scaling_factor`, 0.18215 for SD1.5, spec §1.7) is applied by
+//! The latent scale (`scaling_factor`, 0.18215 for SD1.5) is applied by
 //! [`AutoencoderKl::encode_scaled`] / [`AutoencoderKl::decode_scaled`].
 //!
-//! The mid-block attention accepts both key layouts (spec §1.7): the current `to_q/to_k/to_v/to_out.0`
+//! The mid-block attention accepts both key layouts: the current `to_q/to_k/to_v/to_out.0`
 //! and the legacy `query/key/value/proj_attn`.
 use std::path::Path;
 
@@ -604,7 +604,7 @@ impl AutoencoderKl {
         )?)
     }
 
-    /// Decodes UNet-space latents: `decode(z / scaling_factor + shift)` (spec §4, body output).
+    /// Decodes UNet-space latents: `decode(z / scaling_factor + shift)` (body output).
     pub fn decode_scaled(&self, z: &Tensor) -> Result<Tensor> {
         let shift = self.config.shift_factor.unwrap_or(0.0);
         // Divide (not multiply by the reciprocal) as the reference does: `latents / 0.18215`.
@@ -619,7 +619,7 @@ impl AutoencoderKl {
     }
 
     /// [`Self::decode_scaled`] one batch element at a time (diffusers `enable_vae_slicing`, which
-    /// the body pass uses, spec §1.7): the peak memory is one frame's.
+    /// the body pass uses): the peak memory is one frame's.
     pub fn decode_scaled_sliced(&self, z: &Tensor) -> Result<Tensor> {
         let n = z.dim(0)?;
         let mut frames = Vec::with_capacity(n);

@@ -3,7 +3,7 @@
 //!
 //! candle-transformers' DDIM has the same timesteps but computes ᾱ in f64, ignores
 //! `set_alpha_to_one` and `clip_sample`, and does not return x̂₀, so this file has its own math.
-//! Spec §4 and §7.10: "leading" spacing + `steps_offset` (951…1 for 20 steps), `final_alpha_cumprod
+//! As the reference's `DDIMScheduler`: "leading" spacing + `steps_offset` (951…1 for 20 steps), `final_alpha_cumprod
 //! = ᾱ[0]` when `set_alpha_to_one` is false, no x̂₀ clipping for SD1.5, eta = 0.
 //!
 //! Numerics follow PyTorch so that timesteps and ᾱ are bit-exact in f32:
@@ -53,7 +53,7 @@ pub enum TimestepSpacing {
     Linspace,
 }
 
-/// The diffusers `scheduler_config.json` fields DDIM uses; defaults are SD1.5's (spec §4).
+/// The diffusers `scheduler_config.json` fields DDIM uses; defaults are SD1.5's.
 ///
 /// The SD1.5 folder holds a PNDM config; DDIM reads the same keys (as `DDIMScheduler.from_pretrained`
 /// does), and unknown keys (`skip_prk_steps`, …) are ignored.
@@ -96,7 +96,7 @@ impl Default for DdimConfig {
             beta_end: 0.012,
             beta_schedule: BetaSchedule::ScaledLinear,
             trained_betas: None,
-            // The SD1.5 config says false; diffusers' class default is true (spec §4).
+            // The SD1.5 config says false; diffusers' class default is true.
             clip_sample: false,
             clip_sample_range: 1.0,
             set_alpha_to_one: false,

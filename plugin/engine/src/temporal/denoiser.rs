@@ -1,11 +1,11 @@
-//! Batch-overlapped temporal denoising served frame by frame (spec §3), with exact semantics.
+//! Batch-overlapped temporal denoising served frame by frame, with exact semantics.
 //!
 //! The reference denoises the whole clip jointly: at each DDIM step every window predicts noise
 //! from the same pre-step latents, each frame averages the uncond and cond predictions of the
 //! windows covering it, then CFG and one DDIM step give the next latents. Every value in that
 //! computation is a function of a few earlier values only:
 //!
-//! - `x(0, f)` = the initial noise (the same tensor for every frame, spec §7.3);
+//! - `x(0, f)` = the initial noise (the same tensor for every frame);
 //! - `eps(s, w)` = the networks on `x(s, f)` for the frames `f` of window `w` and their controls;
 //! - `x(s+1, f)` = DDIM(`x(s, f)`, CFG(fused `eps(s, w)` over the windows `w` covering `f`)).
 //!
@@ -290,7 +290,7 @@ impl<'a> TemporalDenoiser<'a> {
                     "internal: frame {f} is in no window"
                 )));
             };
-            // Mean of the predictions over the covering windows (spec §3), then CFG.
+            // Mean of the predictions over the covering windows, then CFG.
             let n = Tensor::new(w_sum as f32, u.device())?.to_dtype(u.dtype())?;
             let (u, c) = (u.broadcast_div(&n)?, c.broadcast_div(&n)?);
             let eps = (&u + ((c - &u)? * self.params.guidance)?)?;

@@ -1,5 +1,5 @@
 //! The temporal engine: window planning, the content-keyed memo, seeded noise, and
-//! batch-overlapped denoising served one frame at a time (spec §3–4).
+//! batch-overlapped denoising served one frame at a time.
 pub mod cache;
 pub mod denoiser;
 pub mod noise;

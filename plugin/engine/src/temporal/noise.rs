@@ -1,7 +1,7 @@
 //! Seeded initial noise, generated on the CPU so that every device starts from the same latents.
 //!
 //! The reference draws one `randn(1,4,1,h,w)` from torch's CUDA generator and repeats it over all
-//! frames (spec §4, §7.3). Torch's Philox stream is not reproducible here, so we document our own:
+//! frames. Torch's Philox stream is not reproducible here, so we document our own:
 //!
 //! - a SplitMix64 stream seeded with `seed` gives 64-bit words `w₀, w₁, …`;
 //! - each pair of words gives `u₁ = (w₂ₖ >> 11 + 1) · 2⁻⁵³` in (0, 1] and `u₂ = (w₂ₖ₊₁ >> 11) · 2⁻⁵³`;

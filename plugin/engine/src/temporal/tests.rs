@@ -140,7 +140,7 @@ fn bits(t: &Tensor) -> Vec<u32> {
         .collect()
 }
 
-/// The reference's joint denoising of the whole clip (spec §3 pseudocode), written naively.
+/// The reference's joint denoising of the whole clip (the original's pseudocode), written naively.
 fn joint_reference(s: &Setup, window: usize, overlap: usize) -> Vec<Tensor> {
     let plan = WindowPlan::new(s.ctrl.len, window, overlap, Tail::Paper, Fusion::Flat).unwrap();
     let l = s.ctrl.len;
@@ -186,7 +186,7 @@ fn joint_reference(s: &Setup, window: usize, overlap: usize) -> Vec<Tensor> {
 
 #[test]
 fn equals_joint_denoising_of_the_whole_clip() {
-    // 11 frames, window 4, overlap 1: tail windows included (spec §3).
+    // 11 frames, window 4, overlap 1: tail windows included.
     let s = Setup::new(11, 5);
     let d = s.denoiser(4, 1, Tail::Paper, Fusion::Flat);
     let reference = joint_reference(&s, 4, 1);

@@ -1,4 +1,4 @@
-//! Window planning for batch-overlapped temporal denoising (spec §3).
+//! Window planning for batch-overlapped temporal denoising.
 //!
 //! The reference starts a window at every multiple of the stride `W − O` below the clip length `L`
 //! and truncates the tail (`pipeline_controlvideo.py:652-657`): windows `[j, min(j+W, L))`. Windows
@@ -137,7 +137,7 @@ impl WindowPlan {
         &self.covering[frame]
     }
 
-    /// The fusion weight of the `index`-th frame of window `w` (spec §3 uses 1 everywhere).
+    /// The fusion weight of the `index`-th frame of window `w` (the reference uses 1 everywhere).
     pub fn weight(&self, w: usize, index: usize) -> f64 {
         let n = self.windows[w].len();
         match self.fusion {
@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn paper_tail_matches_reference_examples() {
-        // spec §3: L=119 → …, [96-111], [108-118]; L=121 ends with the single frame [120].
+        // L=119 → …, [96-111], [108-118]; L=121 ends with the single frame [120].
         let p = WindowPlan::new(119, 16, 4, Tail::Paper, Fusion::Flat).unwrap();
         assert_eq!(p.windows().len(), 10);
         assert_eq!(p.windows()[8], 96..112);

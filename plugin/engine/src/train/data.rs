@@ -1,8 +1,8 @@
 //! The training data: the reference's JSON-Lines format, one object per line,
 //! `{"source": mesh render, "target": frame, "reference": appearance image}` with paths relative
-//! to the file (spec §6, "Data format"), and the seeded order in which samples are drawn. The
+//! to the file, and the seeded order in which samples are drawn. The
 //! head (face) format adds `"mask"`: the inverted face mask of the aligned crop (255 = keep,
-//! 0 = face, spec §5.3), required by [`Dataset::open_head`].
+//! 0 = face), required by [`Dataset::open_head`].
 //!
 //! Everything is checked before the first step, so a bad dataset fails in seconds with the file,
 //! line and path at fault: a missing image, an empty dataset, and `source`/`target` images of

@@ -1,5 +1,5 @@
-//! `anchor train`: the UNet and the ControlNet trained together with the DDPM ε-prediction loss
-//! (spec §6), per frame (2D; the 3D inflation exists only at inference).
+//! `anchor train`: the UNet and the ControlNet trained together with the DDPM ε-prediction loss,
+//! per frame (2D; the 3D inflation exists only at inference).
 //!
 //! One step, for a batch of samples `(source, target, reference)`:
 //! - `x₀ = scaling_factor · (μ + σ·n)`: a posterior sample of the frozen VAE (the moments of each
@@ -11,15 +11,15 @@
 //! - backward, optional grad-norm clipping (the reference clips the ControlNet's parameters only,
 //!   at 1.0), AdamW on every UNet and ControlNet parameter.
 //!
-//! Stages differ only in initialisation (spec §6): `pretrain` takes the UNet from the base model
+//! Stages differ only in initialisation: `pretrain` takes the UNet from the base model
 //! (or a deterministic random init for tiny configs, `--init random`) and makes the ControlNet
 //! from it (`from_unet`); `finetune` loads both from a pre-trained folder.
 //!
 //! The ControlNet runs with conditioning scale 1.0 in training (diffusers' training scripts);
-//! inference uses the body scale 2.0 (spec §1.4).
+//! inference uses the body scale 2.0.
 //!
-//! Stage `face` trains the head (face-inpainting) model on the head JSON-Lines format (spec §5.3,
-//! §6 "Head"): the UNet takes `cat[x_t, mask, masked_latents]` (9 channels for 4 latent
+//! Stage `face` trains the head (face-inpainting) model on the head JSON-Lines format
+//! (`train_head.py`): the UNet takes `cat[x_t, mask, masked_latents]` (9 channels for 4 latent
 //! channels), built by the inference code's own steps ([`prepare_mask_and_masked_image`],
 //! [`downsample_mask`]) with the inverted mask (1 = keep) and a seeded posterior sample of the
 //! masked target; the head ControlNet sees the 4-channel `x_t` and the aligned mesh crop. The
@@ -27,7 +27,7 @@
 //! SD-inpainting), or a random init of `--unet-config`; the ControlNet from the base's
 //! `head/controlnet` when present (the reference fine-tunes the pre-trained head ControlNet),
 //! else it is made from the UNet as `from_unet` with `in_channels` = latent channels and the
-//! latent part of `conv_in` (the reference's comes from the 4-channel SD1.5 UNet, spec §1.4).
+//! latent part of `conv_in` (the reference's comes from the 4-channel SD1.5 UNet).
 //! The appearance is the CLIP of the head reference resized to 256² as at inference. The output
 //! is a model folder with `head/{unet,controlnet}` that
 //! `AnchorModel::load_part(.., ModelPart::Head, ..)` loads, and `head.png` (the head reference
@@ -56,7 +56,7 @@ use crate::pipeline::{read_rgb8, rgb8_to_tensor};
 use crate::sampler::ddim::{DdimConfig, DdimScheduler, PredictionType};
 use crate::EngineError;
 
-/// Which stage (spec §6).
+/// Which stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     /// UNet from the base (or random), ControlNet made from the UNet.
@@ -151,7 +151,7 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// Defaults: the reference's hyper-parameters (spec §6) on the CPU.
+    /// Defaults: the reference's hyper-parameters on the CPU.
     pub fn new(stage: Stage, base: PathBuf, data: Vec<PathBuf>, out: PathBuf) -> Self {
         Self {
             stage,
@@ -227,7 +227,7 @@ fn face_unet_dir(layout: &ModelLayout) -> Result<PathBuf> {
     })
 }
 
-/// A ControlNet made from the UNet (`from_unet`, spec §6 stage 1), with `in_channels` input
+/// A ControlNet made from the UNet (`from_unet` stage 1), with `in_channels` input
 /// channels: the UNet's `conv_in` is narrowed to its first `in_channels` inputs (the face stage's
 /// `x_t` part of `[x_t, mask, masked_latents]`).
 fn controlnet_from_unet(
@@ -325,7 +325,7 @@ impl<'a> Trainer<'a> {
         let sched_cfg = DdimConfig::from_file(&sched_path)?;
         if sched_cfg.prediction_type != PredictionType::Epsilon {
             return Err(TrainError::Data(format!(
-                "{}: prediction_type is {:?}; training supports epsilon (spec §6)",
+                "{}: prediction_type is {:?}; training supports epsilon",
                 sched_path.display(),
                 sched_cfg.prediction_type
             )));
@@ -352,8 +352,8 @@ impl<'a> Trainer<'a> {
             return Err(EngineError::config(
                 &unet_cfg_path,
                 format!(
-                    "the UNet takes in_channels = {unet_in}; stage {:?} needs {want_in} (spec \
-                     §7.8: the face UNet takes [latent, mask, masked latent])",
+                    "the UNet takes in_channels = {unet_in}; stage {:?} needs {want_in} \
+                     (the face UNet takes [latent, mask, masked latent])",
                     cfg.stage
                 ),
             )
@@ -489,7 +489,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// Face stage: sample `i`'s latent-size mask (1 = keep) and the posterior moments of its
-    /// masked target (spec §5.3 steps 1–3, the inference code's own functions).
+    /// masked target (the inference code's own functions).
     fn masked_moments(&mut self, i: usize) -> Result<MaskedMoments> {
         if let Some(m) = &self.masked[i] {
             return Ok(m.clone());
@@ -801,7 +801,7 @@ pub fn train(cfg: &TrainConfig, progress: &dyn Fn(&str)) -> Result<TrainReport> 
         _ => Vec::new(),
     };
     let start = losses.last().map(|r| r.step).unwrap_or(0);
-    super::log::write_csv(&csv, &losses)?;
+    super::loss_log::write_csv(&csv, &losses)?;
     let clock = Instant::now();
     let mut end = start;
     for s in start..total {
@@ -817,7 +817,7 @@ pub fn train(cfg: &TrainConfig, progress: &dyn Fn(&str)) -> Result<TrainReport> 
             seconds: clock.elapsed().as_secs_f32(),
         };
         losses.push(row);
-        super::log::append_csv(&csv, &row)?;
+        super::loss_log::append_csv(&csv, &row)?;
         progress(&format!(
             "step {end}/{total}  loss {loss:.5}  grad norm {grad_norm:.4}"
         ));
@@ -825,7 +825,7 @@ pub fn train(cfg: &TrainConfig, progress: &dyn Fn(&str)) -> Result<TrainReport> 
         if end.is_multiple_of(cfg.checkpoint_every) || end == total {
             let dest = ck_dir.join(checkpoint::step_name(end));
             checkpoint::write_dir_atomically(&dest, |tmp| t.write_model(tmp, &state, true))?;
-            super::log::write_plot(&plot, &losses)?;
+            super::loss_log::write_plot(&plot, &losses)?;
             progress(&format!("checkpoint {}", dest.display()));
             if cfg.keep_checkpoints > 0 {
                 let all = checkpoint::list(&cfg.out)?;
@@ -868,7 +868,7 @@ pub fn train(cfg: &TrainConfig, progress: &dyn Fn(&str)) -> Result<TrainReport> 
         let dest = cfg.out.join("model");
         let state = t.state(end, total, &losses);
         checkpoint::write_dir_atomically(&dest, |tmp| t.write_model(tmp, &state, false))?;
-        super::log::write_plot(&plot, &losses)?;
+        super::loss_log::write_plot(&plot, &losses)?;
         progress(&format!("model {}", dest.display()));
         model = Some(dest);
     }

@@ -1,9 +1,9 @@
 //! `anchor face-data`: the head (face) training set from one `anchor synth` identity folder, in
-//! the reference's head JSON-Lines format (spec §6 "Data format", `3_get_head_json.py`):
+//! the reference's head JSON-Lines format (`3_get_head_json.py`):
 //! `{"source": aligned/X.png, "target": raw_aligned/X.png, "reference": raw_aligned/<ref>.png,
 //! "mask": raw_aligned_mask/X.png}`, paths relative to `head_train.jsonl`.
 //!
-//! Per frame, with the face module's own functions (spec §5.1–§5.3):
+//! Per frame, with the face module's own functions:
 //! - `M` = the least-squares similarity of the frame's five landmarks to the FFHQ template at the
 //!   crop size (512, [`align::from_landmarks`]); frames whose landmarks fail
 //!   [`landmarks::check`] (coincident, collinear, outside the frame) are skipped and counted;

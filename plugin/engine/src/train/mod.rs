@@ -1,4 +1,4 @@
-//! Training on candle's autograd (issue 6; spec §6): `anchor train` (UNet + ControlNet with the
+//! Training on candle's autograd (issue 6): `anchor train` (UNet + ControlNet with the
 //! DDPM ε-prediction loss, stages `pretrain` and `finetune`) and `anchor train-vae` (a KL
 //! autoencoder for tiny configs, so a small model family can be built from scratch).
 //!
@@ -10,7 +10,7 @@
 //! - [`optim`]: AdamW (torch semantics) with saveable moments, and grad-norm clipping;
 //! - [`checkpoint`]: atomic model folders in the diffusers layout the renderer loads, trainer
 //!   state, resume;
-//! - [`log`]: the loss CSV and PNG plot;
+//! - [`loss_log`]: the loss CSV and PNG plot;
 //! - [`diffusion`]: the `anchor train` loop (stages pretrain, finetune and face); [`validate`]:
 //!   its validation renders;
 //! - [`face_data`]: `anchor face-data`, the head JSON-Lines set from `anchor synth` output;
@@ -29,7 +29,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod diffusion;
 pub mod face_data;
-pub mod log;
+pub mod loss_log;
 pub mod optim;
 pub mod params;
 pub mod vae;
@@ -54,7 +54,7 @@ pub enum TrainError {
         /// The resolved image path.
         path: PathBuf,
     },
-    /// A head (face) JSON-Lines line has no `mask` (spec §5.3: the inverted face mask).
+    /// A head (face) JSON-Lines line has no `mask` (the inverted face mask).
     #[error(
         "{file}:{line}: no string field \"mask\"; the face stage needs the head format \
          {{\"source\", \"target\", \"reference\", \"mask\"}} (mask: 255 = keep, 0 = face); \
@@ -124,7 +124,7 @@ pub enum TrainError {
 
 impl From<candle_core::Error> for TrainError {
     fn from(e: candle_core::Error) -> Self {
-        Self::Engine(EngineError::Candle(e))
+        Self::Engine(e.into())
     }
 }
 

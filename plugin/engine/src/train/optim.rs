@@ -2,7 +2,7 @@
 //! corrections, `eps` added after the square root), whose moments can be saved and restored for a
 //! bit-exact resume (candle's own `AdamW` keeps them private), and `clip_grad_norm_`.
 //!
-//! Spec §6: lr 1e-5, betas (0.9, 0.999), weight decay 1e-2, eps 1e-8, constant schedule; the
+//! The reference's training settings: lr 1e-5, betas (0.9, 0.999), weight decay 1e-2, eps 1e-8, constant schedule; the
 //! gradient norm is clipped to 1.0 on the ControlNet parameters only.
 use std::collections::HashMap;
 
@@ -27,7 +27,7 @@ pub struct AdamWParams {
 }
 
 impl Default for AdamWParams {
-    /// The reference's values (spec §6).
+    /// The reference's values.
     fn default() -> Self {
         Self {
             lr: 1e-5,

@@ -3,13 +3,13 @@
 //! key and the saved file loads in the renderer unchanged.
 //!
 //! - [`ParamSet::load_strict`]: weights from a component folder; every parameter must be in the
-//!   file and every tensor of the file must be a parameter (spec §7.17: never silently skip).
+//!   file and every tensor of the file must be a parameter (never silently skip).
 //! - [`ParamSet::random_init`]: deterministic init from the seed and the parameter name: weights
 //!   `U(±1/√fan_in)` (torch's default for Linear/Conv), biases 0, norm scales 1, and the
 //!   ControlNet's zero convolutions (`controlnet_down_blocks`, `controlnet_mid_block`,
 //!   `controlnet_cond_embedding.conv_out`) 0, as diffusers' `zero_module` does.
 //! - [`ParamSet::copy_shared`] with [`controlnet_config_from_unet`]: diffusers'
-//!   `ControlNetModel.from_unet` (spec §6, stage 1): the ControlNet takes the UNet's `conv_in`,
+//!   `ControlNetModel.from_unet` (stage 1): the ControlNet takes the UNet's `conv_in`,
 //!   `time_embedding`, `down_blocks` and `mid_block`.
 use std::collections::HashMap;
 use std::path::Path;

@@ -294,7 +294,7 @@ pub fn train_vae(cfg: &VaeTrainConfig, progress: &dyn Fn(&str)) -> Result<VaeRep
     let start = losses.last().map(|r| r.step).unwrap_or(0);
     let csv = cfg.out.join("loss.csv");
     let plot = cfg.out.join("loss.png");
-    super::log::write_csv(&csv, &losses)?;
+    super::loss_log::write_csv(&csv, &losses)?;
     let clock = Instant::now();
     let mut end = start;
     for s in start..cfg.steps {
@@ -310,7 +310,7 @@ pub fn train_vae(cfg: &VaeTrainConfig, progress: &dyn Fn(&str)) -> Result<VaeRep
             seconds: clock.elapsed().as_secs_f32(),
         };
         losses.push(row);
-        super::log::append_csv(&csv, &row)?;
+        super::loss_log::append_csv(&csv, &row)?;
         progress(&format!("step {end}/{}  loss {loss:.5}", cfg.steps));
         if end.is_multiple_of(cfg.checkpoint_every) || end == cfg.steps {
             let state = t.state(end, &losses);
@@ -320,7 +320,7 @@ pub fn train_vae(cfg: &VaeTrainConfig, progress: &dyn Fn(&str)) -> Result<VaeRep
                 state.write(tmp)?;
                 checkpoint::save_optimizer(tmp, &t.opt)
             })?;
-            super::log::write_plot(&plot, &losses)?;
+            super::loss_log::write_plot(&plot, &losses)?;
         }
     }
     let secs = clock.elapsed().as_secs_f64();
