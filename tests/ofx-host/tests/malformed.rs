@@ -1,6 +1,6 @@
 //! Malformed input: each case must end with a failed status from the plugin, the plugin's own
 //! message text on stderr, exit status 1 (not a signal: no crash), and nothing half-written.
-//! The texts are the plugin's (plugin/src/effect/error.rs); stable substrings are asserted.
+//! The texts are the plugin's (plugin/effect/src/error.rs); stable substrings are asserted.
 
 mod common;
 

@@ -366,7 +366,7 @@ fn linear_taps(n_in: usize, n_out: usize, clamp_weights: bool) -> Vec<LinearTap>
 /// `(v + 2) >> 2` saturated to 8 bits. Its scalar remainder for the last bytes of a row rounds the
 /// same way, so every value follows this formula; it differs by one level from the exact
 /// `(r0·b0 + r1·b1 + 2²¹) >> 22` on about a tenth of the values of a 256 → 512 upscale. Checked
-/// against opencv-python-headless 4.7.0.72 (plugin/tests/parity_opencv47.rs).
+/// against opencv-python-headless 4.7.0.72 (plugin/cli/tests/parity_opencv47.rs).
 pub fn resize_linear_u8(
     src: &[u8],
     w: usize,

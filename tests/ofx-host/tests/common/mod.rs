@@ -217,7 +217,7 @@ fn mtime(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// The `anchor` CLI (`plugin/src/bin/anchor.rs`) of this build, once per test process.
+/// The `anchor` CLI (`plugin/cli/src/main.rs`) of this build, once per test process.
 ///
 /// `cargo test --workspace` builds it next to this test's profile directory in the same run:
 /// it is used as it is when it is at least as new as the plugin library cargo built for this
