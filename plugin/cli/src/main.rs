@@ -11,7 +11,7 @@ use anchor_cli::tools;
 use anchor_cli::train_args;
 use anchor_engine::device::{parse_dtype, select_device, DeviceChoice};
 use anchor_engine::face;
-use anchor_engine::model::{inspect_model, AnchorModel, BodyModel, ModelPart};
+use anchor_engine::model::{inspect_model, BodyModel, DiffusionModel, ModelPart};
 use anchor_engine::networks::unet::ControlResiduals;
 use anchor_engine::pipeline::{self, BodyNetworks, DdimStep, PoseSequence};
 use anchor_engine::sampler::ddim::DdimScheduler;
@@ -278,7 +278,7 @@ fn write_rgb8(path: &Path, rgb: Vec<u8>, w: usize, h: usize) -> Result<()> {
 
 /// The loaded face model and head appearance of a render.
 struct FaceStage {
-    model: AnchorModel,
+    model: DiffusionModel,
     tokens: candle_core::Tensor,
     key: anchor_engine::temporal::Key,
 }
@@ -291,17 +291,15 @@ impl FaceStage {
         dtype: candle_core::DType,
         device: &candle_core::Device,
     ) -> Result<Self> {
-        let model = AnchorModel::load_part(dir, ModelPart::Head, dtype, device)?;
+        let model = DiffusionModel::load_part(dir, ModelPart::Head, dtype, device)?;
         face::inpaint::check_head_model(&model)?;
-        // The head reference: --face-appearance, else the face model's head.png (the reference's
-        // head photo), else the body appearance photo.
-        let in_model = dir.join("head.png");
-        let photo = match &args.face_appearance {
-            Some(p) => p.as_path(),
-            None if in_model.is_file() => in_model.as_path(),
-            None => appearance,
+        let given = args.face_appearance.as_deref();
+        let photo = match face::inpaint::head_photo(given.is_some(), dir) {
+            face::inpaint::HeadPhoto::Given => given.unwrap_or(appearance).to_path_buf(),
+            face::inpaint::HeadPhoto::FaceModel(path) => path,
+            face::inpaint::HeadPhoto::Body => appearance.to_path_buf(),
         };
-        let (rgb, w, h) = pipeline::read_rgb8(photo)?;
+        let (rgb, w, h) = pipeline::read_rgb8(&photo)?;
         let tokens = face::inpaint::encode_head_appearance(&model, &rgb, w, h)?;
         let key = pipeline::folder_identity(&model.layout)?;
         Ok(Self { model, tokens, key })

@@ -45,7 +45,11 @@ fn anchor(args: &[&str]) -> Run {
 }
 
 fn render(poses: &Path, out: &Path, extra: &[&str]) -> Run {
-    let model = fixtures().join("tiny");
+    render_model(&fixtures().join("tiny"), poses, out, extra)
+}
+
+/// [`render`] with another model folder.
+fn render_model(model: &Path, poses: &Path, out: &Path, extra: &[&str]) -> Run {
     let photo = fixtures().join("photo.png");
     let mut args = vec![
         "render",
@@ -290,30 +294,8 @@ fn control_residuals_switch_and_model_default() {
         ),
     )
     .unwrap();
-    let photo = fixtures().join("photo.png");
     let from_json = tmp.join("from-json");
-    let r = anchor(&[
-        "render",
-        "--model",
-        model.to_str().unwrap(),
-        "--poses",
-        poses.to_str().unwrap(),
-        "--appearance",
-        photo.to_str().unwrap(),
-        "--out",
-        from_json.to_str().unwrap(),
-        "--resolution",
-        "64",
-        "--steps",
-        "3",
-        "--window",
-        "4",
-        "--overlap",
-        "1",
-        "--device",
-        "cpu",
-    ]);
-    assert!(r.ok, "anchor failed: {}", r.stderr);
+    render_model(&model, &poses, &from_json, &[]);
     assert_eq!(
         frames(&from_json),
         frames(&standard),

@@ -12,7 +12,7 @@ use anchor_engine::face::warp::Affine;
 use anchor_engine::face::{
     align, FacePass, FaceSettings, FaceStatus, Placement, PlacementSource, RgbFrame, SkipReason,
 };
-use anchor_engine::model::{AnchorModel, ModelPart};
+use anchor_engine::model::{DiffusionModel, ModelPart};
 use anchor_engine::EngineError;
 use candle_core::{DType, Device, Tensor};
 
@@ -26,8 +26,8 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
-fn head_model() -> Result<AnchorModel, Box<dyn std::error::Error>> {
-    Ok(AnchorModel::load_part(
+fn head_model() -> Result<DiffusionModel, Box<dyn std::error::Error>> {
+    Ok(DiffusionModel::load_part(
         &fixtures().join("tiny_face"),
         ModelPart::Head,
         DType::F32,
@@ -50,7 +50,7 @@ fn settings() -> FaceSettings {
     }
 }
 
-fn tokens(model: &AnchorModel) -> Result<Tensor, Box<dyn std::error::Error>> {
+fn tokens(model: &DiffusionModel) -> Result<Tensor, Box<dyn std::error::Error>> {
     let n = model.image_encoder.config().num_tokens();
     let d = model.image_encoder.config().hidden_size;
     let data: Vec<f32> = (0..n * d)
@@ -59,7 +59,7 @@ fn tokens(model: &AnchorModel) -> Result<Tensor, Box<dyn std::error::Error>> {
     Ok(Tensor::from_vec(data, (1, n, d), &Device::Cpu)?)
 }
 
-fn pass(model: &AnchorModel) -> Result<FacePass<'_>, Box<dyn std::error::Error>> {
+fn pass(model: &DiffusionModel) -> Result<FacePass<'_>, Box<dyn std::error::Error>> {
     Ok(FacePass::new(model, &tokens(model)?, settings(), 7)?)
 }
 
@@ -295,7 +295,7 @@ fn a_head_unet_without_9_channels_is_a_named_error() -> TestResult {
     for c in ["vae", "scheduler", "text_encoder", "image_encoder"] {
         copy_dir(&tiny.join(c), &tmp.join(c))?;
     }
-    let err = AnchorModel::load_part(&tmp, ModelPart::Head, DType::F32, &Device::Cpu)
+    let err = DiffusionModel::load_part(&tmp, ModelPart::Head, DType::F32, &Device::Cpu)
         .err()
         .ok_or("a 4-channel head UNet was accepted")?;
     let msg = err.to_string();
@@ -308,7 +308,7 @@ fn a_head_unet_without_9_channels_is_a_named_error() -> TestResult {
     let _ = std::fs::remove_dir_all(&tmp);
 
     // A body model handed to the face pass.
-    let body = AnchorModel::load(&tiny, DType::F32, &Device::Cpu)?;
+    let body = DiffusionModel::load(&tiny, DType::F32, &Device::Cpu)?;
     let err = check_head_model(&body).err().ok_or("body model accepted")?;
     let msg = err.to_string();
     println!("{msg}");

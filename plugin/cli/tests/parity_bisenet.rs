@@ -14,7 +14,7 @@ use anchor_engine::face::inpaint::InpaintSettings;
 use anchor_engine::face::mask;
 use anchor_engine::face::warp::resize_linear_u8;
 use anchor_engine::face::{align, FacePass, FaceSettings, Placement, PlacementSource, RgbFrame};
-use anchor_engine::model::{AnchorModel, ModelPart};
+use anchor_engine::model::{DiffusionModel, ModelPart};
 use anchor_engine::networks::bisenet::{BiSeNetConfig, FaceParser};
 use anchor_engine::weights::StrictWeights;
 use anchor_engine::EngineError;
@@ -273,7 +273,7 @@ fn frame(data: &[u8]) -> RgbFrame<'_> {
 
 #[test]
 fn the_face_pass_uses_the_parser_after_the_matte() -> TestResult {
-    let model = AnchorModel::load_part(
+    let model = DiffusionModel::load_part(
         &fixtures().join("tiny_face"),
         ModelPart::Head,
         DType::F32,

@@ -13,7 +13,7 @@ use anchor_engine::face::inpaint::{HeadInpainter, InpaintSettings};
 use anchor_engine::face::warp::{
     resize_linear_u8, warp_affine_f64, warp_affine_u8, warp_affine_u8_float, Affine,
 };
-use anchor_engine::model::{AnchorModel, ModelPart};
+use anchor_engine::model::{DiffusionModel, ModelPart};
 use anchor_engine::networks::controlnet::ControlNetOutput;
 use anchor_engine::networks::unet::Temporal;
 use candle_core::{DType, Device, Tensor};
@@ -237,8 +237,8 @@ fn blend_matches_the_reference_paste_back() -> TestResult {
     Ok(())
 }
 
-fn head_model() -> Result<AnchorModel, Box<dyn std::error::Error>> {
-    Ok(AnchorModel::load_part(
+fn head_model() -> Result<DiffusionModel, Box<dyn std::error::Error>> {
+    Ok(DiffusionModel::load_part(
         &fixtures().join("tiny_face"),
         ModelPart::Head,
         DType::F32,

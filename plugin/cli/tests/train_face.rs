@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anchor_cli::tools::synth::{self, SynthArgs};
 use anchor_engine::face::inpaint::check_head_model;
-use anchor_engine::model::{AnchorModel, ModelPart};
+use anchor_engine::model::{DiffusionModel, ModelPart};
 use anchor_engine::train::checkpoint::LossRow;
 use anchor_engine::train::diffusion::{self, Stage, TrainConfig, UnetInit};
 use anchor_engine::train::face_data::{self, FaceDataArgs};
@@ -136,7 +136,7 @@ fn face_stage_trains_and_resumes_exactly() -> R<()> {
         std::fs::read(head.join("raw_aligned/000000.png"))?,
         "head.png is the head reference"
     );
-    let model = AnchorModel::load_part(&model_dir, ModelPart::Head, DType::F32, &Device::Cpu)?;
+    let model = DiffusionModel::load_part(&model_dir, ModelPart::Head, DType::F32, &Device::Cpu)?;
     check_head_model(&model)?;
 
     let b_out = dir.0.join("b");
@@ -182,7 +182,7 @@ fn face_stage_from_random_init_and_channel_check() -> R<()> {
         model_dir.join("head/controlnet/config.json"),
     )?)?;
     assert_eq!(cn["in_channels"], 4);
-    let model = AnchorModel::load_part(&model_dir, ModelPart::Head, DType::F32, &Device::Cpu)?;
+    let model = DiffusionModel::load_part(&model_dir, ModelPart::Head, DType::F32, &Device::Cpu)?;
     check_head_model(&model)?;
 
     let mut c = config(&rep.jsonl, &dir.0.join("four"), 2);

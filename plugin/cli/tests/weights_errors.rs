@@ -442,7 +442,7 @@ fn sharded_safetensors_load() {
 
 #[test]
 fn head_model_resolves_from_head_folder() {
-    use anchor_engine::model::{AnchorModel, ModelPart};
+    use anchor_engine::model::{DiffusionModel, ModelPart};
     let d = scratch("head");
     let m = tiny_model(&d);
     copy_dir(&tiny("unet_inpaint"), &m.join("head/unet"));
@@ -453,7 +453,7 @@ fn head_model_resolves_from_head_folder() {
         Some(m.join("head/unet").as_path())
     );
     assert_eq!(layout.component("vae").ok(), Some(m.join("vae").as_path()));
-    let head = AnchorModel::load_part(&m, ModelPart::Head, DType::F32, &Device::Cpu)
+    let head = DiffusionModel::load_part(&m, ModelPart::Head, DType::F32, &Device::Cpu)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(head.unet.architecture().in_channels(), 9);
     assert_eq!(head.negative_embedding.dims(), &[1, 50, 32]);
@@ -467,7 +467,7 @@ fn head_model_resolves_from_head_folder() {
     println!("{e}");
     assert!(e.contains("takes 9") && e.contains("must take 4"));
     // A folder without head/ says which file is missing.
-    let e = err_text(AnchorModel::load_part(
+    let e = err_text(DiffusionModel::load_part(
         &d.join("model/body"),
         ModelPart::Head,
         DType::F32,

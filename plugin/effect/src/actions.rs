@@ -7,7 +7,7 @@ use super::error::EffectError;
 use super::params::{self, FACE_ENHANCE, FACE_MODEL_FOLDER, MODEL_FOLDER};
 use super::state::{self, HostInfo};
 use super::{
-    anchor, logging, render, APPEARANCE_CLIP, FACE_APPEARANCE_CLIP, FACE_MATTE_CLIP, OUTPUT_CLIP,
+    body, logging, render, APPEARANCE_CLIP, FACE_APPEARANCE_CLIP, FACE_MATTE_CLIP, OUTPUT_CLIP,
     PLUGIN_DESCRIPTION, PLUGIN_GROUPING, PLUGIN_LABEL, SOURCE_CLIP, SUPPORTS_MULTI_RESOLUTION,
     SUPPORTS_TILES, VERSION_LABEL, VERSION_MAJOR, VERSION_MINOR,
 };
@@ -161,7 +161,10 @@ fn run(
         // one it still converts depth and layout, which the host cannot do for us everywhere.
         Action::IsIdentity => Ok(Status::ReplyDefault),
         Action::BeginSequenceRender | Action::EndSequenceRender => {
-            sequence_render(known, in_args);
+            let first = sequence_render(known, in_args);
+            if known == Action::BeginSequenceRender {
+                super::body::prepare(effect, first);
+            }
             Ok(Status::Ok)
         }
         Action::Render => {
@@ -454,7 +457,7 @@ fn region_of_definition(
     if !source.is_connected()? {
         return Ok(Status::ReplyDefault);
     }
-    // The anchor frame covers exactly the mesh render's frame.
+    // The rendered frame covers exactly the mesh render's frame.
     let rod = source.region_of_definition(time)?;
     out_args.set_rect_d(kOfxImageEffectPropRegionOfDefinition, rod)?;
     Ok(Status::Ok)
@@ -518,14 +521,14 @@ fn frames_needed(
         if !source.is_connected()? {
             return Ok(None);
         }
-        let clip = anchor::ClipFrames::of(effect, &source, time);
+        let clip = body::ClipFrames::of(effect, &source, time);
         let temporal = state::with(|g| g.host.temporal_clip_access);
         if temporal && settings.face_enhance && settings.face_temporal {
             // The temporal face reads every frame's placement, and the mesh and body frames
             // (whose own cones reach further) of the face windows around this frame.
             return Ok(Some((clip.first, clip.last)));
         }
-        Ok(anchor::frames_needed(
+        Ok(body::frames_needed(
             &settings, &folder, temporal, &clip, time,
         ))
     })()
@@ -551,7 +554,7 @@ fn frames_needed(
         let settings = params::Settings::read(effect.param_set()?, time)?;
         let temporal = state::with(|g| g.host.temporal_clip_access);
         let weight = super::face::smoothing_weight(settings.face_smoothing);
-        let clip = anchor::ClipFrames::of(effect, &effect.clip(SOURCE_CLIP)?, time);
+        let clip = body::ClipFrames::of(effect, &effect.clip(SOURCE_CLIP)?, time);
         if settings.face_enhance && temporal && settings.face_temporal {
             return Ok(Some((clip.first, clip.last)));
         }
@@ -589,7 +592,9 @@ fn clip_preferences(out_args: PropertySet) -> Result<Status, EffectError> {
     Ok(Status::Ok)
 }
 
-fn sequence_render(action: Action, in_args: PropertySet) {
+/// Logs a Begin/EndSequenceRender and returns the first frame of its range (0 when the host
+/// gives none).
+fn sequence_render(action: Action, in_args: PropertySet) -> f64 {
     let range = in_args
         .get_double_n(kOfxImageEffectPropFrameRange)
         .unwrap_or_default();
@@ -597,6 +602,7 @@ fn sequence_render(action: Action, in_args: PropertySet) {
         .get_int(kOfxPropIsInteractive, 0)
         .is_ok_and(|v| v != 0);
     log::debug!("{action:?}: frames {range:?}, interactive {interactive}");
+    range.first().copied().unwrap_or(0.0)
 }
 
 #[cfg(test)]

@@ -32,13 +32,13 @@
 //!   `1 − s` on the new frame (`anchor render --face-smooth 1−s`), over the placements of the
 //!   previous frames of the clip, bounded by [`face_service::smoothing_history`] so that any frame
 //!   renders alone; matte history needs temporal clip access.
-use super::anchor::{image_rgb8, ClipFrames};
+use super::body::{image_rgb8, ClipFrames};
 use super::colour::Encoding;
 use super::error::EffectError;
 use super::params::{self, Settings};
 use super::{FACE_APPEARANCE_CLIP, FACE_MATTE_CLIP, SOURCE_CLIP};
 use crate::engine::face::feather::FeatherSettings;
-use crate::engine::face::inpaint::InpaintSettings;
+use crate::engine::face::inpaint::{head_photo, HeadPhoto, InpaintSettings};
 use crate::engine::face::landmarks::{FivePoints, LandmarkTrack};
 use crate::engine::face::temporal::FaceClipSource;
 use crate::engine::face::warp::resize_linear_u8;
@@ -269,26 +269,24 @@ pub fn enhance(frame: &FaceFrame<'_>, body: Vec<u8>, size: usize) -> Result<Vec<
         None
     };
     let default_photo;
-    let head_photo;
-    // The face model's own head photo (what `anchor train --stage face` writes), as the CLI.
-    let in_model = folder.join("head.png");
-    let photo = match (&face_photo, frame.body_photo) {
-        (Some(p), _) => p,
-        (None, _) if in_model.is_file() => {
-            head_photo =
-                pipeline::read_rgb8_memo(&in_model).map_err(|e| EffectError::NoAppearance {
-                    time,
-                    detail: e.to_string(),
-                })?;
-            &head_photo
+    let in_model;
+    let no_photo = |e: EngineError| EffectError::NoAppearance {
+        time,
+        detail: e.to_string(),
+    };
+    let photo = match (
+        head_photo(face_photo.is_some(), &folder),
+        &face_photo,
+        frame.body_photo,
+    ) {
+        (HeadPhoto::Given, Some(p), _) => p,
+        (HeadPhoto::FaceModel(path), _, _) => {
+            in_model = pipeline::read_rgb8_memo(&path).map_err(no_photo)?;
+            &in_model
         }
-        (None, Some(p)) => p,
-        (None, None) => {
-            default_photo =
-                default_photo_of(&frame.body.folder).map_err(|e| EffectError::NoAppearance {
-                    time,
-                    detail: e.to_string(),
-                })?;
+        (_, _, Some(p)) => p,
+        (_, _, None) => {
+            default_photo = default_photo_of(&frame.body.folder).map_err(no_photo)?;
             &default_photo
         }
     };
@@ -314,18 +312,7 @@ pub fn enhance(frame: &FaceFrame<'_>, body: Vec<u8>, size: usize) -> Result<Vec<
     } else {
         None
     };
-    let file = settings.face_landmarks_file.trim();
-    let track = if file.is_empty() {
-        None
-    } else {
-        let path = Path::new(file);
-        Some(face_service::global().landmarks_file(path).map_err(|e| {
-            EffectError::FaceLandmarks {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            }
-        })?)
-    };
+    let track = landmarks_track(&settings.face_landmarks_file)?;
     let rod = frame.source.region_of_definition(time)?;
     let par = frame
         .source
@@ -370,28 +357,7 @@ pub fn enhance(frame: &FaceFrame<'_>, body: Vec<u8>, size: usize) -> Result<Vec<
     }
     let current = placements.at(frame.index, settings.face_points)?;
     let history = match smoothing {
-        Some(alpha) => {
-            let n = face_service::smoothing_history(alpha).min(frame.index);
-            let mut h = Vec::with_capacity(n);
-            for f in frame.index - n..frame.index {
-                let t = frame.frames.time(f);
-                let points = params::face_points_at(placements.params, t);
-                // Other frames' mattes need temporal access; without it only the landmarks of
-                // the history smooth the crop.
-                let p = if frame.temporal {
-                    placements.at(f, points)?
-                } else {
-                    let no_matte = Placements {
-                        matte: None,
-                        track: placements.track.clone(),
-                        ..placements
-                    };
-                    no_matte.at(f, points)?
-                };
-                h.push(p);
-            }
-            h
-        }
+        Some(alpha) => smoothing_history(frame, &placements, alpha)?,
         None => Vec::new(),
     };
 
@@ -518,17 +484,52 @@ impl FaceClipSource for OfxFaceClip<'_> {
 /// The model folder's default reference photo (`appearance.png`), decoded once.
 fn default_photo_of(folder: &Path) -> EngineResult<std::sync::Arc<(Vec<u8>, usize, usize)>> {
     let layout = ModelLayout::resolve(folder)?;
-    let path = pipeline::default_appearance(&layout);
-    if !path.is_file() {
-        return Err(EngineError::missing(
-            &path,
-            format!(
-                "the model folder has no default reference photo {}",
-                pipeline::DEFAULT_APPEARANCE
-            ),
-        ));
+    pipeline::read_default_appearance(&layout, crate::engine::registry::global())
+}
+
+/// The placements of the frames before the current one that the crop smoothing with weight
+/// `alpha` reads, oldest first. Other frames' mattes need temporal access; without it only the
+/// landmarks of the history smooth the crop.
+fn smoothing_history(
+    frame: &FaceFrame<'_>,
+    placements: &Placements<'_>,
+    alpha: f64,
+) -> Result<Vec<FramePlacement>, EffectError> {
+    let n = face_service::smoothing_history(alpha).min(frame.index);
+    let mut h = Vec::with_capacity(n);
+    for f in frame.index - n..frame.index {
+        let t = frame.frames.time(f);
+        let points = params::face_points_at(placements.params, t);
+        let p = if frame.temporal {
+            placements.at(f, points)?
+        } else {
+            let no_matte = Placements {
+                matte: None,
+                track: placements.track.clone(),
+                ..*placements
+            };
+            no_matte.at(f, points)?
+        };
+        h.push(p);
     }
-    pipeline::read_rgb8_memo(&path)
+    Ok(h)
+}
+
+/// The `faceLandmarksFile` track, read once per file version; `None` when the parameter is
+/// empty.
+fn landmarks_track(file: &str) -> Result<Option<Arc<LandmarkTrack>>, EffectError> {
+    let file = file.trim();
+    if file.is_empty() {
+        return Ok(None);
+    }
+    let path = Path::new(file);
+    face_service::global()
+        .landmarks_file(path)
+        .map(Some)
+        .map_err(|e| EffectError::FaceLandmarks {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
 }
 
 /// A face-pass failure as the effect's error at `time`.

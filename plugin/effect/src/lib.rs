@@ -6,7 +6,7 @@
 //! gyroflow-ofx#18).
 //!
 //! Files: `params.rs` (the parameter table), `actions.rs` (one handler per action), `render.rs`
-//! (pixel I/O and the pass-through), `anchor.rs` (the engine behind Render and GetFramesNeeded),
+//! (pixel I/O and the pass-through), `body.rs` (the body render behind Render and GetFramesNeeded),
 //! `face.rs` (the face pass's inputs from the host; the engine's `face_service` holds its
 //! process-global models and cache),
 //! `colour.rs` (the `colorspace` choice and sRGB transfer), `state.rs` (process-global state),
@@ -15,7 +15,7 @@
 pub(crate) use anchor_engine as engine;
 
 pub mod actions;
-pub mod anchor;
+pub mod body;
 pub mod colour;
 pub mod error;
 pub mod face;

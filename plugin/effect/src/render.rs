@@ -1,4 +1,4 @@
-//! Render: with a model folder, the engine path (`anchor.rs`); without one, the Source passes
+//! Render: with a model folder, the engine path (`body.rs`); without one, the Source passes
 //! through as a plain RGBA `f32` [`Frame`], converting depth and layout only (e.g. Byte RGB in →
 //! Float RGBA out, alpha 1 where the Source has none).
 //!
@@ -104,13 +104,13 @@ impl Frame {
 }
 
 /// The Render action: time `time`, render window `window` (pixel coordinates). With a model
-/// folder the engine renders the anchor frame ([`super::anchor::render`]); without one (neither
+/// folder the engine renders the body frame ([`super::body::render`]); without one (neither
 /// `modelFolder` nor `MAKE_YOUR_ANCHOR_MODEL`) the Source passes through, and the user is told.
 pub fn render(effect: ImageEffect, time: f64, window: Rect) -> Result<Status, EffectError> {
     let settings = Settings::read(effect.param_set()?, time)?;
     let env = std::env::var(ENV_MODEL_FOLDER).ok();
     match resolve_model_folder(&settings.model_folder, env.as_deref())? {
-        Some(folder) => super::anchor::render(effect, time, window, &settings, &folder),
+        Some(folder) => super::body::render(effect, time, window, &settings, &folder),
         None => {
             tell_pass_through(effect);
             pass_through(effect, time, window)

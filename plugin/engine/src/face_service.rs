@@ -28,7 +28,7 @@ use crate::device::{device_name, dtype_name, select_device, DeviceChoice};
 use crate::face::landmarks::FivePoints;
 use crate::face::temporal::{FaceClipSource, TemporalFace, TemporalFaceSettings};
 use crate::face::{self, FacePass, FaceSettings, FaceStatus, Placement, RgbFrame, SkipReason};
-use crate::model::{AnchorModel, ModelLayout, ModelPart};
+use crate::model::{DiffusionModel, ModelLayout, ModelPart};
 use crate::pipeline;
 use crate::registry::{self, Registry};
 use crate::service::{ModelSlots, Slot};
@@ -106,7 +106,7 @@ pub struct FaceOutcome {
 
 /// A loaded face model.
 struct Loaded {
-    model: AnchorModel,
+    model: DiffusionModel,
     identity: Key,
 }
 
@@ -215,7 +215,7 @@ impl FaceService {
         self.models.get_or_load(slot, identity, || {
             let model = {
                 let _g = crate::service::global().lock_accelerator();
-                AnchorModel::load_part(&req.folder, ModelPart::Head, req.dtype, device)
+                DiffusionModel::load_part(&req.folder, ModelPart::Head, req.dtype, device)
                     .map_err(bad)?
             };
             // A body UNet (4 channels) loads fine but cannot inpaint: say so before any frame.

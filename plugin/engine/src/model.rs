@@ -516,7 +516,7 @@ impl BodyConfigs {
 /// A loaded diffusion model: the body pass's, or the face (head) pass's, with every
 /// network on one device.
 #[derive(Debug, Clone)]
-pub struct AnchorModel {
+pub struct DiffusionModel {
     /// Where the components came from.
     pub layout: ModelLayout,
     /// The configs.
@@ -542,9 +542,9 @@ pub struct AnchorModel {
 }
 
 /// The body model (the name the pipeline uses).
-pub type BodyModel = AnchorModel;
+pub type BodyModel = DiffusionModel;
 
-impl AnchorModel {
+impl DiffusionModel {
     /// Loads the body model of `folder` (see the module docs) for `dtype` on `device`.
     pub fn load(folder: &Path, dtype: DType, device: &Device) -> Result<Self> {
         Self::load_part(folder, ModelPart::Body, dtype, device)

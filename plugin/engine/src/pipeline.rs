@@ -83,6 +83,23 @@ pub fn default_appearance(layout: &ModelLayout) -> PathBuf {
     layout.root.join(DEFAULT_APPEARANCE)
 }
 
+/// The default reference photo of `layout`, decoded once per file version through `registry`;
+/// a folder without one is a [`EngineError::Missing`] that names the file. Every front end
+/// uses this when no appearance image is given.
+pub fn read_default_appearance(
+    layout: &ModelLayout,
+    registry: &crate::registry::Registry,
+) -> Result<std::sync::Arc<(Vec<u8>, usize, usize)>> {
+    let path = default_appearance(layout);
+    if !path.is_file() {
+        return Err(EngineError::missing(
+            &path,
+            format!("the model folder has no default reference photo {DEFAULT_APPEARANCE}"),
+        ));
+    }
+    read_rgb8_memo_in(registry, &path)
+}
+
 /// Appearance tokens `(1, N, D)` of a reference photo, in the run dtype.
 pub fn encode_appearance(model: &BodyModel, photo: &Path) -> Result<Tensor> {
     let (rgb, w, h) = read_rgb8(photo)?;

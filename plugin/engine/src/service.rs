@@ -611,17 +611,7 @@ impl Service {
                 height,
             } => (data, width, height),
             Appearance::ModelDefault => {
-                let path = pipeline::default_appearance(&loaded.model.layout);
-                if !path.is_file() {
-                    return Err(EngineError::missing(
-                        &path,
-                        format!(
-                            "the model folder has no default reference photo {}",
-                            pipeline::DEFAULT_APPEARANCE
-                        ),
-                    ));
-                }
-                owned = pipeline::read_rgb8_memo_in(&self.registry, &path)?;
+                owned = pipeline::read_default_appearance(&loaded.model.layout, &self.registry)?;
                 (&owned.0[..], owned.1, owned.2)
             }
         };
@@ -686,6 +676,21 @@ impl Service {
         progress: &dyn Progress,
     ) -> std::result::Result<RenderedFrame, ServiceError> {
         self.render_frame_inner(settings, appearance, control, frame, progress)
+            .map_err(ServiceError::classify)
+    }
+
+    /// Loads the model `settings` name (on its device, in its precision) into the process-wide
+    /// model slots without rendering anything, so that the first frame a host asks for does not
+    /// also pay for reading the weights. A later request with the same folder, dtype and device
+    /// finds the model loaded; an edited folder is reloaded then, as usual. Counts as a running
+    /// request while it loads, so a concurrent purge keeps the model.
+    pub fn prepare(&self, settings: &RenderSettings) -> std::result::Result<(), ServiceError> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let _active = Active(&self.active);
+        let device = select_device(settings.device)?;
+        super::device::check_dtype(&device, settings.dtype)?;
+        self.model(settings, &device)
+            .map(|_| ())
             .map_err(ServiceError::classify)
     }
 
@@ -1205,6 +1210,24 @@ mod tests {
         assert_eq!(got.cache_floor, Some(floor));
         assert!(svc.cache().stats().peak_bytes <= floor);
         assert_eq!(want.cache_floor, None, "256 MiB is plenty");
+    }
+
+    #[test]
+    fn prepare_loads_the_model_once_before_the_first_frame() {
+        let svc = Service::default();
+        let s = settings(&tiny());
+        svc.prepare(&s).unwrap();
+        assert_eq!(svc.model_loads(), 1);
+        assert_eq!(svc.loaded_models(), 1);
+        svc.prepare(&s).unwrap();
+        svc.render_frame(&s, photo(), &Synthetic, 0, &NoProgress)
+            .unwrap();
+        assert_eq!(svc.model_loads(), 1, "the render found the prepared model");
+        let missing = svc.prepare(&settings(Path::new("/no/such/model")));
+        assert!(
+            matches!(missing, Err(ServiceError::Model { .. })),
+            "{missing:?}"
+        );
     }
 
     fn settings_with_steps(steps: usize) -> RenderSettings {

@@ -251,6 +251,46 @@ fn parse_frames(s: &str) -> Result<(i32, i32), String> {
     }
 }
 
+/// `NAME=VALUE` arguments of `option` as pairs.
+fn name_values(option: &str, args: &[String]) -> Result<Vec<(String, String)>, String> {
+    args.iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("{option} {p:?}: expected NAME=VALUE")),
+        })
+        .collect()
+}
+
+/// The one-line summary of a successful render.
+fn print_report(r: &ofx_host::RenderReport, opts: &RenderOptions) {
+    let (lo, hi) = (r.frames.iter().min(), r.frames.iter().max());
+    let range = match (lo, hi) {
+        (Some(a), Some(b)) => format!(" ({a}-{b})"),
+        _ => String::new(),
+    };
+    let dest = opts
+        .output
+        .as_deref()
+        .map(|o| format!(" -> {o}"))
+        .unwrap_or_else(|| " (not written)".into());
+    let identity = if r.identity_frames > 0 {
+        format!(", {} identity", r.identity_frames)
+    } else {
+        String::new()
+    };
+    println!(
+        "rendered {} frame(s){range} with {} [{}, {}, {} thread(s), {} instance(s), {}{identity}] in {:.2} s{dest}",
+        r.frames.len(),
+        r.plugin,
+        r.context.trim_start_matches("OfxImageEffectContext").to_lowercase(),
+        r.depth.trim_start_matches("OfxBitDepth").to_lowercase(),
+        opts.threads,
+        r.instances,
+        r.thread_safety.trim_start_matches("OfxImageEffectRender"),
+        r.elapsed.as_secs_f64(),
+    );
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -289,20 +329,14 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => return usage(format!("--frames: {e}")),
     };
-    let mut params = Vec::new();
-    for p in &cli.params {
-        match p.split_once('=') {
-            Some((k, v)) if !k.is_empty() => params.push((k.to_string(), v.to_string())),
-            _ => return usage(format!("--param {p:?}: expected NAME=VALUE")),
-        }
-    }
-    let mut user_edits = Vec::new();
-    for p in &cli.user_edits {
-        match p.split_once('=') {
-            Some((k, v)) if !k.is_empty() => user_edits.push((k.to_string(), v.to_string())),
-            _ => return usage(format!("--user-edit {p:?}: expected NAME=VALUE")),
-        }
-    }
+    let params = match name_values("--param", &cli.params) {
+        Ok(p) => p,
+        Err(m) => return usage(m),
+    };
+    let user_edits = match name_values("--user-edit", &cli.user_edits) {
+        Ok(p) => p,
+        Err(m) => return usage(m),
+    };
     let source_mode = match (cli.missing_source, cli.zero_size_source) {
         (Some(_), true) => {
             return usage("--missing-source and --zero-size-source exclude each other".into())
@@ -369,32 +403,7 @@ fn main() -> ExitCode {
             for (prop, n) in &r.withheld_reads {
                 eprintln!("ofx-render: withheld {prop}: {n} read(s) refused");
             }
-            let (lo, hi) = (r.frames.iter().min(), r.frames.iter().max());
-            let range = match (lo, hi) {
-                (Some(a), Some(b)) => format!(" ({a}-{b})"),
-                _ => String::new(),
-            };
-            let dest = opts
-                .output
-                .as_deref()
-                .map(|o| format!(" -> {o}"))
-                .unwrap_or_else(|| " (not written)".into());
-            let identity = if r.identity_frames > 0 {
-                format!(", {} identity", r.identity_frames)
-            } else {
-                String::new()
-            };
-            println!(
-                "rendered {} frame(s){range} with {} [{}, {}, {} thread(s), {} instance(s), {}{identity}] in {:.2} s{dest}",
-                r.frames.len(),
-                r.plugin,
-                r.context.trim_start_matches("OfxImageEffectContext").to_lowercase(),
-                r.depth.trim_start_matches("OfxBitDepth").to_lowercase(),
-                opts.threads,
-                r.instances,
-                r.thread_safety.trim_start_matches("OfxImageEffectRender"),
-                r.elapsed.as_secs_f64(),
-            );
+            print_report(&r, &opts);
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -906,6 +906,215 @@ fn render_with_plugin(
     Ok(report)
 }
 
+/// The depth of the Output clip the plugin asked for (the offered depth without instances).
+fn output_depth(run: &Run<'_>, instances: &[Box<Effect>]) -> String {
+    instances
+        .first()
+        .and_then(|i| i.clip("Output"))
+        .map(|c| c.depth().ofx_name())
+        .unwrap_or_else(|| run.depth.ofx_name())
+}
+
+/// What the render threads have done so far.
+struct Tally {
+    /// Frames rendered and kept.
+    completed: AtomicUsize,
+    /// Set on the first error (or an abort): no further frame starts.
+    stop: AtomicBool,
+    /// The first error.
+    errors: Mutex<Option<HostError>>,
+    /// What happened to frames in flight when the abort came.
+    aborted_frames: Mutex<Vec<String>>,
+    /// The frames rendered, in completion order.
+    done: Mutex<Vec<i32>>,
+    /// Frames the plugin answered as an identity of the Source.
+    identity: AtomicUsize,
+}
+
+impl Tally {
+    fn new(first_error: Option<HostError>) -> Self {
+        Self {
+            completed: AtomicUsize::new(0),
+            stop: AtomicBool::new(first_error.is_some()),
+            errors: Mutex::new(first_error),
+            aborted_frames: Mutex::new(Vec::new()),
+            done: Mutex::new(Vec::new()),
+            identity: AtomicUsize::new(0),
+        }
+    }
+
+    fn fail(&self, e: HostError) {
+        self.errors.lock().get_or_insert(e);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Records the result of `frame`: saved under `output` and counted, or noted as aborted,
+    /// or the first error.
+    fn record(
+        &self,
+        frame: i32,
+        result: Result<FrameImage, HostError>,
+        was_aborted: bool,
+        output: Option<&str>,
+        inputs: &[(i32, PathBuf)],
+    ) {
+        match result {
+            Ok(img) if !was_aborted => {
+                let img = match img {
+                    FrameImage::Rendered(i) => i,
+                    FrameImage::Identity(i) => {
+                        self.identity.fetch_add(1, Ordering::SeqCst);
+                        i
+                    }
+                };
+                if let Some(out) = output {
+                    if let Err(e) = save_frame(out, inputs, frame, &img) {
+                        self.fail(e);
+                    }
+                }
+                self.done.lock().push(frame);
+                self.completed.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(_) => self.aborted_frames.lock().push(format!(
+                "frame {frame}: the plugin returned kOfxStatOK after the abort; output discarded"
+            )),
+            Err(e) if was_aborted => self
+                .aborted_frames
+                .lock()
+                .push(format!("frame {frame}: {e}")),
+            Err(e) => self.fail(e),
+        }
+    }
+}
+
+/// How renders are serialised, from the plugin's render thread safety: FullySafe renders run
+/// concurrently on one instance, InstanceSafe ones one at a time per instance, Unsafe ones one
+/// at a time in the process.
+struct RenderLocks {
+    fully_safe: bool,
+    instance_safe: bool,
+    global: Mutex<()>,
+    per_instance: Vec<Mutex<()>>,
+}
+
+impl RenderLocks {
+    fn new(safety: &str, instances: usize) -> Self {
+        Self {
+            fully_safe: safety.as_bytes() == kOfxImageEffectRenderFullySafe.to_bytes(),
+            instance_safe: safety.as_bytes() == kOfxImageEffectRenderInstanceSafe.to_bytes(),
+            global: Mutex::new(()),
+            per_instance: (0..instances).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// Renders the `k`-th requested frame (time `t`) under the plugin's locking: on a new
+    /// instance (`--instance-per-frame`, counted in `created`) or on instance `k mod n`.
+    /// `None` when there is no instance to render on.
+    fn render(
+        &self,
+        run: &Run<'_>,
+        instances: &[Box<Effect>],
+        created: &AtomicUsize,
+        k: usize,
+        t: f64,
+    ) -> Option<Result<FrameImage, HostError>> {
+        if run.opts.instance_per_frame {
+            let _g = (!self.fully_safe && !self.instance_safe).then(|| self.global.lock());
+            return Some(run.create_instance().and_then(|inst| {
+                created.fetch_add(1, Ordering::SeqCst);
+                let r = run.render_frame(&inst, t);
+                let d = run.destroy_instance(inst);
+                r.and_then(|img| d.map(|_| img))
+            }));
+        }
+        let i = k % instances.len().max(1);
+        let inst = instances.get(i)?;
+        let _g = if self.fully_safe {
+            None
+        } else if self.instance_safe {
+            self.per_instance.get(i).map(|l| l.lock())
+        } else {
+            Some(self.global.lock())
+        };
+        Some(run.render_frame(inst, t))
+    }
+}
+
+/// The clips a context descriptor must define: Output and Source, and Appearance when an
+/// appearance image is given.
+fn check_clips(cdesc: &Effect, ctx_name: &str, appearance: bool) -> Result<(), HostError> {
+    let clips = cdesc.clip_names();
+    if !clips.iter().any(|c| c == "Output") {
+        return Err(HostError::Violation(format!(
+            "DescribeInContext({ctx_name}) defined no Output clip (clips: {clips:?})"
+        )));
+    }
+    if !clips.iter().any(|c| c == "Source") {
+        return Err(HostError::Violation(format!(
+            "DescribeInContext({ctx_name}) defined no Source clip (clips: {clips:?})"
+        )));
+    }
+    if appearance && !clips.iter().any(|c| c == "Appearance") {
+        return Err(HostError::Usage(format!(
+            "--appearance given, but the plugin has no Appearance clip (clips: {clips:?})"
+        )));
+    }
+    Ok(())
+}
+
+/// The pixel depth the host offers: `--raw-depth` as given, else `--depth` when the plugin
+/// supports it (a host would not offer an unsupported one).
+fn offered_depth(
+    opts: &RenderOptions,
+    plugin: &Plugin,
+    cdesc: &Effect,
+) -> Result<Depth, HostError> {
+    if let Some(raw) = &opts.raw_depth {
+        return Ok(Depth::Other(raw.clone()));
+    }
+    let supported = cdesc
+        .props
+        .get_strings(kOfxImageEffectPropSupportedPixelDepths);
+    let want = opts.depth.ofx_name();
+    if !supported.is_empty() && !supported.contains(&want) {
+        return Err(HostError::Usage(format!(
+            "{} does not support {want} images (it supports {supported:?}); a host would not \
+             offer them (use --raw-depth to force it)",
+            plugin.info.id
+        )));
+    }
+    Ok(opts.depth.clone())
+}
+
+/// The instances that live for the whole range (none with `--instance-per-frame`), and the
+/// indices of those that began a sequence over `[fa, fb]` (none with per-frame sequences); the
+/// first error stops both.
+#[allow(clippy::vec_box)]
+fn start_instances(
+    run: &Run<'_>,
+    (fa, fb): (f64, f64),
+) -> (Vec<Box<Effect>>, Vec<usize>, Option<HostError>) {
+    let mut instances: Vec<Box<Effect>> = Vec::new();
+    let mut begun = Vec::new();
+    if !run.opts.instance_per_frame {
+        for _ in 0..run.opts.clones {
+            match run.create_instance() {
+                Ok(i) => instances.push(i),
+                Err(e) => return (instances, begun, Some(e)),
+            }
+        }
+    }
+    if !run.opts.per_frame_sequence {
+        for (i, inst) in instances.iter().enumerate() {
+            match run.sequence(inst, true, fa, fb) {
+                Ok(()) => begun.push(i),
+                Err(e) => return (instances, begun, Some(e)),
+            }
+        }
+    }
+    (instances, begun, None)
+}
+
 /// Describe, then DescribeInContext in `context` (which the plugin must support): the plugin's
 /// descriptor and its context descriptor.
 fn describe(
@@ -1003,39 +1212,8 @@ fn describe_and_render(
     let (frames, inputs) = (&frames[..], &inputs[..]);
     let ctx_name = context.ofx().to_string_lossy().into_owned();
     let (_desc, cdesc) = describe(plugin, file_path, context)?;
-    let clips = cdesc.clip_names();
-    if !clips.iter().any(|c| c == "Output") {
-        return Err(HostError::Violation(format!(
-            "DescribeInContext({ctx_name}) defined no Output clip (clips: {clips:?})"
-        )));
-    }
-    if !clips.iter().any(|c| c == "Source") {
-        return Err(HostError::Violation(format!(
-            "DescribeInContext({ctx_name}) defined no Source clip (clips: {clips:?})"
-        )));
-    }
-    if appearance.is_some() && !clips.iter().any(|c| c == "Appearance") {
-        return Err(HostError::Usage(format!(
-            "--appearance given, but the plugin has no Appearance clip (clips: {clips:?})"
-        )));
-    }
-    let depth = match &opts.raw_depth {
-        Some(raw) => Depth::Other(raw.clone()),
-        None => {
-            let supported = cdesc
-                .props
-                .get_strings(kOfxImageEffectPropSupportedPixelDepths);
-            let want = opts.depth.ofx_name();
-            if !supported.is_empty() && !supported.contains(&want) {
-                return Err(HostError::Usage(format!(
-                    "{} does not support {want} images (it supports {supported:?}); a host \
-                     would not offer them (use --raw-depth to force it)",
-                    plugin.info.id
-                )));
-            }
-            opts.depth.clone()
-        }
-    };
+    check_clips(&cdesc, &ctx_name, appearance.is_some())?;
+    let depth = offered_depth(opts, plugin, &cdesc)?;
     let safety = cdesc
         .props
         .get_string(kOfxImageEffectPluginRenderThreadSafety)
@@ -1065,37 +1243,12 @@ fn describe_and_render(
         depth,
     };
 
-    // Instances that live for the whole range (none with --instance-per-frame).
-    let mut instances: Vec<Box<Effect>> = Vec::new();
-    let mut first_error: Option<HostError> = None;
-    if !opts.instance_per_frame {
-        for _ in 0..opts.clones {
-            match run.create_instance() {
-                Ok(i) => instances.push(i),
-                Err(e) => {
-                    first_error = Some(e);
-                    break;
-                }
-            }
-        }
-    }
-    let instances_created = AtomicUsize::new(instances.len());
-    let mut begun = Vec::new();
     let (fa, fb) = (
         frames.first().copied().unwrap_or(0) as f64,
         frames.last().copied().unwrap_or(0) as f64,
     );
-    if first_error.is_none() && !opts.per_frame_sequence {
-        for (i, inst) in instances.iter().enumerate() {
-            match run.sequence(inst, true, fa, fb) {
-                Ok(()) => begun.push(i),
-                Err(e) => {
-                    first_error = Some(e);
-                    break;
-                }
-            }
-        }
-    }
+    let (instances, begun, mut first_error) = start_instances(&run, (fa, fb));
+    let instances_created = AtomicUsize::new(instances.len());
 
     let mut order: Vec<i32> = frames.to_vec();
     match opts.order {
@@ -1103,23 +1256,14 @@ fn describe_and_render(
         Order::Reverse => order.reverse(),
         Order::Random => shuffle(&mut order, opts.seed),
     }
-    let output_depth = instances
-        .first()
-        .and_then(|i| i.clip("Output"))
-        .map(|c| c.depth().ofx_name())
-        .unwrap_or_else(|| run.depth.ofx_name());
+    let output_depth = output_depth(&run, &instances);
 
-    let fully_safe = safety.as_bytes() == kOfxImageEffectRenderFullySafe.to_bytes();
-    let instance_safe = safety.as_bytes() == kOfxImageEffectRenderInstanceSafe.to_bytes();
-    let global_lock = Mutex::new(());
-    let instance_locks: Vec<Mutex<()>> = instances.iter().map(|_| Mutex::new(())).collect();
+    let locks = RenderLocks::new(&safety, instances.len());
     let next = AtomicUsize::new(0);
-    let completed = AtomicUsize::new(0);
-    let stop = AtomicBool::new(first_error.is_some());
-    let errors: Mutex<Option<HostError>> = Mutex::new(first_error.take());
-    let aborted_frames: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let done: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-    let identity = AtomicUsize::new(0);
+    let tally = Tally::new(first_error.take());
+    let Tally {
+        completed, stop, ..
+    } = &tally;
 
     let worker = || {
         while !stop.load(Ordering::SeqCst) {
@@ -1139,58 +1283,11 @@ fn describe_and_render(
                 break;
             }
             let t = frame as f64;
-            let result = if opts.instance_per_frame {
-                let _g = (!fully_safe && !instance_safe).then(|| global_lock.lock());
-                match run.create_instance() {
-                    Ok(inst) => {
-                        instances_created.fetch_add(1, Ordering::SeqCst);
-                        let r = run.render_frame(&inst, t);
-                        let d = run.destroy_instance(inst);
-                        r.and_then(|img| d.map(|_| img))
-                    }
-                    Err(e) => Err(e),
-                }
-            } else {
-                let i = k % instances.len().max(1);
-                let Some(inst) = instances.get(i) else { break };
-                let _g = if fully_safe {
-                    None
-                } else if instance_safe {
-                    instance_locks.get(i).map(|l| l.lock())
-                } else {
-                    Some(global_lock.lock())
-                };
-                run.render_frame(inst, t)
+            let Some(result) = locks.render(&run, &instances, &instances_created, k, t) else {
+                break;
             };
             let was_aborted = session.abort.load(Ordering::SeqCst);
-            match result {
-                Ok(img) if !was_aborted => {
-                    let img = match img {
-                        FrameImage::Rendered(i) => i,
-                        FrameImage::Identity(i) => {
-                            identity.fetch_add(1, Ordering::SeqCst);
-                            i
-                        }
-                    };
-                    if let Some(out) = &opts.output {
-                        if let Err(e) = save_frame(out, inputs, frame, &img) {
-                            errors.lock().get_or_insert(e);
-                            stop.store(true, Ordering::SeqCst);
-                        }
-                    }
-                    done.lock().push(frame);
-                    completed.fetch_add(1, Ordering::SeqCst);
-                }
-                Ok(_) => aborted_frames.lock().push(format!(
-                    "frame {frame}: the plugin returned kOfxStatOK after the abort; output \
-                     discarded"
-                )),
-                Err(e) if was_aborted => aborted_frames.lock().push(format!("frame {frame}: {e}")),
-                Err(e) => {
-                    errors.lock().get_or_insert(e);
-                    stop.store(true, Ordering::SeqCst);
-                }
-            }
+            tally.record(frame, result, was_aborted, opts.output.as_deref(), inputs);
         }
     };
     std::thread::scope(|s| {
@@ -1202,6 +1299,14 @@ fn describe_and_render(
     // Shut down cleanly whatever happened: End, PurgeCaches, Destroy.
     let cleanup_error = shut_down(&run, instances, &begun, (fa, fb));
 
+    let Tally {
+        completed,
+        errors,
+        aborted_frames,
+        done,
+        identity,
+        ..
+    } = tally;
     if let Some(e) = errors.into_inner() {
         return Err(e);
     }

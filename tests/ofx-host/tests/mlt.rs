@@ -21,7 +21,7 @@ use image::{Rgb, RgbImage};
 /// Working resolution and pose size (no resize on either side).
 const RES: u32 = 64;
 const SEED: u64 = 42;
-/// The one-time warning of a host without temporal clip access (plugin/effect/src/anchor.rs).
+/// The one-time warning of a host without temporal clip access (plugin/effect/src/body.rs).
 const NO_TEMPORAL_WARNING: &str = "The host gives Make Your Anchor no temporal clip access, so it cannot read the neighbouring frames a window needs: every frame is denoised on its own (window 1), which flickers more. Use a host with temporal clip access (Natron, Resolve) for the temporally consistent result";
 
 fn fixtures() -> PathBuf {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use parking_lot::Mutex;
 
-use crate::model::AnchorModel;
+use crate::model::DiffusionModel;
 use crate::networks::bisenet::FaceParser;
 use crate::temporal::{Key, KeyHasher};
 use crate::{EngineError, Result};
@@ -197,7 +197,7 @@ const MEMO_CAPACITY: usize = 32;
 /// The face pass of one clip and one head appearance.
 ///
 /// ```text
-/// let model = AnchorModel::load_part(dir, ModelPart::Head, DType::F32, &device)?;
+/// let model = DiffusionModel::load_part(dir, ModelPart::Head, DType::F32, &device)?;
 /// let tokens = inpaint::encode_head_appearance(&model, &head_rgb, w, h)?;
 /// let pass = FacePass::new(&model, &tokens, FaceSettings::default(), model_key)?;
 /// let out = pass.enhance(body, mesh, &Placement { matte: None, landmarks: Some(points) })?;
@@ -221,7 +221,7 @@ impl<'m> FacePass<'m> {
     /// Sets up the pass. `model` must be a face model (9-channel UNet, else a named `Config`
     /// error); `appearance` are the head tokens `(1, N, D)`; `model_key` identifies the weights.
     pub fn new(
-        model: &'m AnchorModel,
+        model: &'m DiffusionModel,
         appearance: &Tensor,
         settings: FaceSettings,
         model_key: Key,

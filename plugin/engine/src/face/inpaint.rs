@@ -21,7 +21,7 @@
 //! its batch of 30, which would make a frame's pixels depend on how a clip is cut.
 use candle_core::{DType, Device, Tensor};
 
-use crate::model::AnchorModel;
+use crate::model::DiffusionModel;
 use crate::networks::unet::Temporal;
 use crate::sampler::ddim::DdimScheduler;
 use crate::temporal::noise::initial_noise;
@@ -132,10 +132,38 @@ pub fn downsample_mask(mask: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         .index_select(&cols, 3)?)
 }
 
+/// The face model folder's own head reference photo (what `anchor train --stage face` writes).
+pub const HEAD_PHOTO: &str = "head.png";
+
+/// Where the face pass's head reference photo comes from, in the one order every front end uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadPhoto {
+    /// The photo the user gave (`--face-appearance`, the FaceAppearance clip).
+    Given,
+    /// The face model folder's [`HEAD_PHOTO`], at this path.
+    FaceModel(std::path::PathBuf),
+    /// The body's reference photo (`--appearance`, the Appearance clip, else the body model's
+    /// default photo).
+    Body,
+}
+
+/// The head reference photo's source: a `given` photo, else the face model folder's
+/// [`HEAD_PHOTO`] when it exists, else the body's reference.
+pub fn head_photo(given: bool, face_folder: &std::path::Path) -> HeadPhoto {
+    let in_model = face_folder.join(HEAD_PHOTO);
+    if given {
+        HeadPhoto::Given
+    } else if in_model.is_file() {
+        HeadPhoto::FaceModel(in_model)
+    } else {
+        HeadPhoto::Body
+    }
+}
+
 /// Appearance tokens of the head reference photo: `cv2.resize` to 256² (bilinear), then the CLIP
 /// processor and vision tower (head reference).
 pub fn encode_head_appearance(
-    model: &AnchorModel,
+    model: &DiffusionModel,
     rgb: &[u8],
     w: usize,
     h: usize,
@@ -149,7 +177,7 @@ pub fn encode_head_appearance(
 }
 
 /// Checks that `model` is a face-inpainting model: its UNet takes `2·latent + 1` channels.
-pub fn check_head_model(model: &AnchorModel) -> Result<()> {
+pub fn check_head_model(model: &DiffusionModel) -> Result<()> {
     let latent = model.vae.config().latent_channels;
     let unet_in = model.unet.architecture().in_channels();
     if unet_in != 2 * latent + 1 {
@@ -177,7 +205,7 @@ pub struct MaskedConditioning {
 
 /// The head networks with one appearance, ready to inpaint crops.
 pub struct HeadInpainter<'m> {
-    model: &'m AnchorModel,
+    model: &'m DiffusionModel,
     cond: Tensor,
     uncond: Tensor,
     scheduler: DdimScheduler,
@@ -189,7 +217,7 @@ pub struct HeadInpainter<'m> {
 impl<'m> HeadInpainter<'m> {
     /// `appearance` is `(1, N, D)` (see [`encode_head_appearance`]).
     pub fn new(
-        model: &'m AnchorModel,
+        model: &'m DiffusionModel,
         appearance: &Tensor,
         settings: InpaintSettings,
     ) -> Result<Self> {
@@ -270,7 +298,7 @@ impl<'m> HeadInpainter<'m> {
     }
 
     /// The head model.
-    pub fn model(&self) -> &'m AnchorModel {
+    pub fn model(&self) -> &'m DiffusionModel {
         self.model
     }
 

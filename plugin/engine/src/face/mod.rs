@@ -3,7 +3,7 @@
 //!
 //! OFX-free; the effect and the CLI drive it through [`FacePass`]:
 //!
-//! 1. load the head model: `AnchorModel::load_part(folder, ModelPart::Head, F32, &device)` (a
+//! 1. load the head model: `DiffusionModel::load_part(folder, ModelPart::Head, F32, &device)` (a
 //!    `head/` subfolder or a model folder whose `unet/` takes 9 channels, see `engine::model`);
 //! 2. head appearance tokens: [`inpaint::encode_head_appearance`] on the head reference photo;
 //! 3. `FacePass::new(&model, &tokens, FaceSettings::default(), model_key)`;

@@ -218,42 +218,7 @@ pub fn warp_affine_f64_in(
     xs: std::ops::Range<usize>,
     ys: std::ops::Range<usize>,
 ) -> Vec<f64> {
-    let mut out = vec![0.0; xs.len() * ys.len() * channels];
-    if src.len() < w * h * channels {
-        return out;
-    }
-    let Some(pos) = source_positions_in(m, xs, ys) else {
-        return out;
-    };
-    let read = |x: i64, y: i64, ch: usize| -> f64 {
-        if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
-            0.0
-        } else {
-            src[(y as usize * w + x as usize) * channels + ch]
-        }
-    };
-    let t = INTER_TAB as f64;
-    for (i, &(px, py)) in pos.iter().enumerate() {
-        let (sx, sy) = (px >> INTER_BITS, py >> INTER_BITS);
-        if sx >= w as i64 || sx + 1 < 0 || sy >= h as i64 || sy + 1 < 0 {
-            continue;
-        }
-        let fx = (px & (INTER_TAB - 1)) as f64 / t;
-        let fy = (py & (INTER_TAB - 1)) as f64 / t;
-        let (w00, w01, w10, w11) = (
-            (1.0 - fx) * (1.0 - fy),
-            fx * (1.0 - fy),
-            (1.0 - fx) * fy,
-            fx * fy,
-        );
-        for ch in 0..channels {
-            out[i * channels + ch] = read(sx, sy, ch) * w00
-                + read(sx + 1, sy, ch) * w01
-                + read(sx, sy + 1, ch) * w10
-                + read(sx + 1, sy + 1, ch) * w11;
-        }
-    }
-    out
+    warp_affine_float_in(src, w, h, channels, m, xs, ys)
 }
 
 /// `cv2.warpAffine` on a float32 image, `INTER_LINEAR`, border 0, restricted to the destination
@@ -270,32 +235,74 @@ pub fn warp_affine_f32_in(
     xs: std::ops::Range<usize>,
     ys: std::ops::Range<usize>,
 ) -> Vec<f32> {
-    let mut out = vec![0.0f32; xs.len() * ys.len() * channels];
+    warp_affine_float_in(src, w, h, channels, m, xs, ys)
+}
+
+/// The float types OpenCV's `remapBilinear` runs in (`CV_32F`, `CV_64F`).
+trait WarpFloat:
+    Copy
+    + Default
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
+    const ONE: Self;
+    fn from_i64(v: i64) -> Self;
+}
+
+impl WarpFloat for f32 {
+    const ONE: Self = 1.0;
+    fn from_i64(v: i64) -> Self {
+        v as f32
+    }
+}
+
+impl WarpFloat for f64 {
+    const ONE: Self = 1.0;
+    fn from_i64(v: i64) -> Self {
+        v as f64
+    }
+}
+
+/// The bilinear warp of a float image in its own precision: the 1/32-pixel source positions,
+/// the weights `(1 − fy)(1 − fx)`, `(1 − fy)·fx`, `fy·(1 − fx)`, `fy·fx` and the sum
+/// `((s₀₀w₀₀ + s₀₁w₀₁) + s₁₀w₁₀) + s₁₁w₁₁` in that order, border 0.
+fn warp_affine_float_in<T: WarpFloat>(
+    src: &[T],
+    w: usize,
+    h: usize,
+    channels: usize,
+    m: &Affine,
+    xs: std::ops::Range<usize>,
+    ys: std::ops::Range<usize>,
+) -> Vec<T> {
+    let mut out = vec![T::default(); xs.len() * ys.len() * channels];
     if src.len() < w * h * channels {
         return out;
     }
     let Some(pos) = source_positions_in(m, xs, ys) else {
         return out;
     };
-    let read = |x: i64, y: i64, ch: usize| -> f32 {
+    let read = |x: i64, y: i64, ch: usize| -> T {
         if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
-            0.0
+            T::default()
         } else {
             src[(y as usize * w + x as usize) * channels + ch]
         }
     };
-    let t = INTER_TAB as f32;
+    let t = T::from_i64(INTER_TAB);
     for (i, &(px, py)) in pos.iter().enumerate() {
         let (sx, sy) = (px >> INTER_BITS, py >> INTER_BITS);
         if sx >= w as i64 || sx + 1 < 0 || sy >= h as i64 || sy + 1 < 0 {
             continue;
         }
-        let fx = (px & (INTER_TAB - 1)) as f32 / t;
-        let fy = (py & (INTER_TAB - 1)) as f32 / t;
+        let fx = T::from_i64(px & (INTER_TAB - 1)) / t;
+        let fy = T::from_i64(py & (INTER_TAB - 1)) / t;
         let (w00, w01, w10, w11) = (
-            (1.0 - fy) * (1.0 - fx),
-            (1.0 - fy) * fx,
-            fy * (1.0 - fx),
+            (T::ONE - fy) * (T::ONE - fx),
+            (T::ONE - fy) * fx,
+            fy * (T::ONE - fx),
             fy * fx,
         );
         for ch in 0..channels {

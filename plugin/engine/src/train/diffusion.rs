@@ -30,7 +30,7 @@
 //! latent part of `conv_in` (the reference's comes from the 4-channel SD1.5 UNet).
 //! The appearance is the CLIP of the head reference resized to 256² as at inference. The output
 //! is a model folder with `head/{unet,controlnet}` that
-//! `AnchorModel::load_part(.., ModelPart::Head, ..)` loads, and `head.png` (the head reference
+//! `DiffusionModel::load_part(.., ModelPart::Head, ..)` loads, and `head.png` (the head reference
 //! `anchor render --face-model` uses by default) instead of `appearance.png`.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

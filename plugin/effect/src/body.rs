@@ -1,6 +1,6 @@
 //! The effect's bridge to the engine: the Source clip as the engine's lazily fetched control
 //! frames, the Appearance clip (or the model's default photo), host progress and abort as the
-//! engine's [`Progress`], and the anchor frame written back at the Source's RoD.
+//! engine's [`Progress`], and the rendered body frame written back at the Source's RoD.
 //!
 //! - **Frames and windows.** The Source clip's frame range (`kOfxImageEffectPropFrameRange`) is
 //!   the clip: index `i` is time `range.min + i`, so windows are anchored to the clip whatever
@@ -405,7 +405,126 @@ fn warn_cache_floor(effect: ImageEffect, requested: usize, floor: usize) {
     }
 }
 
-/// Render the anchor frame at `time` into the Output clip.
+/// Render the body frame at `time` into the Output clip.
+/// The Source clip's region of definition at `time` in whole pixels, refused when empty or too
+/// large to hold as an RGB buffer.
+fn source_rod(clip: &Clip, time: f64) -> Result<Rect, EffectError> {
+    let rod = clip.region_of_definition(time)?;
+    let rod = Rect::new(
+        rod.x1.floor() as i32,
+        rod.y1.floor() as i32,
+        rod.x2.ceil() as i32,
+        rod.y2.ceil() as i32,
+    );
+    let (w, h) = (rod.width(), rod.height());
+    if w == 0 || h == 0 {
+        return Err(EffectError::EmptyImage {
+            clip: SOURCE_CLIP,
+            time,
+            width: w,
+            height: h,
+        });
+    }
+    image_bytes(SOURCE_CLIP, "region of definition", time, w, h, 3)?;
+    Ok(rod)
+}
+
+/// The progress total of frame `index`: at most every window meeting its cone, at every step
+/// (fewer when cached or shared).
+fn batches_at_most(rs: &RenderSettings, len: usize, index: usize) -> usize {
+    match (rs.plan(len), rs.frames_needed(len, index)) {
+        (Ok(plan), Ok(cone)) => {
+            let windows = plan.windows().iter();
+            windows
+                .filter(|w| w.start < cone.end && cone.start < w.end)
+                .count()
+                * rs.steps
+        }
+        _ => rs.steps,
+    }
+}
+
+/// A failed body request as the effect's error at `time`.
+fn body_error(e: ServiceError, time: f64, rs: &RenderSettings) -> EffectError {
+    log::debug!(
+        "frame {time}: no frame ({e}); {} network call(s) in this process",
+        service::global().network_calls()
+    );
+    match effect_error(e, time) {
+        // The engine's estimate against the limit this variable set (not an allocator failure):
+        // name where the limit comes from.
+        EffectError::OutOfMemory { time, detail }
+            if rs.memory_limit.is_some() && detail.ends_with("are available") =>
+        {
+            EffectError::OutOfMemory {
+                time,
+                detail: format!("{detail} ({ENV_MEMORY_MIB})"),
+            }
+        }
+        e => e,
+    }
+}
+
+/// The render window's RGBA pixels: the sRGB-encoded `rgb` frame (bottom-up rows of the `rod`,
+/// in the host's `encoding`) where the window meets the RoD, transparent black elsewhere.
+fn place_on_rod(window: Rect, rod: Rect, rgb: &[u8], encoding: Encoding) -> Frame {
+    let mut out = Frame::new(window);
+    let w = rod.width();
+    let stride = window.width() * 4;
+    if stride > 0 {
+        for (row, y) in out.rgba.chunks_exact_mut(stride).zip(window.y1..window.y2) {
+            if y < rod.y1 || y >= rod.y2 {
+                continue;
+            }
+            let r = (rod.y2 - 1 - y) as usize;
+            for (px, x) in row.chunks_exact_mut(4).zip(window.x1..window.x2) {
+                if x < rod.x1 || x >= rod.x2 {
+                    continue;
+                }
+                let i = (r * w + (x - rod.x1) as usize) * 3;
+                for c in 0..3 {
+                    px[c] = colour::from_srgb8(rgb[i + c], encoding);
+                }
+                px[3] = 1.0;
+            }
+        }
+    }
+    out
+}
+
+/// Loads the model of the instance's settings at `time` (BeginSequenceRender), so that the
+/// host's first Render does not also wait for the weights to be read. Never fails the action:
+/// without a model folder there is nothing to load, and a folder that cannot be loaded is
+/// reported by the Render that meets it, with its message.
+pub fn prepare(effect: ImageEffect, time: f64) {
+    let result = (|| -> Result<(), EffectError> {
+        let settings = Settings::read(effect.param_set()?, time)?;
+        let env = std::env::var(params::ENV_MODEL_FOLDER).ok();
+        let Some(folder) = params::resolve_model_folder(&settings.model_folder, env.as_deref())?
+        else {
+            return Ok(());
+        };
+        let temporal = state::with(|g| g.host.temporal_clip_access);
+        let rs = render_settings(&settings, &folder, temporal);
+        let started = std::time::Instant::now();
+        match service::global().prepare(&rs) {
+            Ok(()) => log::debug!(
+                "BeginSequenceRender: model {} ready in {:.2} s",
+                folder.display(),
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => log::debug!(
+                "BeginSequenceRender: model {} not loaded ahead ({e}); the first Render reports it",
+                folder.display()
+            ),
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        log::debug!("BeginSequenceRender: no model loaded ahead: {e}");
+    }
+}
+
 pub fn render(
     effect: ImageEffect,
     time: f64,
@@ -454,17 +573,7 @@ pub fn render(
 
     // The appearance still, fetched at the render time (it is not animated).
     let general = effect.context()?.as_bytes() == kOfxImageEffectContextGeneral.to_bytes();
-    let appearance_rgb = if general {
-        let clip = effect.clip(APPEARANCE_CLIP)?;
-        if clip.is_connected()? {
-            image_rgb8(&clip, time, APPEARANCE_CLIP, encoding)
-                .map_err(|e| effect_error(ServiceError::Appearance(e), time))?
-        } else {
-            None
-        }
-    } else {
-        None
-    };
+    let appearance_rgb = appearance_still(effect, general, time, encoding)?;
     let appearance = match &appearance_rgb {
         Some((data, width, height)) => Appearance::Rgb8 {
             data,
@@ -483,34 +592,9 @@ pub fn render(
     };
     // The frame goes back to the Source RoD: read it before the engine runs, so that an empty or
     // oversized RoD is refused before any work (its RGB buffer is sized from it).
-    let rod = source.clip.region_of_definition(time)?;
-    let rod = Rect::new(
-        rod.x1.floor() as i32,
-        rod.y1.floor() as i32,
-        rod.x2.ceil() as i32,
-        rod.y2.ceil() as i32,
-    );
+    let rod = source_rod(&source.clip, time)?;
     let (w, h) = (rod.width(), rod.height());
-    if w == 0 || h == 0 {
-        return Err(EffectError::EmptyImage {
-            clip: SOURCE_CLIP,
-            time,
-            width: w,
-            height: h,
-        });
-    }
-    image_bytes(SOURCE_CLIP, "region of definition", time, w, h, 3)?;
-    // At most every window meeting the cone, at every step (fewer when cached or shared).
-    let total = match (rs.plan(frames.len()), rs.frames_needed(frames.len(), index)) {
-        (Ok(plan), Ok(cone)) => {
-            let windows = plan.windows().iter();
-            windows
-                .filter(|w| w.start < cone.end && cone.start < w.end)
-                .count()
-                * rs.steps
-        }
-        _ => rs.steps,
-    };
+    let total = batches_at_most(&rs, frames.len(), index);
     let bar = anchor_ofx::Progress::start(effect, "Make Your Anchor", "org.makeyouranchor.Anchor")
         .unwrap_or_else(|e| {
             log::debug!("no progress bar: {e}");
@@ -526,26 +610,7 @@ pub fn render(
     let engine = service::global();
     let result = engine.render_frame(&rs, appearance, &source, index, &progress);
     drop(progress);
-    let frame = result.map_err(|e| {
-        log::debug!(
-            "frame {time}: no frame ({e}); {} network call(s) in this process",
-            engine.network_calls()
-        );
-        let e = effect_error(e, time);
-        match e {
-            // The engine's estimate against the limit this variable set (not an allocator
-            // failure): name where the limit comes from.
-            EffectError::OutOfMemory { time, detail }
-                if rs.memory_limit.is_some() && detail.ends_with("are available") =>
-            {
-                EffectError::OutOfMemory {
-                    time,
-                    detail: format!("{detail} ({ENV_MEMORY_MIB})"),
-                }
-            }
-            e => e,
-        }
-    })?;
+    let frame = result.map_err(|e| body_error(e, time, &rs))?;
     log::debug!(
         "frame {time}: {} Source fetch(es) by this render",
         source.fetches.load(Ordering::Relaxed)
@@ -600,26 +665,30 @@ pub fn render(
         resize_rgb8(&body, frame.size, frame.size, w, h, Filter::Lanczos)
     };
     // Its size was checked before the engine ran (`Frame::check_window` above).
-    let mut out = Frame::new(window);
-    let stride = window.width() * 4;
-    if stride > 0 {
-        for (row, y) in out.rgba.chunks_exact_mut(stride).zip(window.y1..window.y2) {
-            if y < rod.y1 || y >= rod.y2 {
-                continue;
-            }
-            let r = (rod.y2 - 1 - y) as usize;
-            for (px, x) in row.chunks_exact_mut(4).zip(window.x1..window.x2) {
-                if x < rod.x1 || x >= rod.x2 {
-                    continue;
-                }
-                let i = (r * w + (x - rod.x1) as usize) * 3;
-                for c in 0..3 {
-                    px[c] = colour::from_srgb8(rgb[i + c], encoding);
-                }
-                px[3] = 1.0;
-            }
-        }
+    write_output(effect, &place_on_rod(window, rod, &rgb, encoding), time)?;
+    Ok(Status::Ok)
+}
+
+/// The Appearance clip's image at `time` (General context, connected), as 8-bit sRGB.
+fn appearance_still(
+    effect: ImageEffect,
+    general: bool,
+    time: f64,
+    encoding: Encoding,
+) -> Result<Option<(Vec<u8>, usize, usize)>, EffectError> {
+    if !general {
+        return Ok(None);
     }
+    let clip = effect.clip(APPEARANCE_CLIP)?;
+    if !clip.is_connected()? {
+        return Ok(None);
+    }
+    image_rgb8(&clip, time, APPEARANCE_CLIP, encoding)
+        .map_err(|e| effect_error(ServiceError::Appearance(e), time))
+}
+
+/// Writes `out` into the Output clip's image at `time`.
+fn write_output(effect: ImageEffect, out: &Frame, time: f64) -> Result<(), EffectError> {
     let output_clip = effect.clip(OUTPUT_CLIP)?;
     let mut output = output_clip
         .image(time, None)?
@@ -629,8 +698,7 @@ pub fn render(
         time,
         detail: e.to_string(),
     })?;
-    write_frame(effect, &out, &mut view, time)?;
-    Ok(Status::Ok)
+    write_frame(effect, out, &mut view, time)
 }
 
 #[cfg(test)]
