@@ -112,15 +112,16 @@ fn controlnet() -> Result<ControlNetModel, Box<dyn std::error::Error>> {
     Ok(net)
 }
 
+/// The largest absolute value of `t`.
+fn max_abs(t: &Tensor) -> Result<f32, Box<dyn std::error::Error>> {
+    Ok(t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
 /// Max-abs error and reference scale; fails above the relative tolerance.
 fn check(name: &str, got: &Tensor, want: &Tensor) -> Result<f32, Box<dyn std::error::Error>> {
     assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let err = (got - want)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?;
-    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let err = max_abs(&(got - want)?)?;
+    let scale = max_abs(want)?;
     println!(
         "{name}: max-abs error {err:.3e} (reference max-abs {scale:.3e}, relative {:.3e})",
         err / scale
@@ -329,18 +330,10 @@ fn original_residual_term_is_far_above_the_tolerance() -> TestResult {
     )?;
     // `forward` is the diffusers behaviour.
     let plain = unet.forward(sample, fx.timestep, ehs, Some(&res), Temporal::Window)?;
-    let same = (&plain - &standard)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?;
+    let same = max_abs(&(&plain - &standard)?)?;
     assert_eq!(same, 0.0, "forward adds the residuals as diffusers does");
-    let gap = (&standard - want)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?;
-    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let gap = max_abs(&(&standard - want)?)?;
+    let scale = max_abs(want)?;
     let ratio = gap / (RELATIVE_TOLERANCE * scale);
     println!("standard residuals vs the original reference: {gap:.3e} = {ratio:.0}x the tolerance");
     assert!(

@@ -1089,6 +1089,7 @@ fn offered_depth(
 /// The instances that live for the whole range (none with `--instance-per-frame`), and the
 /// indices of those that began a sequence over `[fa, fb]` (none with per-frame sequences); the
 /// first error stops both.
+// Instances stay boxed: the plugin holds their handles (addresses) until DestroyInstance.
 #[allow(clippy::vec_box)]
 fn start_instances(
     run: &Run<'_>,
