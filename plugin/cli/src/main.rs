@@ -7,26 +7,55 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use anchor_cli::frames::{FrameSpec, NumberedClip};
 use anchor_cli::tools;
 use anchor_cli::train_args;
 use anchor_engine::device::{parse_dtype, select_device, DeviceChoice};
 use anchor_engine::face;
+use anchor_engine::framing::{
+    premultiply_rgba8, silhouette_matte, FramedSource, Framing, SILHOUETTE_THRESHOLD,
+};
+use anchor_engine::job::{
+    self, Appearance, BodyJob, ControlSource, JobContext, JobModel, JobRequest, RenderSettings,
+};
 use anchor_engine::model::{inspect_model, BodyModel, DiffusionModel, ModelPart};
 use anchor_engine::networks::unet::ControlResiduals;
-use anchor_engine::pipeline::{self, BodyNetworks, DdimStep, PoseSequence};
-use anchor_engine::sampler::ddim::DdimScheduler;
+use anchor_engine::pipeline::{self, PoseSequence};
 use anchor_engine::temporal::{
-    Cache, Counters, Fusion, NoProgress, Progress, SamplingParams, Tail, WindowPlan,
+    Cache, Counters, Fusion, NoProgress, Progress, SharedConfig, SharedStore, Tail,
 };
 use anchor_engine::{weights, EngineError, Result};
+
+/// `anchor --version`: the version, the source revision and whether CUDA is compiled in.
+#[cfg(feature = "cuda")]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("ANCHOR_REVISION"),
+    "; CUDA compiled in)"
+);
+/// `anchor --version`: the version, the source revision and whether CUDA is compiled in.
+#[cfg(not(feature = "cuda"))]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("ANCHOR_REVISION"),
+    "; CPU only: CUDA not compiled in)"
+);
 
 #[derive(Parser)]
 #[command(
     name = "anchor",
-    version,
+    version = VERSION,
     about = "Make-Your-Anchor: mesh renders in, the person's video out"
 )]
 struct Cli {
+    /// More messages on stderr (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Fewer messages on stderr: errors only.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,6 +65,20 @@ enum Order {
     Sequential,
     Reverse,
     Random,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum AlphaChoice {
+    Opaque,
+    Silhouette,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum ProgressStyle {
+    Auto,
+    Plain,
+    Openjd,
+    None,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +101,8 @@ enum Command {
     TrainVae(Box<train_args::TrainVaeArgs>),
     /// Build head (face) training data from an `anchor synth` identity folder.
     FaceData(train_args::FaceDataCli),
+    /// Housekeeping of a farm's shared cache folder: info, prune.
+    Cache(tools::cache::CacheArgs),
     /// Copy a model folder with its weights cast to another dtype (e.g. f16 to halve its size).
     Cast {
         /// The folder to copy (a model folder or one component folder).
@@ -122,9 +167,39 @@ struct RenderArgs {
     /// Initial noise from a safetensors file: tensor "noise", shape [4, H/8, W/8].
     #[arg(long)]
     noise: Option<PathBuf>,
-    /// Frames to request and write, A-B (0-based, inclusive) [all].
+    /// Frames to render: 5, 1001-1100, 1-100x2 or a comma list of those. Frames are the numbers
+    /// in the file names (mesh.1001.png), in natural order; in a folder whose names carry no
+    /// numbers, 0-based positions in name order [all].
     #[arg(long)]
-    frames: Option<String>,
+    frames: Option<FrameSpec>,
+    /// How a plate that is not square meets the model's square: fit (pad to a square around its
+    /// centre), squash (stretch, as the original does) or region (the square --region).
+    /// Outputs come back at the plate's size.
+    #[arg(long, default_value = "fit")]
+    framing: String,
+    /// The square of --framing region: X,Y,SIZE in plate pixels (top-left corner, rows from the
+    /// top).
+    #[arg(long, value_name = "X,Y,SIZE")]
+    region: Option<String>,
+    /// Output alpha: opaque (RGB files), or silhouette (RGBA, premultiplied, alpha from the mesh
+    /// render's silhouette, feathered by --matte-feather).
+    #[arg(long, value_enum, default_value = "opaque")]
+    alpha: AlphaChoice,
+    /// Feather of the silhouette alpha, in plate pixels.
+    #[arg(long, default_value_t = 2)]
+    matte_feather: usize,
+    /// A preview: each frame from its own window alone, with no coupling to the neighbours
+    /// (about --steps network batches per window instead of the whole clip's dependency cone).
+    /// Not the final frames: previews never stand in for them.
+    #[arg(long, conflicts_with_all = ["dump_latents", "body"])]
+    preview: bool,
+    /// Leave frames whose output file exists as they are (a requeued farm task resumes).
+    #[arg(long)]
+    skip_existing: bool,
+    /// Replace frames an earlier render wrote into --out with other settings (without it, such
+    /// a render is refused).
+    #[arg(long)]
+    overwrite: bool,
     /// Order in which frames are requested.
     #[arg(long, value_enum, default_value = "sequential")]
     order: Order,
@@ -143,6 +218,21 @@ struct RenderArgs {
     /// Cache budget in MiB.
     #[arg(long, default_value_t = 4096)]
     cache_mib: usize,
+    /// Share the work with the other processes of a farm job: a folder on the farm's shared
+    /// storage (NFS/SMB) that every task of the job names. Each process claims, computes and
+    /// publishes window batches there and reads the others'; frames are identical whoever
+    /// computed what.
+    #[arg(long, env = "MAKE_YOUR_ANCHOR_SHARED_CACHE")]
+    shared_cache: Option<PathBuf>,
+    /// Seconds after which a claim on the shared cache by a process that stopped renewing it (a
+    /// crashed or frozen node) is taken over; renewed every quarter of it while work runs.
+    #[arg(long, default_value_t = 60, requires = "shared_cache")]
+    shared_lease_seconds: u64,
+    /// Progress on stderr: auto (a bar on a terminal, else plain), plain (a line at least every
+    /// 10 %), openjd (`openjd_progress: <percent>` lines on stdout, for Deadline Cloud and
+    /// `openjd run`), none.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressStyle,
     /// Body frames already rendered (e.g. an earlier --out, named like the pose frames): the face
     /// pass runs on them instead of a new body render, to try face settings without re-rendering
     /// the body. Needs --face-model; the frames must have the working size.
@@ -217,28 +307,70 @@ struct FaceArgs {
     face_mesh_jpeg: Option<bool>,
 }
 
-fn parse_frames(spec: &str, len: usize) -> Result<std::ops::RangeInclusive<usize>> {
-    let bad = || {
-        EngineError::Input(format!(
-            "--frames must be A-B with 0 <= A <= B < {len}, got {spec:?}"
-        ))
-    };
-    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
-    let (a, b): (usize, usize) = (
-        a.trim().parse().map_err(|_| bad())?,
-        b.trim().parse().map_err(|_| bad())?,
-    );
-    if a > b || b >= len {
-        return Err(bad());
-    }
-    Ok(a..=b)
-}
-
-/// Progress on stderr: a one-line bar on a terminal, nothing otherwise.
+/// Progress of the window batches: a one-line bar on a terminal; in a farm log, a line at least
+/// every 10 % (plain) or `openjd_progress: <percent>` lines on stdout (OpenJD's progress
+/// protocol); or nothing.
 struct Bar {
     total: u64,
     done: AtomicU64,
+    style: ProgressStyle,
     tty: bool,
+    /// The last percentage printed (plain, openjd).
+    shown: AtomicU64,
+}
+
+impl Bar {
+    fn new(total: u64, style: ProgressStyle) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let style = match style {
+            ProgressStyle::Auto if tty => ProgressStyle::Auto,
+            ProgressStyle::Auto => ProgressStyle::Plain,
+            s => s,
+        };
+        Self {
+            total: total.max(1),
+            done: AtomicU64::new(0),
+            style,
+            tty: tty && style == ProgressStyle::Auto,
+            shown: AtomicU64::new(0),
+        }
+    }
+
+    /// The percentage to print after `done` batches, when one is due.
+    fn due(&self, done: u64) -> Option<u64> {
+        let pct = (done * 100 / self.total).min(100);
+        let every = if self.style == ProgressStyle::Openjd {
+            1
+        } else {
+            10
+        };
+        let last = self.shown.load(Ordering::Relaxed);
+        (pct >= last + every && self.shown.fetch_max(pct, Ordering::Relaxed) < pct).then_some(pct)
+    }
+
+    /// The closing line: 100 % whatever the cone held.
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        } else if self.shown.fetch_max(100, Ordering::Relaxed) < 100 {
+            self.print(100, self.done.load(Ordering::Relaxed));
+        }
+    }
+
+    fn print(&self, pct: u64, done: u64) {
+        match self.style {
+            ProgressStyle::Plain => {
+                eprintln!("anchor: progress {pct}% ({done} window batches)")
+            }
+            ProgressStyle::Openjd => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "openjd_progress: {pct}");
+                let _ = out.flush();
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Progress for Bar {
@@ -250,6 +382,8 @@ impl Progress for Bar {
                 self.total,
                 step + 1
             );
+        } else if let Some(pct) = self.due(done) {
+            self.print(pct, done);
         }
     }
 }
@@ -262,10 +396,18 @@ fn peak_rss_mib() -> Option<u64> {
 }
 
 /// Writes `data` to `path` through a temporary file, so a failed run leaves no partial frame.
-fn write_rgb8(path: &Path, rgb: Vec<u8>, w: usize, h: usize) -> Result<()> {
-    let img = image::RgbImage::from_raw(w as u32, h as u32, rgb).ok_or_else(|| {
-        EngineError::Input(format!("internal: bad image buffer for {}", path.display()))
-    })?;
+/// Writes 8-bit RGB (3 channels) or premultiplied RGBA (4) atomically.
+fn write_image(path: &Path, data: Vec<u8>, w: usize, h: usize, channels: usize) -> Result<()> {
+    let bad = || EngineError::Internal(format!("bad image buffer for {}", path.display()));
+    let img: image::DynamicImage = if channels == 4 {
+        image::RgbaImage::from_raw(w as u32, h as u32, data)
+            .ok_or_else(bad)?
+            .into()
+    } else {
+        image::RgbImage::from_raw(w as u32, h as u32, data)
+            .ok_or_else(bad)?
+            .into()
+    };
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("png");
     let tmp = path.with_extension(format!("partial.{ext}"));
     img.save(&tmp)
@@ -357,31 +499,25 @@ fn run_frames(
     }
 }
 
-/// The sampling settings of a render: each option given, else the model folder's default
-/// (`anchor.json`, else the reference's).
-struct Sampling {
-    steps: usize,
-    params: SamplingParams,
-    window: usize,
-    overlap: usize,
-    residuals: ControlResiduals,
-    seed: u64,
-}
-
-impl Sampling {
-    fn of(a: &RenderArgs, d: &anchor_engine::model::SamplingDefaults) -> Self {
-        Self {
-            steps: a.steps.unwrap_or(d.steps),
-            params: SamplingParams {
-                guidance: a.cfg.unwrap_or(d.guidance_scale),
-                control_scale: a.control_scale.unwrap_or(d.control_scale),
-            },
-            window: a.window.unwrap_or(d.window),
-            overlap: a.overlap.unwrap_or(d.overlap),
-            residuals: a.control_residuals.unwrap_or(d.control_residuals),
-            seed: a.seed.unwrap_or(d.seed),
-        }
-    }
+/// The engine settings of a render: each option given, else the model folder's default
+/// (`anchor.json`, else the reference's), as the effect's parameters take them.
+fn render_settings(a: &RenderArgs, model: &BodyModel) -> Result<RenderSettings> {
+    let mut s = RenderSettings::model_defaults(&a.model, model.defaults());
+    s.device = a.device.parse::<DeviceChoice>()?;
+    s.dtype = model.dtype;
+    s.fusion = a.fusion.parse::<Fusion>()?;
+    s.tail = a.tail.parse::<Tail>()?;
+    s.steps = a.steps.unwrap_or(s.steps);
+    s.guidance = a.cfg.unwrap_or(s.guidance);
+    s.control_scale = a.control_scale.unwrap_or(s.control_scale);
+    s.control_residuals = a.control_residuals.unwrap_or(s.control_residuals);
+    s.window = a.window.unwrap_or(s.window);
+    s.overlap = a.overlap.unwrap_or(s.overlap);
+    s.resolution = a.resolution.unwrap_or(s.resolution);
+    s.seed = a.seed.unwrap_or(s.seed);
+    s.cache_bytes = a.cache_mib.saturating_mul(1 << 20);
+    s.preview = a.preview;
+    Ok(s)
 }
 
 /// Creates `dir` and its parents.
@@ -471,50 +607,312 @@ fn render(a: RenderArgs) -> Result<()> {
     let start = Instant::now();
     let device = select_device(a.device.parse::<DeviceChoice>()?)?;
     let dtype = parse_dtype(&a.precision)?;
-    let fusion: Fusion = a.fusion.parse()?;
-    let tail: Tail = a.tail.parse()?;
     let model = BodyModel::load(&a.model, dtype, &device)?;
-    let d = model.defaults().clone();
-    let (res, note) = pipeline::check_resolution(a.resolution.unwrap_or(d.width))?;
+    let settings = render_settings(&a, &model)?;
+    let (res, note) = pipeline::check_resolution(settings.resolution)?;
     if let Some(note) = note {
         eprintln!("anchor: {note}");
     }
-    let Sampling {
-        steps,
-        params,
-        window,
-        overlap,
-        residuals,
-        seed,
-    } = Sampling::of(&a, &d);
-    let poses = PoseSequence::open(&a.poses, (res, res), dtype, &device)?;
+    let clip = NumberedClip::scan(pipeline::list_frames(&a.poses)?)
+        .map_err(|e| EngineError::Input(format!("poses folder {}: {e}", a.poses.display())))?;
+    let poses = PoseSequence::from_paths(clip.paths.clone(), (res, res), dtype, &device)?;
     let len = poses.paths().len();
-    let plan = WindowPlan::new(len, window, overlap, tail, fusion)?;
-    let frames: Vec<usize> = match &a.frames {
-        Some(spec) => parse_frames(spec, len)?.collect(),
+    let mut frames: Vec<usize> = match &a.frames {
+        Some(spec) => clip
+            .select(spec)
+            .map_err(|e| EngineError::Input(format!("--frames {spec}: {e}")))?,
         None => (0..len).collect(),
     };
-    let appearance = pipeline::encode_appearance(&model, &a.appearance)?;
-    let model_key = pipeline::model_identity(&model)?;
-    let nets = BodyNetworks::new(&model, &appearance, model_key, residuals)?;
-    let scheduler = DdimStep(DdimScheduler::new(model.configs.scheduler.clone(), steps)?);
-    let latent_ch = model.unet.architecture().in_channels();
-    let vae_factor = model.vae.config().downsample_factor();
-    let shape = (latent_ch, res / vae_factor, res / vae_factor);
-    let noise = pipeline::initial_noise(seed, a.noise.as_deref(), shape)?;
-    let cache = Cache::new(a.cache_mib.saturating_mul(1 << 20));
-    // Photos, tokens and parsers read through the process-wide registry share the budget too.
-    let registry = anchor_engine::registry::global();
-    registry.set_budget(anchor_engine::registry::share_of(
-        a.cache_mib.saturating_mul(1 << 20),
-    ));
+    let stamp = stamp_of(&a, &settings);
+    check_stamp(&a, &stamp)?;
+    if a.skip_existing {
+        let before = frames.len();
+        frames.retain(|&f| !a.out.join(output_name(&poses, f)).is_file());
+        log::info!(
+            "--skip-existing: {} of {before} frames already in {}",
+            before - frames.len(),
+            a.out.display()
+        );
+    }
+    log::info!(
+        "rendering {} of clip {} ({len} frames) on {}, {}, {res}x{res}, {} steps, windows {}/{} \
+         ({:?} fusion, {:?} tail), cache {} MiB{}",
+        describe_selection(&clip, &frames),
+        clip.span(),
+        anchor_engine::device::device_name(&device),
+        anchor_engine::device::dtype_name(dtype),
+        settings.steps,
+        settings.window,
+        settings.overlap,
+        settings.fusion,
+        settings.tail,
+        a.cache_mib,
+        a.shared_cache
+            .as_ref()
+            .map(|d| format!(", shared cache {}", d.display()))
+            .unwrap_or_default()
+    );
+    let plate = plate_of(&a, poses.paths())?;
+    let framed = FramedSource::new(&plate, plate.framing, res);
+    let (photo, pw, ph) = pipeline::read_rgb8(&a.appearance)?;
+    let cache = Cache::new(settings.cache_bytes);
     let counters = Counters::default();
-    let denoiser = pipeline::denoiser(
-        &nets, &scheduler, &poses, &cache, &counters, plan, params, noise,
-    )?;
+    let shared = (a.shared_cache.as_ref()).map(|dir| {
+        let config = SharedConfig {
+            lease_expiry: std::time::Duration::from_secs(a.shared_lease_seconds.max(1)),
+            ..SharedConfig::default()
+        };
+        std::sync::Arc::new(SharedStore::open(dir, config))
+    });
+    let context = JobContext {
+        cache: &cache,
+        counters: &counters,
+        registry: anchor_engine::registry::global(),
+        gate: None,
+        shared: shared.as_ref(),
+    };
+    let appearance = Appearance::Rgb8 {
+        data: &photo,
+        width: pw,
+        height: ph,
+    };
+    let identity = pipeline::model_identity(&model)?;
+    let job_model = JobModel {
+        model: &model,
+        identity,
+    };
+    // A final render is one job; a preview is one job per window of the requested frames.
+    let groups = if settings.preview {
+        preview_groups(&settings, len, &frames)?
+    } else {
+        vec![frames.clone()]
+    };
+    let mut windows = 0;
+    for group in &groups {
+        let request = JobRequest {
+            settings: &settings,
+            appearance,
+            control: &framed,
+            noise_file: a.noise.as_deref(),
+            frames: group,
+        };
+        windows += job::run(job_model, request, context, |job| {
+            if let Some(floor) = job.cache_floor() {
+                log::warn!(
+                    "--cache-mib {} is below the {} MiB these frames touch; using {} MiB so \
+                     that nothing is computed twice",
+                    a.cache_mib,
+                    floor.div_ceil(1 << 20),
+                    floor.div_ceil(1 << 20)
+                );
+            }
+            write_stamp(&a, &stamp)?;
+            write_frames(&a, job, (&poses, &plate, &framed), group, &model)?;
+            Ok(job.denoiser().plan().windows().len())
+        })
+        .map_err(EngineError::from)?;
+    }
+    print_summary(
+        frames.len(),
+        len,
+        (windows, settings.steps),
+        &counters,
+        &cache,
+        start,
+    );
+    if let Some(store) = &shared {
+        print_shared_summary(store);
+    }
+    Ok(())
+}
+
+/// The requested frames of a preview, grouped by the window each is previewed from.
+fn preview_groups(
+    settings: &RenderSettings,
+    len: usize,
+    frames: &[usize],
+) -> Result<Vec<Vec<usize>>> {
+    let plan = settings.plan(len)?;
+    let mut groups: Vec<(std::ops::Range<usize>, Vec<usize>)> = Vec::new();
+    for &f in frames {
+        let w = job::preview_window(&plan, f);
+        match groups.iter_mut().find(|(g, _)| *g == w) {
+            Some((_, v)) => v.push(f),
+            None => groups.push((w, vec![f])),
+        }
+    }
+    Ok(groups.into_iter().map(|(_, v)| v).collect())
+}
+
+/// What the shared cache gave and took.
+fn print_shared_summary(store: &SharedStore) {
+    let st = store.stats();
+    println!(
+        "shared cache {}: {} read, {} published, {} refused (damaged), {} leases taken over{}",
+        store.dir().display(),
+        st.hits,
+        st.published,
+        st.rejected,
+        st.takeovers,
+        if st.degraded {
+            "; unwritable: worked locally"
+        } else {
+            ""
+        }
+    );
+}
+
+/// The plate of `paths` (one size, checked by [`PoseSequence`]) with the framing and alpha of
+/// `a`. The face pass places faces on the squashed frame, so with it a plate that is not square
+/// is squashed, with a warning.
+fn plate_of<'a>(a: &RenderArgs, paths: &'a [PathBuf]) -> Result<Plate<'a>> {
+    let (w, h) = image::image_dimensions(&paths[0])
+        .map_err(|e| EngineError::Input(format!("cannot read {}: {e}", paths[0].display())))?;
+    let (w, h) = (w as usize, h as usize);
+    let mut framing = Framing::parse(&a.framing, a.region.as_deref())?;
+    if a.face.face_model.is_some() && w != h && framing != Framing::Squash {
+        log::warn!(
+            "the face pass places faces on the squashed frame: the {w}x{h} plate is rendered \
+             with --framing squash, not {}",
+            framing.name()
+        );
+        framing = Framing::Squash;
+    }
+    Ok(Plate {
+        paths,
+        size: (w, h),
+        framing,
+        alpha: a.alpha,
+        feather: a.matte_feather,
+    })
+}
+
+/// The mesh renders at their own (plate) size, and how results go back onto the plate.
+struct Plate<'a> {
+    paths: &'a [PathBuf],
+    size: (usize, usize),
+    framing: Framing,
+    alpha: AlphaChoice,
+    feather: usize,
+}
+
+impl ControlSource for Plate<'_> {
+    fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    fn rgb8(&self, f: usize) -> Result<(Vec<u8>, usize, usize)> {
+        pipeline::read_rgb8(&self.paths[f])
+    }
+}
+
+impl Plate<'_> {
+    /// The working-size result of frame `f` on the plate: `(pixels, w, h, channels)`, RGB, or
+    /// premultiplied RGBA when the alpha is the silhouette or the region leaves part of the
+    /// plate empty.
+    fn finish(&self, f: usize, rgb: &[u8], res: usize) -> Result<(Vec<u8>, usize, usize, usize)> {
+        let (w, h) = self.size;
+        let out = self.framing.frame_out(rgb, res, w, h)?;
+        let silhouette = match self.alpha {
+            AlphaChoice::Opaque => None,
+            AlphaChoice::Silhouette => {
+                let (mesh, mw, mh) = pipeline::read_rgb8(&self.paths[f])?;
+                if (mw, mh) != (w, h) {
+                    return Err(EngineError::Input(format!(
+                        "mesh frame {} is {mw}×{mh}, not the clip's {w}×{h}",
+                        self.paths[f].display()
+                    )));
+                }
+                Some(silhouette_matte(
+                    &mesh,
+                    w,
+                    h,
+                    SILHOUETTE_THRESHOLD,
+                    self.feather,
+                ))
+            }
+        };
+        let cover = self.framing.coverage(w, h);
+        let full = (cover.x0, cover.y0, cover.x1, cover.y1) == (0, 0, w, h);
+        if silhouette.is_none() && full {
+            return Ok((out, w, h, 3));
+        }
+        let alpha = self.framing.output_alpha(w, h, silhouette.as_deref())?;
+        Ok((premultiply_rgba8(&out, &alpha), w, h, 4))
+    }
+}
+
+/// The frames of `selected` (clip indices) as frame numbers, for the header.
+fn describe_selection(clip: &NumberedClip, selected: &[usize]) -> String {
+    let numbers: Vec<i64> = selected.iter().filter_map(|&i| clip.number_of(i)).collect();
+    anchor_cli::frames::describe_frames(&numbers)
+}
+
+/// The output file of clip frame `f`: the pose frame's name.
+fn output_name(poses: &PoseSequence, f: usize) -> std::ffi::OsString {
+    poses.paths()[f].file_name().unwrap_or_default().to_owned()
+}
+
+/// The settings an output folder was rendered with, kept beside its frames.
+const STAMP: &str = ".anchor-render";
+
+/// The stamp of this render's frame-changing settings.
+fn stamp_of(a: &RenderArgs, settings: &RenderSettings) -> String {
+    let mut s = settings.clone();
+    // Where and how fast it runs does not change the frames.
+    (s.device, s.cache_bytes, s.memory_limit) = (DeviceChoice::Auto, 0, None);
+    format!(
+        "{s:?}\nappearance {}\nnoise {:?}\nbody {:?}\nface model {:?}\n",
+        a.appearance.display(),
+        a.noise,
+        a.body,
+        a.face.face_model
+    )
+}
+
+/// Refuses to mix frames of other settings into `--out` (unless `--overwrite`).
+fn check_stamp(a: &RenderArgs, stamp: &str) -> Result<()> {
+    let path = a.out.join(STAMP);
+    match std::fs::read_to_string(&path) {
+        Ok(old) if old != stamp && !a.overwrite => Err(EngineError::Input(format!(
+            "{} holds frames rendered with other settings (see {}); pass --overwrite to \
+             replace them, or choose another --out",
+            a.out.display(),
+            path.display()
+        ))),
+        Ok(old) if old != stamp => {
+            log::warn!("{}: replacing frames of other settings", a.out.display());
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Creates `--out` and records this render's settings there.
+fn write_stamp(a: &RenderArgs, stamp: &str) -> Result<()> {
     create_dir(&a.out)?;
+    // Written aside then renamed: the processes of a farm job read it while others write it.
+    let path = a.out.join(STAMP);
+    let tmp = a.out.join(format!("{STAMP}.{}", std::process::id()));
+    std::fs::write(&tmp, stamp)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| EngineError::Io { path, source: e })
+}
+
+/// Denoises, decodes, runs the face pass on and writes `frames` of the prepared job.
+fn write_frames(
+    a: &RenderArgs,
+    job: &BodyJob<'_>,
+    (poses, plate, framed): (&PoseSequence, &Plate<'_>, &FramedSource<'_>),
+    frames: &[usize],
+    body_model: &BodyModel,
+) -> Result<()> {
+    let denoiser = job.denoiser();
+    let (res, len, steps) = (job.resolution(), poses.paths().len(), denoiser.steps());
+    create_dir(&a.out)?;
+    let (dtype, device) = (body_model.dtype, &body_model.device);
     let face_stage = (a.face.face_model.as_deref())
-        .map(|dir| FaceStage::load(&a.face, dir, &a.appearance, dtype, &device))
+        .map(|dir| FaceStage::load(&a.face, dir, &a.appearance, dtype, device))
         .transpose()?;
     let face_pass = face_stage.as_ref().map(|st| st.pass(&a.face)).transpose()?;
     let face_inputs = face_pass
@@ -537,13 +935,14 @@ fn render(a: RenderArgs) -> Result<()> {
     // A body frame: from --body, else from the body denoiser (cached).
     let body_frame = |f: usize, progress: &dyn Progress| -> Result<(Vec<u8>, usize, usize)> {
         match &a.body {
-            Some(dir) => read_body_frame(dir, &poses, f, res),
-            None => pipeline::image_to_rgb8(&denoiser.image(f, progress)?),
+            Some(dir) => read_body_frame(dir, poses, f, res),
+            None => Ok((job.frame_rgb(f, progress)?, res, res)),
         }
     };
     // Temporal face: the body frames of a window's cone.
     let body_rgb = |f: usize| -> Result<Vec<u8>> { Ok(body_frame(f, &NoProgress)?.0) };
-    let mesh_rgb = |f: usize| poses.rgb8(f);
+    // The mesh as the body saw it: framed at the working size.
+    let mesh_rgb = |f: usize| Ok(framed.rgb8(f)?.0);
     let clip_source = face_inputs
         .as_ref()
         .map(|inputs| face::inputs::RenderedClip {
@@ -570,12 +969,17 @@ fn render(a: RenderArgs) -> Result<()> {
         .map(|t| t.denoiser(&face_cache, &face_counters))
         .transpose()?;
 
-    let bar = Bar {
-        total: (denoiser.plan().windows().len() * steps) as u64,
-        done: AtomicU64::new(0),
-        tty: std::io::stderr().is_terminal(),
+    // -q silences the automatic progress; an explicit style stays.
+    let style = match a.progress {
+        ProgressStyle::Auto if !log::log_enabled!(log::Level::Info) => ProgressStyle::None,
+        s => s,
     };
-    let result = run_frames(&request_order(&frames, a.order), a.threads, |f| {
+    let bar = Bar::new((denoiser.plan().windows().len() * steps) as u64, style);
+    if a.body.is_none() {
+        // With a shared cache: the farm walk, claiming windows with the job's other processes.
+        job.prepare_frames(frames, &bar)?;
+    }
+    let result = run_frames(&request_order(frames, a.order), a.threads, |f| {
         body_frame(f, &bar).and_then(|(rgb, w, h)| {
             let rgb = match (&face_pass, &face_inputs) {
                 (Some(pass), Some(inputs)) => {
@@ -587,7 +991,7 @@ fn render(a: RenderArgs) -> Result<()> {
                         temporal,
                         smoothed,
                         (f, &rgb, w, h),
-                        &poses.rgb8(f)?,
+                        &framed.rgb8(f)?.0,
                     )?;
                     let i = usize::from(!matches!(out.status, face::FaceStatus::Enhanced(_)));
                     face_counts[i].fetch_add(1, Ordering::Relaxed);
@@ -595,30 +999,24 @@ fn render(a: RenderArgs) -> Result<()> {
                 }
                 _ => rgb,
             };
-            let name = poses.paths()[f].file_name().unwrap_or_default();
-            write_rgb8(&a.out.join(name), rgb, w, h)
+            let (data, pw, ph, channels) = plate.finish(f, &rgb, res)?;
+            write_image(&a.out.join(output_name(poses, f)), data, pw, ph, channels)
         })
     });
-    if bar.tty {
-        eprintln!();
-    }
+    bar.finish();
     result?;
     if let Some(path) = &a.dump_latents {
-        dump_latents(path, &denoiser, steps, len, &bar)?;
+        dump_latents(path, denoiser, steps, len, &bar)?;
     }
-    if let Some(pass) = &face_pass {
-        print_face_summary(pass, &face_counts);
+    if face_pass.is_some() {
+        print_face_summary(&face_counts);
     }
-    let work = (denoiser.plan().windows().len(), steps);
-    print_summary(frames.len(), len, work, &counters, &cache, start);
     Ok(())
 }
 
-/// The face pass's warnings and counts: `[enhanced, passed through]`.
-fn print_face_summary(pass: &face::FacePass<'_>, counts: &[AtomicUsize; 2]) {
-    for w in pass.warnings() {
-        eprintln!("anchor: warning: {w}");
-    }
+/// The face pass's counts: `[enhanced, passed through]`.
+fn print_face_summary(counts: &[AtomicUsize; 2]) {
+    // Its warnings reached stderr through the logger as they happened.
     println!(
         "face pass: {} frames enhanced, {} passed through",
         counts[0].load(Ordering::Relaxed),
@@ -695,12 +1093,14 @@ fn smoothed_transforms(
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    anchor_cli::logger::init((cli.verbose.min(4) as i8) - (cli.quiet.min(4) as i8));
     let r = match cli.command {
         Command::Render(a) => render(*a),
         Command::Inspect { model } => inspect_model(&model, true).map(|report| {
             println!("{report}");
         }),
         Command::Synth(a) => return tools::exit_code(tools::synth::run(&a)),
+        Command::Cache(a) => return tools::exit_code(tools::cache::run(&a)),
         Command::Eval(a) => return tools::exit_code(tools::eval::run(&a)),
         Command::Train(a) => return train_args::exit_code(train_args::run_train(&a)),
         Command::TrainVae(a) => return train_args::exit_code(train_args::run_train_vae(&a)),

@@ -1,5 +1,7 @@
 //! The `anchor` CLI on the tiny fixture model: exact order/thread/farm-split independence,
 //! exact network-call counts, and named errors for bad inputs (issue 4).
+mod common;
+use common::frames;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -50,6 +52,13 @@ fn render(poses: &Path, out: &Path, extra: &[&str]) -> Run {
 
 /// [`render`] with another model folder.
 fn render_model(model: &Path, poses: &Path, out: &Path, extra: &[&str]) -> Run {
+    let r = try_render_model(model, poses, out, extra);
+    assert!(r.ok, "anchor failed: {}", r.stderr);
+    r
+}
+
+/// `anchor render` of the tiny test settings, which may fail.
+fn try_render_model(model: &Path, poses: &Path, out: &Path, extra: &[&str]) -> Run {
     let photo = fixtures().join("photo.png");
     let mut args = vec![
         "render",
@@ -73,24 +82,7 @@ fn render_model(model: &Path, poses: &Path, out: &Path, extra: &[&str]) -> Run {
         "cpu",
     ];
     args.extend_from_slice(extra);
-    let r = anchor(&args);
-    assert!(r.ok, "anchor failed: {}", r.stderr);
-    r
-}
-
-fn frames(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                image::open(&p).unwrap().to_rgb8().into_raw(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
+    anchor(&args)
 }
 
 fn calls(r: &Run) -> u64 {
@@ -309,4 +301,191 @@ fn control_residuals_switch_and_model_default() {
         "{}",
         r.stderr
     );
+}
+
+/// Frames are the numbers in the file names, in natural order (`mesh.9` before `mesh.10`), chosen
+/// with farm-style ranges; a gap is named; `--skip-existing` resumes; other settings into the
+/// same folder are refused without `--overwrite`; the header says what runs where.
+#[test]
+fn farm_style_frames_skip_existing_and_settings_stamp() {
+    let tmp = tempdir("numbered");
+    let plain = poses(&tmp, 12, 64);
+    // The same clip named mesh.1001.png … mesh.1012.png (no zero padding: raw sorting would put
+    // mesh.1010 before mesh.1002 only with padding differences, so use a run crossing 9 → 10).
+    let numbered = tmp.join("numbered");
+    std::fs::create_dir_all(&numbered).unwrap();
+    for i in 0..12 {
+        std::fs::copy(
+            plain.join(format!("f{i:03}.png")),
+            numbered.join(format!("mesh.{}.png", i + 1)),
+        )
+        .unwrap();
+    }
+    let base = tmp.join("base");
+    let r = render(&plain, &base, &[]);
+    assert!(
+        r.stderr.contains("anchor: rendering frames 0-11 of clip 0-11 (12 frames) on cpu, f32, 64x64, 3 steps, windows 4/1"),
+        "{}",
+        r.stderr
+    );
+    let want = frames(&base);
+    let out = tmp.join("out");
+    render(&numbered, &out, &["--frames", "2-12x2"]);
+    let got = frames(&out);
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "mesh.10.png",
+            "mesh.12.png",
+            "mesh.2.png",
+            "mesh.4.png",
+            "mesh.6.png",
+            "mesh.8.png"
+        ]
+    );
+    // mesh.N is clip position N-1, in natural order: the same pixels as f{N-1}.
+    for (name, px) in &got {
+        let n: usize = name[5..name.len() - 4].parse().unwrap();
+        assert_eq!(px, &want[n - 1].1, "{name}");
+    }
+    // Resume: the remaining frames only; nothing already written is recomputed or rewritten.
+    let r = render(&numbered, &out, &["--skip-existing", "-q"]);
+    assert!(r.stderr.is_empty(), "-q keeps stderr quiet: {}", r.stderr);
+    assert_eq!(frames(&out).len(), 12);
+    let r = render(&numbered, &out, &["--skip-existing"]);
+    assert_eq!(calls(&r), 0, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("12 of 12 frames already in"),
+        "{}",
+        r.stderr
+    );
+    // Other settings into the same folder: refused, then replaced with --overwrite.
+    let r = anchor_raw(&numbered, &out, &["--seed", "9"]);
+    assert!(
+        !r.ok && r.stderr.contains("pass --overwrite"),
+        "{}",
+        r.stderr
+    );
+    render(
+        &numbered,
+        &out,
+        &["--seed", "9", "--overwrite", "--frames", "1"],
+    );
+    // A gap names the missing frames; a range outside the clip names it.
+    std::fs::remove_file(numbered.join("mesh.5.png")).unwrap();
+    std::fs::remove_file(numbered.join("mesh.6.png")).unwrap();
+    let r = anchor_raw(&numbered, &tmp.join("gap"), &[]);
+    assert!(
+        r.stderr.contains("frames 5-6 are missing between 1 and 12"),
+        "{}",
+        r.stderr
+    );
+    let r = anchor_raw(&plain, &tmp.join("range"), &["--frames", "10-20"]);
+    assert!(
+        r.stderr.contains("frames 12-20 are outside the clip 0-11"),
+        "{}",
+        r.stderr
+    );
+    // --version names the revision and whether CUDA is compiled in.
+    let v = anchor(&["--version"]);
+    assert!(
+        v.stdout.contains("revision") && v.stdout.contains("CUDA"),
+        "{}",
+        v.stdout
+    );
+}
+
+/// `anchor render` with the tiny model that may fail.
+fn anchor_raw(poses: &Path, out: &Path, extra: &[&str]) -> Run {
+    try_render_model(&fixtures().join("tiny"), poses, out, extra)
+}
+
+/// A 96×64 plate: `fit` (the default) renders the plate padded to a square around its centre and
+/// writes the plate's size, exactly the centre of a squash render of the padded square;
+/// `--alpha silhouette` writes premultiplied RGBA whose alpha is the mesh's silhouette.
+#[test]
+fn wide_plates_are_fitted_and_the_silhouette_is_the_alpha() {
+    let tmp = tempdir("wide");
+    let square = poses(&tmp, 6, 64);
+    let (wide, padded) = (tmp.join("wide"), tmp.join("padded"));
+    std::fs::create_dir_all(&wide).unwrap();
+    std::fs::create_dir_all(&padded).unwrap();
+    for i in 0..6 {
+        let src = image::open(square.join(format!("f{i:03}.png")))
+            .unwrap()
+            .to_rgb8();
+        // The wide plate: the figure with 16 black columns each side; the padded square adds
+        // 16 black rows above and below that.
+        let w = image::RgbImage::from_fn(96, 64, |x, y| {
+            if (16..80).contains(&x) {
+                *src.get_pixel(x - 16, y)
+            } else {
+                image::Rgb([0, 0, 0])
+            }
+        });
+        let p = image::RgbImage::from_fn(96, 96, |x, y| {
+            if (16..80).contains(&y) {
+                *w.get_pixel(x, y - 16)
+            } else {
+                image::Rgb([0, 0, 0])
+            }
+        });
+        w.save(wide.join(format!("f{i:03}.png"))).unwrap();
+        p.save(padded.join(format!("f{i:03}.png"))).unwrap();
+    }
+    let (fit, sq) = (tmp.join("fit"), tmp.join("sq"));
+    render(&wide, &fit, &[]);
+    render(&padded, &sq, &["--framing", "squash"]);
+    for i in 0..6 {
+        let name = format!("f{i:03}.png");
+        let f = image::open(fit.join(&name)).unwrap().to_rgb8();
+        assert_eq!(f.dimensions(), (96, 64), "the plate's size");
+        let s = image::open(sq.join(&name)).unwrap().to_rgb8();
+        let centre = image::imageops::crop_imm(&s, 0, 16, 96, 64).to_image();
+        assert_eq!(f.into_raw(), centre.into_raw(), "{name}");
+    }
+    let matte = tmp.join("matte");
+    render(
+        &wide,
+        &matte,
+        &["--alpha", "silhouette", "--matte-feather", "1"],
+    );
+    let mesh = image::open(wide.join("f002.png")).unwrap().to_rgb8();
+    let want_alpha = anchor_engine::framing::silhouette_matte(
+        mesh.as_raw(),
+        96,
+        64,
+        anchor_engine::framing::SILHOUETTE_THRESHOLD,
+        1,
+    );
+    let rgba = image::open(matte.join("f002.png")).unwrap();
+    assert_eq!(rgba.color(), image::ColorType::Rgba8);
+    let rgba = rgba.to_rgba8();
+    let opaque = image::open(fit.join("f002.png")).unwrap().to_rgb8();
+    let alpha: Vec<u8> = rgba.pixels().map(|p| p.0[3]).collect();
+    assert_eq!(alpha, want_alpha);
+    assert!(alpha.contains(&0) && alpha.contains(&255));
+    let want_rgb = anchor_engine::framing::premultiply_rgba8(opaque.as_raw(), &want_alpha);
+    assert_eq!(rgba.into_raw(), want_rgb, "premultiplied");
+}
+
+/// `--preview`: a middle frame from its own window alone costs one batch per step; the final
+/// frame reads its whole cone.
+#[test]
+fn a_preview_of_a_middle_frame_costs_one_window() {
+    let tmp = tempdir("preview");
+    let poses = poses(&tmp, 36, 64);
+    // Window 4 / overlap 1 over 36 frames: 12 windows; frame 16 lies in [15,19) only.
+    let r = render(&poses, &tmp.join("final"), &["--frames", "16"]);
+    let final_calls = calls(&r);
+    let r = render(
+        &poses,
+        &tmp.join("preview"),
+        &["--frames", "16", "--preview"],
+    );
+    assert_eq!(calls(&r), 3, "3 steps of one window: {}", r.stdout);
+    // Its cone: 1 window at the last step, 3 at the one before, 5 at the first.
+    assert_eq!(final_calls, 9, "the final frame's cone");
+    eprintln!("frame 16 of 36: final {final_calls} calls, preview 3");
 }

@@ -156,7 +156,7 @@ fn run(
         Action::GetRegionOfDefinition => region_of_definition(effect, in_args, out_args),
         Action::GetRegionsOfInterest => regions_of_interest(effect, in_args, out_args),
         Action::GetFramesNeeded => frames_needed(effect, in_args, out_args),
-        Action::GetClipPreferences => clip_preferences(out_args),
+        Action::GetClipPreferences => clip_preferences(effect, out_args),
         // The effect is never an identity: with a model it generates new frames, and without
         // one it still converts depth and layout, which the host cannot do for us everywhere.
         Action::IsIdentity => Ok(Status::ReplyDefault),
@@ -170,7 +170,11 @@ fn run(
         Action::Render => {
             let time = in_args.get_double(kOfxPropTime, 0)?;
             let window = in_args.get_rect_i(kOfxImageEffectPropRenderWindow)?;
-            render::render(effect, time, window)
+            // OFX 1.4: set by hosts that want a fast render (viewers, scrubbing); optional.
+            let draft = in_args
+                .get_int(RENDER_QUALITY_DRAFT, 0)
+                .is_ok_and(|v| v != 0);
+            render::render(effect, time, window, draft)
         }
         Action::PurgeCaches => {
             let kept = state::with(|g| g.caches.clear());
@@ -307,6 +311,13 @@ fn describe_in_context(effect: ImageEffect, in_args: PropertySet) -> Result<Stat
         face_photo.set_bool(kOfxImageClipPropOptional, true)?;
     }
     params::define_all(effect.param_set()?)?;
+    // The Output's premultiplication follows these (GetClipPreferences).
+    if let Err(e) = effect.properties()?.set_string_n(
+        kOfxImageEffectPropClipPreferencesSlaveParam,
+        &[params::FRAMING, params::OUTPUT_ALPHA],
+    ) {
+        log::debug!("the host takes no clip-preferences slave parameters: {e}");
+    }
     log::debug!("described context {context}");
     Ok(Status::Ok)
 }
@@ -582,15 +593,29 @@ fn frames_needed(
     Ok(Status::Ok)
 }
 
-fn clip_preferences(out_args: PropertySet) -> Result<Status, EffectError> {
-    // The anchor is a full-colour picture with alpha 1, whatever the Source layout.
+fn clip_preferences(effect: ImageEffect, out_args: PropertySet) -> Result<Status, EffectError> {
+    // The anchor is a full-colour RGBA picture, whatever the Source layout.
     out_args.set_string(
         &clip_prop("OfxImageClipPropComponents_", OUTPUT_CLIP)?,
         0,
         cstr(kOfxImageComponentRGBA),
     )?;
+    // Opaque, or premultiplied by the matte / the region's coverage (issue 16).
+    let premultiplication = body::output_premultiplication(effect.param_set()?);
+    log::debug!(
+        "GetClipPreferences: Output premultiplication {}",
+        premultiplication.to_string_lossy()
+    );
+    out_args.set_string(
+        kOfxImageEffectPropPreMultiplication,
+        0,
+        cstr(premultiplication),
+    )?;
     Ok(Status::Ok)
 }
+
+/// `kOfxImageEffectPropRenderQualityDraft` (OFX 1.4; not in the openfx crate's constants).
+const RENDER_QUALITY_DRAFT: &std::ffi::CStr = c"OfxImageEffectPropRenderQualityDraft";
 
 /// Logs a Begin/EndSequenceRender and returns the first frame of its range (0 when the host
 /// gives none).

@@ -14,9 +14,24 @@
 //!   as the reference only ever sees 8-bit PNGs.
 //!   A render fetches each Source frame of its cone once (the engine keeps a request's
 //!   working-resolution pixels), not again for every window batch that reads it.
-//! - **Pixels out.** The 8-bit frame (the reference's floor quantisation) is resized from the
-//!   working square to the Source RoD with the same Pillow LANCZOS filter (no resize when the
-//!   sizes agree), decoded to the host's encoding and written in the Output depth with alpha 1.
+//! - **Framing** (issue 16, `engine::framing`). Each Source frame the engine fetches is framed
+//!   into the working square here, before the engine sees it, so every frame of every window is
+//!   framed alike and the engine keys the framed pixels (a change of framing never reuses cached
+//!   frames): `fit` (the default) pads the plate to a square around its centre, `region` takes
+//!   the square of `regionCenter`/`regionSize` read at that frame's own time (they animate),
+//!   `squash` resizes both axes as the original does. For a square plate `fit` is `squash`, byte
+//!   for byte. The region's canonical centre (y up) becomes plate pixels (rows from the top)
+//!   through the Source RoD at that time, at pixel aspect 1 like the rest of the effect.
+//!   With `faceEnhance` on, a framing other than squash (fit of a square plate aside) runs as
+//!   squash, with a warning once: the face pass places the face on the squashed frame.
+//! - **Pixels out.** The 8-bit frame (the reference's floor quantisation) is framed back from
+//!   the working square onto the Source RoD with the same Pillow LANCZOS filter (no resize when
+//!   the sizes agree), decoded to the host's encoding and written in the Output depth. Alpha
+//!   (`outputAlpha`): `opaque` is 1 over the plate (0 outside a region, where the colour is
+//!   black), `silhouette` is the Source frame's mesh silhouette at the plate size, feathered by
+//!   `matteFeather` (`engine::framing::silhouette_matte`), also 0 outside a region. The colour
+//!   is premultiplied by alpha in the host's encoding, and GetClipPreferences declares the
+//!   Output premultiplied (opaque when alpha is 1 everywhere).
 //! - **No temporal access** (MLT): windows of one frame (window 1, overlap 0), so only frame `t`
 //!   is ever read; the user is warned once per process.
 use super::colour::{self, Encoding};
@@ -26,16 +41,18 @@ use super::render::{image_bytes, write_frame, Frame};
 use super::state;
 use super::{APPEARANCE_CLIP, OUTPUT_CLIP, SOURCE_CLIP};
 use crate::engine::device::DeviceChoice;
+use crate::engine::framing::{self, Framing};
 use crate::engine::resample::{resize_rgb8, Filter};
 use crate::engine::service::{self, Appearance, ControlSource, RenderSettings, ServiceError};
 use crate::engine::temporal::{Fusion, Progress, Tail};
 use crate::engine::{EngineError, Result as EngineResult};
 use anchor_ofx::message::{self, MessageType};
 use anchor_ofx::names::kOfxImageEffectContextGeneral;
-use anchor_ofx::{Clip, ImageEffect, Rect, Status};
+use anchor_ofx::{Clip, ImageEffect, ParamSet, Rect, Status};
 use candle_core::DType;
 use openfx::sys::generic::core::OfxRangeD;
 use parking_lot::Mutex;
+use std::ffi::CStr;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -112,6 +129,7 @@ pub fn render_settings(settings: &Settings, folder: &Path, temporal: bool) -> Re
         seed: settings.seed.max(0) as u64,
         cache_bytes: pos(settings.cache_mib).saturating_mul(1 << 20),
         memory_limit: memory_limit(std::env::var(ENV_MEMORY_MIB).ok().as_deref()),
+        preview: settings.preview,
     }
 }
 
@@ -265,7 +283,38 @@ pub(super) fn image_rgb8(
     Ok(Some((rgb, w, h)))
 }
 
-/// The Source clip as the engine's control frames.
+/// Interleaved 8-bit RGB, top row first: `(pixels, width, height)`.
+type Plate = (Vec<u8>, usize, usize);
+
+/// The engine framing of `mode` for a plate whose pixel RoD is `rod`; for `region`, the square
+/// of `region` (canonical coordinates, y up: centre and side, the plate's centre and shorter
+/// side where the parameters leave them) in plate pixels (rows from the top).
+pub fn engine_framing(
+    mode: params::Framing,
+    region: params::RegionParams,
+    rod: Rect,
+) -> EngineResult<Framing> {
+    Ok(match mode {
+        params::Framing::Squash => Framing::Squash,
+        params::Framing::Fit => Framing::Fit,
+        params::Framing::Region => {
+            let side = if region.size >= 0.5 && region.size.is_finite() {
+                region.size.round()
+            } else {
+                rod.width().min(rod.height()).max(1) as f64
+            };
+            let [cx, cy] = region.center.unwrap_or([
+                (f64::from(rod.x1) + f64::from(rod.x2)) / 2.0,
+                (f64::from(rod.y1) + f64::from(rod.y2)) / 2.0,
+            ]);
+            let left = cx - side / 2.0 - f64::from(rod.x1);
+            let top = f64::from(rod.y2) - (cy + side / 2.0);
+            Framing::region(left.round() as i64, top.round() as i64, side as usize)?
+        }
+    })
+}
+
+/// The Source clip as the engine's control frames, each framed into the working square.
 struct SourceFrames {
     effect: ImageEffect,
     clip: Clip,
@@ -273,14 +322,30 @@ struct SourceFrames {
     encoding: Encoding,
     /// `clipGetImage` calls made for the engine by this render (logged at debug level).
     fetches: AtomicUsize,
+    /// The framing (the region is read at each frame's own time from `params`).
+    framing: params::Framing,
+    params: ParamSet,
+    /// The working resolution; `None` when the settings hold no valid one (the engine then
+    /// refuses the request with its own message before it reads a frame).
+    res: Option<usize>,
+    /// The clip index whose plate the render keeps for the silhouette matte, and the plate.
+    keep: Option<usize>,
+    kept: Mutex<Option<Plate>>,
 }
 
-impl ControlSource for SourceFrames {
-    fn len(&self) -> usize {
-        self.frames.len()
+impl SourceFrames {
+    /// The engine framing of clip frame `f` (time `t`): the region at `t`, placed on the RoD
+    /// at `t`.
+    fn framing_at(&self, t: f64) -> EngineResult<Framing> {
+        if self.framing != params::Framing::Region {
+            return engine_framing(self.framing, Default::default(), Rect::new(0, 0, 1, 1));
+        }
+        let rod = source_rod(&self.clip, t).map_err(|e| EngineError::Input(e.to_string()))?;
+        engine_framing(self.framing, params::region_at(self.params, t), rod)
     }
 
-    fn rgb8(&self, f: usize) -> EngineResult<(Vec<u8>, usize, usize)> {
+    /// Frame `f` as the host gives it (the plate), fetched for the engine.
+    fn plate(&self, f: usize) -> EngineResult<Plate> {
         // A render reads its whole cone to key it before the first batch: honour an abort
         // during that phase too.
         if self.effect.abort() {
@@ -293,6 +358,28 @@ impl ControlSource for SourceFrames {
                 "the host returned no Source image at frame {t}, which the temporal window needs"
             ))
         })
+    }
+}
+
+impl ControlSource for SourceFrames {
+    fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn rgb8(&self, f: usize) -> EngineResult<(Vec<u8>, usize, usize)> {
+        let (plate, w, h) = self.plate(f)?;
+        if self.keep == Some(f) {
+            *self.kept.lock() = Some((plate.clone(), w, h));
+        }
+        let Some(res) = self.res else {
+            return Ok((plate, w, h));
+        };
+        let t = self.frames.time(f);
+        let framed = self
+            .framing_at(t)
+            .and_then(|framing| framing.frame_in(&plate, w, h, res))
+            .map_err(|e| EngineError::Input(format!("Source frame {t}: {e}")))?;
+        Ok((framed, res, res))
     }
 }
 
@@ -465,9 +552,17 @@ fn body_error(e: ServiceError, time: f64, rs: &RenderSettings) -> EffectError {
     }
 }
 
-/// The render window's RGBA pixels: the sRGB-encoded `rgb` frame (bottom-up rows of the `rod`,
-/// in the host's `encoding`) where the window meets the RoD, transparent black elsewhere.
-fn place_on_rod(window: Rect, rod: Rect, rgb: &[u8], encoding: Encoding) -> Frame {
+/// The render window's RGBA pixels: the sRGB-encoded `rgb` frame (top row first, the `rod`'s
+/// size), in the host's `encoding`, where the window meets the RoD, transparent black
+/// elsewhere. With `alpha` (one byte per pixel, as `rgb`) the colour is premultiplied by it;
+/// without, alpha is 1.
+fn place_on_rod(
+    window: Rect,
+    rod: Rect,
+    rgb: &[u8],
+    alpha: Option<&[u8]>,
+    encoding: Encoding,
+) -> Frame {
     let mut out = Frame::new(window);
     let w = rod.width();
     let stride = window.width() * 4;
@@ -481,11 +576,12 @@ fn place_on_rod(window: Rect, rod: Rect, rgb: &[u8], encoding: Encoding) -> Fram
                 if x < rod.x1 || x >= rod.x2 {
                     continue;
                 }
-                let i = (r * w + (x - rod.x1) as usize) * 3;
+                let p = r * w + (x - rod.x1) as usize;
+                let a = alpha.map_or(1.0, |a| f32::from(a[p]) / 255.0);
                 for c in 0..3 {
-                    px[c] = colour::from_srgb8(rgb[i + c], encoding);
+                    px[c] = colour::from_srgb8(rgb[p * 3 + c], encoding) * a;
                 }
-                px[3] = 1.0;
+                px[3] = a;
             }
         }
     }
@@ -546,22 +642,7 @@ pub fn render(
     if !temporal && settings.window > 1 {
         warn_no_temporal(effect);
     }
-    // The clip's depth only picks the default transfer (colour::decide); the images carry their
-    // own depth, so a host without it (or with a depth we do not know) reads as Byte.
-    let depth = source_clip
-        .pixel_depth()
-        .inspect_err(|e| log::debug!("frame {time}: no Source clip depth ({e}); assuming Byte"))
-        .ok()
-        .and_then(|d| anchor_ofx::BitDepth::from_ofx_name(&d).ok())
-        .unwrap_or(anchor_ofx::BitDepth::Byte);
-    let clip_cs = source_clip
-        .properties()
-        .get_string(
-            openfx::sys::image_effect_v1::colour::kOfxImageClipPropColourspace,
-            0,
-        )
-        .ok();
-    let encoding = colour::decide(settings.colour, clip_cs.as_deref(), &host.name, depth);
+    let encoding = source_encoding(&source_clip, settings, &host.name, time);
     log::debug!(
         "frame {time}: clip index {index} of {} (range {}-{}), {encoding:?} pixels, window {} overlap {}",
         frames.len(),
@@ -583,17 +664,32 @@ pub fn render(
         None => Appearance::ModelDefault,
     };
 
+    // The frame goes back to the Source RoD: read it before the engine runs, so that an empty or
+    // oversized RoD (or framing square) is refused before any work (buffers are sized from it).
+    let rod = source_rod(&source_clip, time)?;
+    let (w, h) = (rod.width(), rod.height());
+    let mode = framing_for(effect, settings, w, h);
+    let framing_now =
+        engine_framing(mode, settings.region, rod).map_err(|e| EffectError::Engine {
+            time,
+            detail: e.to_string(),
+        })?;
+    if let Some(sq) = framing_now.square(w, h) {
+        image_bytes(SOURCE_CLIP, "framing square", time, sq.size, sq.size, 3)?;
+    }
+    log::debug!("frame {time}: framing {framing_now} of the {w}x{h} Source");
     let source = SourceFrames {
         effect,
         clip: source_clip,
         frames,
         encoding,
         fetches: AtomicUsize::new(0),
+        framing: mode,
+        params: effect.param_set()?,
+        res: rs.working_resolution().ok(),
+        keep: (settings.output_alpha == params::OutputAlpha::Silhouette).then_some(index),
+        kept: Mutex::new(None),
     };
-    // The frame goes back to the Source RoD: read it before the engine runs, so that an empty or
-    // oversized RoD is refused before any work (its RGB buffer is sized from it).
-    let rod = source_rod(&source.clip, time)?;
-    let (w, h) = (rod.width(), rod.height());
     let total = batches_at_most(&rs, frames.len(), index);
     let bar = anchor_ofx::Progress::start(effect, "Make Your Anchor", "org.makeyouranchor.Anchor")
         .unwrap_or_else(|e| {
@@ -608,6 +704,10 @@ pub fn render(
         cancelled: AtomicBool::new(false),
     };
     let engine = service::global();
+    // The farm-wide cache, when the parameter or the environment names one.
+    let env_shared = std::env::var(params::ENV_SHARED_CACHE).ok();
+    let shared = params::resolve_shared_cache(&settings.shared_cache_folder, env_shared.as_deref());
+    engine.set_shared_cache(shared.as_deref());
     let result = engine.render_frame(&rs, appearance, &source, index, &progress);
     drop(progress);
     let frame = result.map_err(|e| body_error(e, time, &rs))?;
@@ -659,14 +759,141 @@ pub fn render(
     } else {
         frame.rgb
     };
-    let rgb = if (w, h) == (frame.size, frame.size) {
-        body
-    } else {
-        resize_rgb8(&body, frame.size, frame.size, w, h, Filter::Lanczos)
-    };
+    let rgb = framing_now
+        .frame_out(&body, frame.size, w, h)
+        .map_err(|e| EffectError::Engine {
+            time,
+            detail: e.to_string(),
+        })?;
+    let alpha = output_alpha(&source, settings, &framing_now, index, time, (w, h))?;
     // Its size was checked before the engine ran (`Frame::check_window` above).
-    write_output(effect, &place_on_rod(window, rod, &rgb, encoding), time)?;
+    let out = place_on_rod(window, rod, &rgb, alpha.as_deref(), encoding);
+    write_output(effect, &out, time)?;
     Ok(Status::Ok)
+}
+
+/// The text of the one-time warning that the face pass runs on squashed frames.
+pub fn face_framing_warning(framing: params::Framing) -> String {
+    let name = match framing {
+        params::Framing::Squash => "squash",
+        params::Framing::Fit => "fit",
+        params::Framing::Region => "region",
+    };
+    format!(
+        "Face Enhance places the face on the squashed frame, so Make Your Anchor renders this non-square plate with framing squash instead of {name} while faceEnhance is on. Turn faceEnhance off to keep the plate's shape"
+    )
+}
+
+/// The framing a render uses: `settings.framing`, except that with `faceEnhance` on any
+/// framing that is not squash for this `w × h` plate runs as squash (warned once), since the
+/// face pass places the face on the squashed frame.
+fn framing_for(effect: ImageEffect, settings: &Settings, w: usize, h: usize) -> params::Framing {
+    let f = settings.framing;
+    let is_squash = f == params::Framing::Squash || (f == params::Framing::Fit && w == h);
+    if !settings.face_enhance || is_squash {
+        return f;
+    }
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::SeqCst) {
+        let text = face_framing_warning(f);
+        log::warn!("{text}");
+        if let Err(e) = message::message(
+            effect,
+            MessageType::Warning,
+            "org.makeyouranchor.Anchor.faceFraming",
+            &text,
+        ) {
+            log::debug!("could not post the warning: {e}");
+        }
+    }
+    params::Framing::Squash
+}
+
+/// The Output's alpha on the `w × h` plate (`None`: 1 everywhere): the framing's coverage,
+/// times the Source frame's silhouette with `outputAlpha` silhouette.
+fn output_alpha(
+    source: &SourceFrames,
+    settings: &Settings,
+    framing: &Framing,
+    index: usize,
+    time: f64,
+    (w, h): (usize, usize),
+) -> Result<Option<Vec<u8>>, EffectError> {
+    let silhouette = match settings.output_alpha {
+        params::OutputAlpha::Opaque => {
+            let full = framing.coverage(w, h);
+            if (full.x0, full.y0, full.x1, full.y1) == (0, 0, w, h) {
+                return Ok(None);
+            }
+            None
+        }
+        params::OutputAlpha::Silhouette => {
+            // The plate the engine fetched for this frame, else (a cached request) fetched now.
+            let kept = source.kept.lock().take();
+            let (mesh, mw, mh) = match kept {
+                Some(p) => p,
+                None => source
+                    .plate(index)
+                    .map_err(|e| effect_error(ServiceError::Render(e), time))?,
+            };
+            let mesh = if (mw, mh) == (w, h) {
+                mesh
+            } else {
+                resize_rgb8(&mesh, mw, mh, w, h, Filter::Lanczos)
+            };
+            let feather = usize::try_from(settings.matte_feather).unwrap_or(0);
+            Some(framing::silhouette_matte(
+                &mesh,
+                w,
+                h,
+                framing::SILHOUETTE_THRESHOLD,
+                feather,
+            ))
+        }
+    };
+    framing
+        .output_alpha(w, h, silhouette.as_deref())
+        .map(Some)
+        .map_err(|e| EffectError::Engine {
+            time,
+            detail: e.to_string(),
+        })
+}
+
+/// The Output's premultiplication for GetClipPreferences: opaque when the alpha is 1 over the
+/// whole frame (`outputAlpha` opaque, framing squash or fit), premultiplied otherwise. Values the
+/// host cannot give take the table defaults (fit, opaque).
+pub fn output_premultiplication(params: ParamSet) -> &'static CStr {
+    use anchor_ofx::names::{kOfxImageOpaque, kOfxImagePreMultiplied};
+    let read =
+        |name: &str, default: i32| params.param(name).and_then(|p| p.int()).unwrap_or(default);
+    let region = read(params::FRAMING, 1) == 2;
+    let silhouette = read(params::OUTPUT_ALPHA, 0) == 1;
+    if region || silhouette {
+        kOfxImagePreMultiplied
+    } else {
+        kOfxImageOpaque
+    }
+}
+
+/// How the Source's pixels are encoded. The clip's depth only picks the default transfer
+/// (colour::decide); the images carry their own depth, so a host without it (or with a depth we
+/// do not know) reads as Byte.
+fn source_encoding(source_clip: &Clip, settings: &Settings, host: &str, time: f64) -> Encoding {
+    let depth = source_clip
+        .pixel_depth()
+        .inspect_err(|e| log::debug!("frame {time}: no Source clip depth ({e}); assuming Byte"))
+        .ok()
+        .and_then(|d| anchor_ofx::BitDepth::from_ofx_name(&d).ok())
+        .unwrap_or(anchor_ofx::BitDepth::Byte);
+    let clip_cs = source_clip
+        .properties()
+        .get_string(
+            openfx::sys::image_effect_v1::colour::kOfxImageClipPropColourspace,
+            0,
+        )
+        .ok();
+    colour::decide(settings.colour, clip_cs.as_deref(), host, depth)
 }
 
 /// The Appearance clip's image at `time` (General context, connected), as 8-bit sRGB.
@@ -800,7 +1027,13 @@ mod tests {
             device: params::Device::Cpu,
             precision: params::Precision::F32,
             cache_mib: 64,
+            shared_cache_folder: String::new(),
+            preview: false,
             colour: colour::ColourChoice::Auto,
+            framing: params::Framing::Fit,
+            region: Default::default(),
+            output_alpha: params::OutputAlpha::Opaque,
+            matte_feather: 2,
         };
         let clip = ClipFrames {
             first: 86400.0,
@@ -818,6 +1051,58 @@ mod tests {
             frames_needed(&s, m, true, &clip, 86415.0),
             None,
             "bad settings"
+        );
+    }
+
+    #[test]
+    fn the_region_parameters_become_a_square_of_plate_pixels() {
+        let region = |center: Option<[f64; 2]>, size: f64| params::RegionParams { center, size };
+        let framing = |r, rod| engine_framing(params::Framing::Region, r, rod).ok();
+        // Canonical y up → rows from the top: the 40-pixel square centred at (100, 60) of a
+        // 160×90 plate spans columns 80..120 and rows 10..50.
+        let rod = Rect::new(0, 0, 160, 90);
+        assert_eq!(
+            framing(region(Some([100.0, 60.0]), 40.0), rod),
+            Some(Framing::Region {
+                x: 80,
+                y: 10,
+                size: 40
+            })
+        );
+        // A RoD that does not start at the origin: plate pixels count from its corner.
+        assert_eq!(
+            framing(
+                region(Some([110.0, 80.0]), 40.0),
+                Rect::new(10, 20, 170, 110)
+            ),
+            Some(Framing::Region {
+                x: 80,
+                y: 10,
+                size: 40
+            })
+        );
+        // Unset: the plate's centre and its shorter side.
+        assert_eq!(
+            framing(region(None, 0.0), rod),
+            Some(Framing::Region {
+                x: 35,
+                y: 0,
+                size: 90
+            })
+        );
+        assert!(framing(region(None, 1e9), rod).is_none(), "too large");
+        for (mode, want) in [
+            (params::Framing::Squash, Framing::Squash),
+            (params::Framing::Fit, Framing::Fit),
+        ] {
+            assert_eq!(
+                engine_framing(mode, region(Some([1.0, 2.0]), 3.0), rod).ok(),
+                Some(want)
+            );
+        }
+        assert_eq!(
+            face_framing_warning(params::Framing::Fit),
+            "Face Enhance places the face on the squashed frame, so Make Your Anchor renders this non-square plate with framing squash instead of fit while faceEnhance is on. Turn faceEnhance off to keep the plate's shape"
         );
     }
 

@@ -329,6 +329,7 @@ pub fn enhance(frame: &FaceFrame<'_>, body: Vec<u8>, size: usize) -> Result<Vec<
         size,
     };
     let service = face_service::global();
+    service.set_cache_budget(frame.body.cache_bytes);
     let photo_frame = RgbFrame {
         data: &photo.0,
         width: photo.1,

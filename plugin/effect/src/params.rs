@@ -98,8 +98,25 @@ pub const DEVICE: &str = "device";
 pub const PRECISION: &str = "precision";
 /// `cacheMiB`: the process-wide cache budget.
 pub const CACHE_MIB: &str = "cacheMiB";
+/// `preview`: window-local previews instead of exact final frames.
+pub const PREVIEW: &str = "preview";
+/// `sharedCacheFolder`: the farm-wide cache on shared storage.
+pub const SHARED_CACHE_FOLDER: &str = "sharedCacheFolder";
+/// Environment variable giving the shared cache folder when `sharedCacheFolder` is empty (render
+/// farms set it once for every node, as `anchor render` reads it too).
+pub const ENV_SHARED_CACHE: &str = "MAKE_YOUR_ANCHOR_SHARED_CACHE";
 /// `colorspace`: the encoding of the host's pixels.
 pub const COLORSPACE: &str = "colorspace";
+/// `framing`: how the Source plate meets the model's square (squash, fit, region).
+pub const FRAMING: &str = "framing";
+/// `regionCenter`: the centre of the `region` framing's square.
+pub const REGION_CENTER: &str = "regionCenter";
+/// `regionSize`: the side of the `region` framing's square.
+pub const REGION_SIZE: &str = "regionSize";
+/// `outputAlpha`: the Output's alpha (opaque, or the mesh render's silhouette).
+pub const OUTPUT_ALPHA: &str = "outputAlpha";
+/// `matteFeather`: the feather radius of the silhouette matte.
+pub const MATTE_FEATHER: &str = "matteFeather";
 
 /// Environment variable giving the model folder when `modelFolder` is empty (hosts without a
 /// parameter UI, farm nodes).
@@ -117,6 +134,10 @@ pub const DEVICE_OPTIONS: &[&str] = &["auto", "CPU", "CUDA 0", "CUDA 1", "CUDA 2
 pub const PRECISION_OPTIONS: &[&str] = &["f32", "f16", "bf16"];
 /// Options of `colorspace`, in index order.
 pub const COLORSPACE_OPTIONS: &[&str] = &["auto", "linear", "sRGB"];
+/// Options of `framing`, in index order (the engine's framing names).
+pub const FRAMING_OPTIONS: &[&str] = &crate::engine::framing::FRAMING_NAMES;
+/// Options of `outputAlpha`, in index order.
+pub const OUTPUT_ALPHA_OPTIONS: &[&str] = &["opaque", "silhouette"];
 
 /// A parameter page, mirrored by a group of the same content for hosts that ignore pages
 /// (Resolve shows groups, Natron shows pages as tabs).
@@ -160,8 +181,21 @@ pub const PAGE_FACE: Page = Page {
     label: "Face",
     hint: "The optional face enhancement pass.",
 };
+/// The "Framing" page.
+pub const PAGE_FRAMING: Page = Page {
+    page: "framingPage",
+    group: "framingGroup",
+    label: "Framing",
+    hint: "How a plate of any shape meets the model's square, and the Output's alpha.",
+};
 /// All pages, in display order.
-pub const PAGES: &[Page] = &[PAGE_MODEL, PAGE_SAMPLING, PAGE_TEMPORAL, PAGE_FACE];
+pub const PAGES: &[Page] = &[
+    PAGE_MODEL,
+    PAGE_SAMPLING,
+    PAGE_TEMPORAL,
+    PAGE_FRAMING,
+    PAGE_FACE,
+];
 
 /// Type, default and ranges of one parameter.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -211,6 +245,11 @@ pub enum Kind {
     /// An animatable position on the image plane (a 2D double in canonical coordinates, OFX's
     /// y-up convention), default (0, 0).
     Point,
+    /// An animatable position on the image plane (as [`Kind::Point`]) whose default is the
+    /// centre of the project: (0.5, 0.5) in normalised coordinates
+    /// (`kOfxParamPropDefaultCoordinateSystem`, OFX 1.2). A host without normalised defaults
+    /// shows (0.5, 0.5) canonical; the value is read in canonical coordinates either way.
+    CentredPoint,
 }
 
 /// Where a parameter's value lands in [`Settings`].
@@ -225,6 +264,9 @@ pub enum Store {
     /// A face placement parameter: `faceUsePoints` and the five points are read together into
     /// [`Settings::face_points`] by [`face_points_at`].
     FacePoints,
+    /// The `region` framing's square: `regionCenter` and `regionSize` are read together into
+    /// [`Settings::region`] by [`region_at`] (also at other frames' times, as they animate).
+    Region,
 }
 
 /// The `anchor.json` value a parameter takes when the user picks a model folder (and when the
@@ -330,6 +372,24 @@ pub const PARAMS: &[ParamSpec] = &[
         page: PAGE_MODEL,
         kind: int(4096, 0, 1 << 20, 0, 32768),
         store: Store::Number(|s, v| s.cache_mib = v.int()),
+        model_default: None,
+    },
+    ParamSpec {
+        name: PREVIEW,
+        label: "Preview",
+        hint: "Render each frame from its own window alone, denoised with no coupling to its neighbours: about Steps network batches per window instead of the whole clip's dependency cone, for scrubbing and viewers. Previews are never used as final frames. The host's draft render quality turns this on too.",
+        page: PAGE_MODEL,
+        kind: Kind::Bool { default: false },
+        store: Store::Number(|s, v| s.preview = v.flag()),
+        model_default: None,
+    },
+    ParamSpec {
+        name: SHARED_CACHE_FOLDER,
+        label: "Shared Cache Folder",
+        hint: "A folder on the render farm's shared storage (NFS/SMB) that every machine rendering this clip names: they claim, compute and publish window batches there and read each other's, so a farm split shares the work instead of repeating it, with identical frames. When empty, the MAKE_YOUR_ANCHOR_SHARED_CACHE environment variable is used; without either, each process works alone.",
+        page: PAGE_MODEL,
+        kind: Kind::Directory,
+        store: Store::Text(|s, v| s.shared_cache_folder = v),
         model_default: None,
     },
     ParamSpec {
@@ -441,6 +501,57 @@ pub const PARAMS: &[ParamSpec] = &[
             default: 0,
         },
         store: Store::Number(|s, v| s.tail = Tail::from_index(v.int())),
+        model_default: None,
+    },
+    ParamSpec {
+        name: FRAMING,
+        label: "Framing",
+        hint: "How the Source plate meets the model's square working resolution: fit pads the plate to a square around its centre with black (the mesh render's background) and crops the result back, keeping the plate's shape; region renders the square Region of interest placed below, black and transparent outside it; squash stretches the plate to the square and back, as the original Make-Your-Anchor (distorted unless the plate is square). The Output always has the Source's size.",
+        page: PAGE_FRAMING,
+        kind: Kind::Choice {
+            options: FRAMING_OPTIONS,
+            default: 1,
+        },
+        store: Store::Number(|s, v| s.framing = Framing::from_index(v.int())),
+        model_default: None,
+    },
+    ParamSpec {
+        name: REGION_CENTER,
+        label: "Region Center",
+        hint: "Centre of the square region of interest of the region framing, in canonical image coordinates with y up (the plate's centre by default); keyframe it or link it to a tracker to follow the person.",
+        page: PAGE_FRAMING,
+        kind: Kind::CentredPoint,
+        store: Store::Region,
+        model_default: None,
+    },
+    ParamSpec {
+        name: REGION_SIZE,
+        label: "Region Size",
+        hint: "Side in pixels of the square region of interest of the region framing, which may leave the plate (the outside is padded black); 0 takes the plate's shorter side.",
+        page: PAGE_FRAMING,
+        kind: double(0.0, 0.0, 16384.0, 0.0, 4096.0),
+        store: Store::Region,
+        model_default: None,
+    },
+    ParamSpec {
+        name: OUTPUT_ALPHA,
+        label: "Output Alpha",
+        hint: "Alpha of the Output: opaque (1 over the plate, 0 outside a region), or silhouette, a matte of the person from the Source mesh render (pixels brighter than its black background), feathered by Matte Feather, with the colour premultiplied by it so that the presenter composites over any background.",
+        page: PAGE_FRAMING,
+        kind: Kind::Choice {
+            options: OUTPUT_ALPHA_OPTIONS,
+            default: 0,
+        },
+        store: Store::Number(|s, v| s.output_alpha = OutputAlpha::from_index(v.int())),
+        model_default: None,
+    },
+    ParamSpec {
+        name: MATTE_FEATHER,
+        label: "Matte Feather",
+        hint: "Radius in Source pixels of the box blur that softens the silhouette matte's edge (0 keeps it hard).",
+        page: PAGE_FRAMING,
+        kind: int(2, 0, 1000, 0, 32),
+        store: Store::Number(|s, v| s.matte_feather = v.int()),
         model_default: None,
     },
     ParamSpec {
@@ -684,7 +795,7 @@ fn define(params: ParamSet, spec: &ParamSpec) -> anchor_ofx::Result<()> {
         Kind::Bool { .. } => ParamType::Bool,
         Kind::Choice { .. } => ParamType::Choice,
         Kind::Directory | Kind::File => ParamType::String,
-        Kind::Point => ParamType::Double2D,
+        Kind::Point | Kind::CentredPoint => ParamType::Double2D,
     };
     let def = params.define(kind, spec.name)?;
     def.label(spec.label)?
@@ -692,7 +803,8 @@ fn define(params: ParamSet, spec: &ParamSpec) -> anchor_ofx::Result<()> {
         .script_name(spec.name)?
         .parent(spec.page.group)?;
     // A temporal model needs the same settings across a window: nothing animates but the face
-    // placement, which follows the head from frame to frame.
+    // placement, which follows the head from frame to frame, and the framing region, which
+    // follows the person (each frame is framed with the region at its own time).
     def.animates(spec.animates())?;
     match spec.kind {
         Kind::Int {
@@ -732,14 +844,30 @@ fn define(params: ParamSet, spec: &ParamSpec) -> anchor_ofx::Result<()> {
         Kind::Point => {
             def.xy_absolute_canonical()?.default_double2d(0.0, 0.0)?;
         }
+        Kind::CentredPoint => {
+            def.xy_absolute_canonical()?.default_double2d(0.5, 0.5)?;
+            let normalised = anchor_ofx::names::kOfxParamCoordinatesNormalised
+                .to_str()
+                .unwrap_or_default();
+            if let Err(e) = def.properties().set_string(
+                anchor_ofx::names::kOfxParamPropDefaultCoordinateSystem,
+                0,
+                normalised,
+            ) {
+                log::debug!("{}: the host has no normalised defaults ({e})", spec.name);
+            }
+        }
     }
     Ok(())
 }
 
 impl ParamSpec {
-    /// Whether the value may be keyframed: only the face placement (points and their switch).
+    /// Whether the value may be keyframed: only the face placement (points and their switch)
+    /// and the framing region.
     pub fn animates(&self) -> bool {
-        matches!(self.kind, Kind::Point) || self.name == FACE_USE_POINTS
+        matches!(self.kind, Kind::Point | Kind::CentredPoint)
+            || self.name == FACE_USE_POINTS
+            || self.name == REGION_SIZE
     }
 }
 
@@ -763,6 +891,40 @@ pub enum Tail {
     Paper,
     /// Complete windows up to the last frame.
     Full,
+}
+
+/// `framing` values (the engine's [`crate::engine::framing::Framing`] without the region's
+/// square, which comes from `regionCenter` and `regionSize` at each frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// Stretch the plate to the square and back (the original).
+    Squash,
+    /// Pad the plate to a square around its centre.
+    #[default]
+    Fit,
+    /// A square region of interest.
+    Region,
+}
+
+/// `outputAlpha` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputAlpha {
+    /// 1 wherever the frame is rendered.
+    #[default]
+    Opaque,
+    /// The Source mesh render's feathered silhouette, colour premultiplied.
+    Silhouette,
+}
+
+/// The `region` framing's square as the parameters give it at one time: canonical
+/// coordinates, y up.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RegionParams {
+    /// `regionCenter`; `None` for the plate's centre: the host cannot give it, or it is the
+    /// untouched default (see [`region_at`]).
+    pub center: Option<[f64; 2]>,
+    /// `regionSize`; 0 or less takes the plate's shorter side.
+    pub size: f64,
 }
 
 /// `device` values.
@@ -850,6 +1012,31 @@ impl Tail {
         match option(TAIL, i, TAIL_OPTIONS) {
             1 => Self::Full,
             _ => Self::Paper,
+        }
+    }
+}
+
+impl Framing {
+    /// An unknown index falls back to the table default, fit, rather than to the first option
+    /// (squash would distort the plate).
+    fn from_index(i: i32) -> Self {
+        match i {
+            0 => Self::Squash,
+            1 => Self::Fit,
+            2 => Self::Region,
+            _ => {
+                log::warn!("{FRAMING}: option index {i} is out of range, using fit");
+                Self::Fit
+            }
+        }
+    }
+}
+
+impl OutputAlpha {
+    fn from_index(i: i32) -> Self {
+        match option(OUTPUT_ALPHA, i, OUTPUT_ALPHA_OPTIONS) {
+            1 => Self::Silhouette,
+            _ => Self::Opaque,
         }
     }
 }
@@ -944,8 +1131,20 @@ pub struct Settings {
     pub precision: Precision,
     /// `cacheMiB`.
     pub cache_mib: i32,
+    /// `sharedCacheFolder` as typed (may be empty).
+    pub shared_cache_folder: String,
+    /// `preview`.
+    pub preview: bool,
     /// `colorspace`.
     pub colour: ColourChoice,
+    /// `framing`.
+    pub framing: Framing,
+    /// `regionCenter` and `regionSize` at this time.
+    pub region: RegionParams,
+    /// `outputAlpha`.
+    pub output_alpha: OutputAlpha,
+    /// `matteFeather`.
+    pub matte_feather: i32,
 }
 
 impl Settings {
@@ -987,10 +1186,11 @@ impl Settings {
                         .unwrap_or_else(|e| fallback(name, &e, String::new()));
                     store(&mut settings, text);
                 }
-                Store::FacePoints => {}
+                Store::FacePoints | Store::Region => {}
             }
         }
         settings.face_points = face_points_at(params, time);
+        settings.region = region_at(params, time);
         if !missed.is_empty() {
             settings.apply_model_defaults(&missed);
         }
@@ -1110,6 +1310,29 @@ pub fn face_points_at(params: ParamSet, time: f64) -> Option<[[f64; 2]; 5]> {
     Some(points)
 }
 
+/// The `region` framing's square at `time` (`regionCenter`, `regionSize`); a value the host
+/// cannot give is left to the plate (its centre, its shorter side), with a warning logged once.
+pub fn region_at(params: ParamSet, time: f64) -> RegionParams {
+    let center = match params
+        .param(REGION_CENTER)
+        .and_then(|p| p.double2d_at(time))
+    {
+        // (0.5, 0.5) canonical is the table's normalised default as a host without OFX 1.2
+        // default coordinate systems leaves it (half a pixel from the corner, no place for a
+        // region): it means the plate's centre there, as the default does where normalised
+        // defaults are honoured.
+        Ok((x, y)) if (x, y) == (0.5, 0.5) => None,
+        Ok((x, y)) if x.is_finite() && y.is_finite() => Some([x, y]),
+        Ok(_) => None,
+        Err(e) => fallback(REGION_CENTER, &e, None),
+    };
+    let size = params
+        .param(REGION_SIZE)
+        .and_then(|p| p.double_at(time))
+        .unwrap_or_else(|e| fallback(REGION_SIZE, &e, default_double(REGION_SIZE)));
+    RegionParams { center, size }
+}
+
 /// The table entry of parameter `name`.
 fn spec(name: &str) -> Option<&'static ParamSpec> {
     PARAMS.iter().find(|p| p.name == name)
@@ -1142,6 +1365,16 @@ fn fallback<T: std::fmt::Debug>(name: &str, e: &anchor_ofx::Error, default: T) -
         log::warn!("the host cannot give parameter {name} ({e}); using its default {default:?}");
     }
     default
+}
+
+/// The shared cache folder: the parameter, else [`ENV_SHARED_CACHE`], else none.
+pub fn resolve_shared_cache(param: &str, env: Option<&str>) -> Option<PathBuf> {
+    [Some(param), env]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// The model folder to use: the parameter if set, else `env` (the value of
@@ -1218,7 +1451,14 @@ mod tests {
             "device",
             "precision",
             "cacheMiB",
+            "preview",
+            "sharedCacheFolder",
             "colorspace",
+            "framing",
+            "regionCenter",
+            "regionSize",
+            "outputAlpha",
+            "matteFeather",
         ];
         let mut sorted = names.clone();
         sorted.sort_unstable();
@@ -1268,6 +1508,8 @@ mod tests {
         assert_eq!(
             animated,
             [
+                "regionCenter",
+                "regionSize",
                 "faceUsePoints",
                 "faceLeftEye",
                 "faceRightEye",
@@ -1276,6 +1518,28 @@ mod tests {
                 "faceMouthRight"
             ]
         );
+        // Issue 16: a compositor's default keeps the plate's shape, and the matte is opt-in.
+        assert_eq!(FRAMING_OPTIONS, &["squash", "fit", "region"]);
+        assert_eq!(
+            kind(FRAMING),
+            Some(Kind::Choice {
+                options: FRAMING_OPTIONS,
+                default: 1
+            })
+        );
+        assert_eq!(OUTPUT_ALPHA_OPTIONS, &["opaque", "silhouette"]);
+        assert_eq!(
+            kind(OUTPUT_ALPHA),
+            Some(Kind::Choice {
+                options: OUTPUT_ALPHA_OPTIONS,
+                default: 0
+            })
+        );
+        assert!(matches!(
+            kind(MATTE_FEATHER),
+            Some(Kind::Int { default: 2, .. })
+        ));
+        assert_eq!(kind(REGION_CENTER), Some(Kind::CentredPoint));
         assert_eq!(FUSION_OPTIONS, &["flat", "pyramid", "overlap-linear"]);
         assert_eq!(TAIL_OPTIONS, &["paper", "full"]);
         assert_eq!(PRECISION_OPTIONS, &["f32", "f16", "bf16"]);
@@ -1355,6 +1619,7 @@ mod tests {
                 ),
                 Store::Text(_) => matches!(p.kind, Kind::Directory | Kind::File),
                 Store::FacePoints => p.kind == Kind::Point || p.name == FACE_USE_POINTS,
+                Store::Region => p.kind == Kind::CentredPoint || p.name == REGION_SIZE,
             };
             assert!(ok, "{}: {:?} does not hold a {:?}", p.name, p.store, p.kind);
             if p.model_default.is_some() {
@@ -1373,7 +1638,7 @@ mod tests {
                     _ => store(&mut s, ParamValue::Int(default_int(p.name))),
                 },
                 Store::Text(store) => store(&mut s, format!("{} text", p.name)),
-                Store::FacePoints => {}
+                Store::FacePoints | Store::Region => {}
             }
         }
         s
@@ -1415,7 +1680,13 @@ mod tests {
             device: Device::Auto,
             precision: Precision::F32,
             cache_mib: 4096,
+            shared_cache_folder: "sharedCacheFolder text".into(),
+            preview: false,
             colour: ColourChoice::Auto,
+            framing: Framing::Fit,
+            region: RegionParams::default(),
+            output_alpha: OutputAlpha::Opaque,
+            matte_feather: 2,
         };
         assert_eq!(s, expected);
         // Each store writes its own field: a non-default value changes that field only.
@@ -1426,6 +1697,9 @@ mod tests {
             (COLORSPACE, ParamValue::Int(2)),
             (DEVICE, ParamValue::Int(3)),
             (STEPS, ParamValue::Double(7.9)),
+            (FRAMING, ParamValue::Int(2)),
+            (OUTPUT_ALPHA, ParamValue::Int(1)),
+            (MATTE_FEATHER, ParamValue::Int(5)),
         ] {
             if let Some(Store::Number(store)) = spec(name).map(|p| p.store) {
                 store(&mut one, value);
@@ -1437,6 +1711,9 @@ mod tests {
         want.colour = ColourChoice::Srgb;
         want.device = Device::Cuda(1);
         want.steps = 7;
+        want.framing = Framing::Region;
+        want.output_alpha = OutputAlpha::Silhouette;
+        want.matte_feather = 5;
         assert_eq!(one, want);
     }
 
@@ -1512,6 +1789,26 @@ mod tests {
         assert_eq!(colour_from_index(1), ColourChoice::Linear);
         assert_eq!(colour_from_index(2), ColourChoice::Srgb);
         assert_eq!(COLORSPACE_OPTIONS, &["auto", "linear", "sRGB"]);
+        assert_eq!(Framing::from_index(0), Framing::Squash);
+        assert_eq!(Framing::from_index(1), Framing::Fit);
+        assert_eq!(Framing::from_index(2), Framing::Region);
+        assert_eq!(Framing::from_index(7), Framing::Fit, "the default");
+        assert_eq!(OutputAlpha::from_index(1), OutputAlpha::Silhouette);
+        assert_eq!(OutputAlpha::from_index(-1), OutputAlpha::Opaque);
+    }
+
+    #[test]
+    fn shared_cache_folder_resolution() {
+        assert_eq!(resolve_shared_cache("", None), None);
+        assert_eq!(resolve_shared_cache(" ", Some("")), None);
+        assert_eq!(
+            resolve_shared_cache("", Some("/farm/cache")),
+            Some(PathBuf::from("/farm/cache"))
+        );
+        assert_eq!(
+            resolve_shared_cache(" /job/cache ", Some("/farm/cache")),
+            Some(PathBuf::from("/job/cache"))
+        );
     }
 
     #[test]

@@ -106,8 +106,16 @@ impl Frame {
 /// The Render action: time `time`, render window `window` (pixel coordinates). With a model
 /// folder the engine renders the body frame ([`super::body::render`]); without one (neither
 /// `modelFolder` nor `MAKE_YOUR_ANCHOR_MODEL`) the Source passes through, and the user is told.
-pub fn render(effect: ImageEffect, time: f64, window: Rect) -> Result<Status, EffectError> {
-    let settings = Settings::read(effect.param_set()?, time)?;
+/// Renders frame `time` into `window`; `draft` is the host's draft render quality (a viewer or
+/// scrub render), which renders a preview.
+pub fn render(
+    effect: ImageEffect,
+    time: f64,
+    window: Rect,
+    draft: bool,
+) -> Result<Status, EffectError> {
+    let mut settings = Settings::read(effect.param_set()?, time)?;
+    settings.preview |= draft;
     let env = std::env::var(ENV_MODEL_FOLDER).ok();
     match resolve_model_folder(&settings.model_folder, env.as_deref())? {
         Some(folder) => super::body::render(effect, time, window, &settings, &folder),

@@ -125,19 +125,31 @@ pub struct FaceService {
     inpaintings: AtomicUsize,
 }
 
-/// Face frames kept: each is one working-size RGB frame (0.75 MiB at 512²).
-const CACHE_BYTES: usize = 256 << 20;
-/// The temporal face's window cache: at 256² a window step of 16 crops holds about 1 MiB of
-/// noise predictions and latents, so this keeps the dependency cone of a long clip.
-const TEMPORAL_CACHE_BYTES: usize = 1024 << 20;
+/// The face caches' shares of the effect's cache budget (`cacheMiB`): a sixteenth for enhanced
+/// face frames (each one working-size RGB frame, 0.75 MiB at 512²) and a quarter for the
+/// temporal face's window cache (at 256² a window step of 16 crops holds about 1 MiB of noise
+/// predictions and latents). The default 4 GiB gives 256 MiB and 1 GiB.
+const FRAME_SHARE: usize = 16;
+/// See [`FRAME_SHARE`].
+const TEMPORAL_SHARE: usize = 4;
+/// The least either cache gets, whatever the budget.
+const MIN_CACHE_BYTES: usize = 64 << 20;
+
+/// `(face frames, temporal face)` cache bytes for a cache budget of `cache_bytes`.
+pub fn cache_shares(cache_bytes: usize) -> (usize, usize) {
+    (
+        (cache_bytes / FRAME_SHARE).max(MIN_CACHE_BYTES),
+        (cache_bytes / TEMPORAL_SHARE).max(MIN_CACHE_BYTES),
+    )
+}
 
 impl Default for FaceService {
     fn default() -> Self {
         Self {
             models: ModelSlots::default(),
             registry: registry::shared(),
-            cache: Cache::new(CACHE_BYTES),
-            temporal: Cache::new(TEMPORAL_CACHE_BYTES),
+            cache: Cache::new(cache_shares(crate::service::DEFAULT_CACHE_BYTES).0),
+            temporal: Cache::new(cache_shares(crate::service::DEFAULT_CACHE_BYTES).1),
             temporal_counters: Counters::default(),
             loads: AtomicUsize::new(0),
             inpaintings: AtomicUsize::new(0),
@@ -184,6 +196,14 @@ impl FaceService {
             registry,
             ..Self::default()
         }
+    }
+
+    /// Sizes the face caches from the cache budget (`cacheMiB`; the latest request's value
+    /// wins, as for the body cache): see [`cache_shares`].
+    pub fn set_cache_budget(&self, cache_bytes: usize) {
+        let (frames, temporal) = cache_shares(cache_bytes);
+        self.cache.set_budget(frames);
+        self.temporal.set_budget(temporal);
     }
 
     /// Frees the face-frame cache, the face models (a running request keeps its model alive
@@ -439,6 +459,15 @@ impl FaceService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn face_caches_take_their_share_of_the_budget() {
+        // The default budget keeps the sizes the face caches always had.
+        assert_eq!(cache_shares(4096 << 20), (256 << 20, 1024 << 20));
+        assert_eq!(cache_shares(16384 << 20), (1024 << 20, 4096 << 20));
+        // A small budget never starves them.
+        assert_eq!(cache_shares(128 << 20), (64 << 20, 64 << 20));
+    }
 
     #[test]
     fn smoothing_history_bounds_the_weight_of_older_frames() {

@@ -9,6 +9,8 @@ pub mod device;
 pub mod error;
 pub mod face;
 pub mod face_service;
+pub mod framing;
+pub mod job;
 pub mod legacy_pth;
 pub mod memory;
 pub mod model;

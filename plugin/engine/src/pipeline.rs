@@ -146,6 +146,31 @@ pub fn initial_noise(
     }
 }
 
+/// The PNG and JPEG files of a frames folder, unsorted; an error names a folder that cannot be
+/// listed or holds none.
+pub fn list_frames(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        EngineError::Input(format!("cannot list poses folder {}: {e}", dir.display()))
+    })?;
+    let paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let ext = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
+        })
+        .collect();
+    if paths.is_empty() {
+        return Err(EngineError::Input(format!(
+            "poses folder {} holds no PNG or JPEG frames",
+            dir.display()
+        )));
+    }
+    Ok(paths)
+}
+
 /// The pose (mesh-render) frames of a folder, sorted by name, resized to the working size with
 /// PIL's LANCZOS as the reference does, read lazily.
 pub struct PoseSequence {
@@ -159,25 +184,21 @@ pub struct PoseSequence {
 impl PoseSequence {
     /// Lists `dir` (PNG/JPEG files, sorted by name) and checks that all frames share one size.
     pub fn open(dir: &Path, size: (usize, usize), dtype: DType, device: &Device) -> Result<Self> {
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            EngineError::Input(format!("cannot list poses folder {}: {e}", dir.display()))
-        })?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let ext = p
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .map(str::to_ascii_lowercase);
-                matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
-            })
-            .collect();
+        let mut paths = list_frames(dir)?;
         paths.sort();
+        Self::from_paths(paths, size, dtype, device)
+    }
+
+    /// The frames `paths`, in this order (a caller's natural or frame-number order), checked to
+    /// share one size.
+    pub fn from_paths(
+        paths: Vec<PathBuf>,
+        size: (usize, usize),
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         if paths.is_empty() {
-            return Err(EngineError::Input(format!(
-                "poses folder {} holds no PNG or JPEG frames",
-                dir.display()
-            )));
+            return Err(EngineError::Input("the pose clip holds no frames".into()));
         }
         let mut first: Option<(u32, u32, &Path)> = None;
         for p in &paths {
@@ -241,6 +262,18 @@ pub fn rgb8_to_tensor(
     let data: Vec<f32> = rgb.iter().map(|&v| v as f32 / 255.0).collect();
     let t = Tensor::from_vec(data, (h, w, 3), &Device::Cpu)?.permute((2, 0, 1))?;
     Ok(t.to_dtype(dtype)?.to_device(device)?)
+}
+
+/// The frames at the working size: the job keys and uses them as they are.
+impl super::job::ControlSource for PoseSequence {
+    fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    fn rgb8(&self, f: usize) -> Result<(Vec<u8>, usize, usize)> {
+        let (w, h) = self.size;
+        Ok((PoseSequence::rgb8(self, f)?, w, h))
+    }
 }
 
 impl ControlFrames for PoseSequence {

@@ -550,6 +550,7 @@ mod tests {
                 seed: 42,
                 cache_bytes: 256 << 20,
                 memory_limit: None,
+                preview: false,
             }
         }
 

@@ -3,7 +3,8 @@
 //! [`Counters`], the single accelerator lock, and purge.
 //!
 //! No OFX types here: the OpenFX effect hands frames in through [`ControlSource`] and progress /
-//! cancel through [`Progress`]; the same calls work from tests without a host.
+//! cancel through [`Progress`]; the same calls work from tests without a host. Each request runs
+//! the one body job of [`crate::job`], as `anchor render` does.
 //!
 //! - **Models** are keyed by (folder, dtype, device). On every request the folder's identity
 //!   ([`pipeline::folder_identity`]: config bytes, weight sizes and mtimes) is recomputed; a
@@ -20,118 +21,22 @@
 //! - **Purge** ([`Service::purge`]) frees the cache and the registry's memos, and the models
 //!   (ours and the registry's loaded parsers) when no request is running.
 use std::collections::HashMap;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use parking_lot::Mutex;
 
-use super::device::{device_name, dtype_name, select_device, DeviceChoice};
-use super::memory;
+use super::device::{device_name, dtype_name, select_device};
+use super::job::{self, BatchGate, JobContext, JobModel, JobRequest};
 use super::model::{BodyModel, ModelLayout};
-use super::networks::unet::ControlResiduals;
-use super::pipeline::{self, BodyNetworks, DdimStep};
+use super::pipeline;
 use super::registry::{self, Registry};
-use super::resample::{resize_rgb8, Filter};
-use super::sampler::ddim::DdimScheduler;
-use super::temporal::{
-    Cache, ControlFrames, Counters, Fusion, Key, KeyHasher, Progress, SamplingParams, Tail,
-    TemporalDenoiser, WindowNetworks, WindowPlan,
-};
-use super::{EngineError, Result};
+use super::temporal::{Cache, Counters, Key, Progress, SharedConfig, SharedStore};
+use super::EngineError;
 
-/// Everything about a request that changes its frames, as plain values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RenderSettings {
-    /// The model folder.
-    pub folder: PathBuf,
-    /// Where the networks run.
-    pub device: DeviceChoice,
-    /// Network precision.
-    pub dtype: DType,
-    /// DDIM steps.
-    pub steps: usize,
-    /// Classifier-free guidance scale.
-    pub guidance: f64,
-    /// ControlNet conditioning scale.
-    pub control_scale: f64,
-    /// How the ControlNet residuals enter the UNet.
-    pub control_residuals: ControlResiduals,
-    /// Frames per window.
-    pub window: usize,
-    /// Frames shared by neighbouring windows.
-    pub overlap: usize,
-    /// Blending of overlapping windows.
-    pub fusion: Fusion,
-    /// Last-window rule.
-    pub tail: Tail,
-    /// Requested working resolution (square; rounded down to a multiple of 32).
-    pub resolution: usize,
-    /// Seed of the initial noise.
-    pub seed: u64,
-    /// Cache budget in bytes (process-wide; the latest request's value wins), shared by the
-    /// resource registry, which takes [`registry::share_of`] it, and the frame cache, which gets
-    /// the rest, raised to the bytes one request touches when below them
-    /// ([`memory::request_cache_bytes`]).
-    pub cache_bytes: usize,
-    /// Memory the request may use (weights + one window batch's working set), when limited:
-    /// a request whose estimate exceeds it fails before its first batch with
-    /// [`ServiceError::OutOfMemory`] ([`memory::estimate_batch`]).
-    pub memory_limit: Option<usize>,
-}
-
-impl RenderSettings {
-    /// The working resolution after the reference's rounding.
-    pub fn working_resolution(&self) -> Result<usize> {
-        Ok(pipeline::check_resolution(self.resolution)?.0)
-    }
-
-    /// The window plan of a clip of `len` frames.
-    pub fn plan(&self, len: usize) -> Result<WindowPlan> {
-        WindowPlan::new(len, self.window, self.overlap, self.tail, self.fusion)
-    }
-
-    /// The frames (clip indices) whose control images a request for `frame` reads: the
-    /// dependency cone of `frame` over all steps. Needs no model.
-    pub fn frames_needed(&self, len: usize, frame: usize) -> Result<Range<usize>> {
-        if frame >= len {
-            return Err(EngineError::Input(format!(
-                "frame {frame} is outside the clip of {len} frames"
-            )));
-        }
-        Ok(self.plan(len)?.cone(frame..frame + 1, self.steps))
-    }
-}
-
-/// The mesh-render frames of a clip, as the caller can fetch them.
-pub trait ControlSource: Send + Sync {
-    /// Frames in the clip (they anchor the windows).
-    fn len(&self) -> usize;
-    /// True when the clip has no frames.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Frame `f` as interleaved 8-bit RGB, top row first: `(pixels, width, height)`.
-    fn rgb8(&self, f: usize) -> Result<(Vec<u8>, usize, usize)>;
-}
-
-/// The reference photo of a request.
-#[derive(Debug, Clone, Copy)]
-pub enum Appearance<'a> {
-    /// Interleaved 8-bit RGB, top row first.
-    Rgb8 {
-        /// `width * height * 3` bytes.
-        data: &'a [u8],
-        /// Width in pixels.
-        width: usize,
-        /// Height in pixels.
-        height: usize,
-    },
-    /// The model folder's default photo ([`pipeline::DEFAULT_APPEARANCE`]).
-    ModelDefault,
-}
+pub use super::job::{Appearance, ControlSource, RenderSettings};
 
 /// One rendered frame at the working resolution.
 #[derive(Debug, Clone, PartialEq)]
@@ -226,10 +131,31 @@ impl From<EngineError> for ServiceError {
     }
 }
 
+/// For front ends that report one error type (the CLI, the trainer): allocation failures stay
+/// [`EngineError::OutOfMemory`], a failed phase keeps its name in the message.
+impl From<ServiceError> for EngineError {
+    fn from(e: ServiceError) -> Self {
+        match e.classify() {
+            ServiceError::Render(e) => e,
+            ServiceError::OutOfMemory { detail } => EngineError::OutOfMemory { detail },
+            other => EngineError::Input(other.to_string()),
+        }
+    }
+}
+
 /// A loaded model and its identity.
 struct Loaded {
     model: BodyModel,
     identity: Key,
+}
+
+impl Loaded {
+    fn job_model(&self) -> JobModel<'_> {
+        JobModel {
+            model: &self.model,
+            identity: self.identity,
+        }
+    }
 }
 
 /// (folder, dtype, device): one slot of a model table.
@@ -313,12 +239,12 @@ pub struct Service {
     registry: Arc<Registry>,
     cache: Cache,
     counters: Counters,
-    accelerator: Mutex<()>,
+    /// One network batch on the device at a time, process-wide.
+    gate: BatchGate,
+    /// The farm-wide cache requests share their work through, when one is set.
+    shared: Mutex<Option<Arc<SharedStore>>>,
     active: AtomicUsize,
     loads: AtomicUsize,
-    /// Batches on the accelerator now, and the most ever seen (a check that the lock holds).
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
 }
 
 /// Default cache budget until a request sets one.
@@ -331,11 +257,10 @@ impl Default for Service {
             registry: registry::shared(),
             cache: Cache::new(DEFAULT_CACHE_BYTES - registry::share_of(DEFAULT_CACHE_BYTES)),
             counters: Counters::default(),
-            accelerator: Mutex::new(()),
+            gate: BatchGate::default(),
+            shared: Mutex::new(None),
             active: AtomicUsize::new(0),
             loads: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
         }
     }
 }
@@ -354,134 +279,6 @@ impl Drop for Active<'_> {
     }
 }
 
-/// The networks with the accelerator lock around each batch.
-struct Serialised<'a> {
-    nets: &'a BodyNetworks<'a>,
-    service: &'a Service,
-}
-
-impl Serialised<'_> {
-    fn run<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let _g = self.service.accelerator.lock();
-        let s = self.service;
-        let n = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        s.max_in_flight.fetch_max(n, Ordering::SeqCst);
-        let r = f();
-        s.in_flight.fetch_sub(1, Ordering::SeqCst);
-        r
-    }
-}
-
-impl WindowNetworks for Serialised<'_> {
-    fn predict(
-        &self,
-        latents: &Tensor,
-        timestep: usize,
-        control: &Tensor,
-        control_scale: f64,
-    ) -> Result<(Tensor, Tensor)> {
-        self.run(|| self.nets.predict(latents, timestep, control, control_scale))
-    }
-
-    fn decode(&self, latent: &Tensor) -> Result<Tensor> {
-        self.run(|| self.nets.decode(latent))
-    }
-
-    fn identity(&self) -> Key {
-        self.nets.identity()
-    }
-}
-
-/// Bytes of working-resolution control pixels one request keeps, so that each frame is fetched
-/// from the caller once per request rather than once for its key and again for every window
-/// batch that reads it (a host fetch is a `clipGetImage`, a pixel conversion and a resize). At
-/// 512² this holds about 340 frames, more than the dependency cone of 20 steps of 16/4 windows;
-/// frames beyond it are fetched again when read.
-const PIXEL_MEMO_BYTES: usize = 256 << 20;
-
-/// A [`ControlSource`] as the engine's [`ControlFrames`]: resized to the working size with PIL
-/// LANCZOS and keyed exactly as the CLI's [`pipeline::PoseSequence`].
-struct Controls<'a> {
-    source: &'a dyn ControlSource,
-    size: usize,
-    dtype: DType,
-    device: Device,
-    keys: Mutex<HashMap<usize, Key>>,
-    /// Working-resolution pixels fetched by this request, within [`PIXEL_MEMO_BYTES`].
-    pixels: Mutex<PixelMemo>,
-}
-
-/// Frame index → working-resolution RGB, and the bytes held.
-type PixelMemo = (HashMap<usize, Arc<Vec<u8>>>, usize);
-
-impl Controls<'_> {
-    /// Frame `f` at the working size, fetched once per request while the memo has room.
-    fn pixels(&self, f: usize) -> Result<Arc<Vec<u8>>> {
-        if let Some(p) = self.pixels.lock().0.get(&f) {
-            return Ok(p.clone());
-        }
-        let p = Arc::new(self.rgb8(f)?);
-        let mut memo = self.pixels.lock();
-        if memo.1 + p.len() <= PIXEL_MEMO_BYTES {
-            memo.1 += p.len();
-            memo.0.insert(f, p.clone());
-        }
-        Ok(p)
-    }
-
-    fn rgb8(&self, f: usize) -> Result<Vec<u8>> {
-        if f >= self.source.len() {
-            return Err(EngineError::Input(format!(
-                "frame {f} is outside the clip of {}",
-                self.source.len()
-            )));
-        }
-        let (rgb, w, h) = self.source.rgb8(f)?;
-        if rgb.len() != w * h * 3 || w == 0 || h == 0 {
-            return Err(EngineError::Input(format!(
-                "control frame {f} holds {} bytes, not {w}×{h} RGB",
-                rgb.len()
-            )));
-        }
-        let s = self.size;
-        Ok(if (w, h) == (s, s) {
-            rgb
-        } else {
-            resize_rgb8(&rgb, w, h, s, s, Filter::Lanczos)
-        })
-    }
-}
-
-impl ControlFrames for Controls<'_> {
-    fn len(&self) -> usize {
-        self.source.len()
-    }
-
-    fn key(&self, f: usize) -> Result<Key> {
-        if let Some(&k) = self.keys.lock().get(&f) {
-            return Ok(k);
-        }
-        let s = self.size as u64;
-        let k = KeyHasher::tagged("pose")
-            .u64(s)
-            .u64(s)
-            .bytes(&self.pixels(f)?)
-            .finish();
-        self.keys.lock().insert(f, k);
-        Ok(k)
-    }
-
-    fn frame(&self, f: usize) -> Result<Tensor> {
-        pipeline::rgb8_to_tensor(
-            &self.pixels(f)?,
-            self.size,
-            self.size,
-            self.dtype,
-            &self.device,
-        )
-    }
-}
-
 impl Service {
     /// The shared frame cache.
     pub fn cache(&self) -> &Cache {
@@ -492,12 +289,12 @@ impl Service {
     /// whole process runs one batch at a time. Never hold it while calling back into this
     /// service: the lock is not re-entrant.
     pub fn lock_accelerator(&self) -> parking_lot::MutexGuard<'_, ()> {
-        self.accelerator.lock()
+        self.gate.lock().lock()
     }
 
     /// The accelerator lock itself, for engines that take it per batch (the temporal face).
     pub fn accelerator(&self) -> &Mutex<()> {
-        &self.accelerator
+        self.gate.lock()
     }
 
     /// Work counters since the process started.
@@ -523,7 +320,7 @@ impl Service {
     /// The most network batches or decodes ever running at once (1: the accelerator lock
     /// serialises them).
     pub fn max_batches_in_flight(&self) -> usize {
-        self.max_in_flight.load(Ordering::SeqCst)
+        self.gate.max_in_flight()
     }
 
     /// Models loaded now.
@@ -592,7 +389,7 @@ impl Service {
         );
         self.models.get_or_load(slot, identity, || {
             let model = {
-                let _g = self.accelerator.lock();
+                let _g = self.gate.lock().lock();
                 BodyModel::load(&settings.folder, settings.dtype, device).map_err(bad)?
             };
             self.loads.fetch_add(1, Ordering::SeqCst);
@@ -600,52 +397,36 @@ impl Service {
         })
     }
 
-    /// Appearance tokens of `appearance`, memoised in the registry by model identity, dtype,
-    /// device and photo content (the model's default photo is read through the registry too).
-    fn appearance(&self, loaded: &Loaded, appearance: Appearance<'_>) -> Result<Tensor> {
-        let owned;
-        let (data, w, h) = match appearance {
-            Appearance::Rgb8 {
-                data,
-                width,
-                height,
-            } => (data, width, height),
-            Appearance::ModelDefault => {
-                owned = pipeline::read_default_appearance(&loaded.model.layout, &self.registry)?;
-                (&owned.0[..], owned.1, owned.2)
-            }
+    /// Shares the work of the following requests with every process using the same `folder`
+    /// (a folder on the farm's shared storage), or stops sharing (`None`). Process-wide: the
+    /// latest caller's value wins, as for the cache budget. The store is reopened only when the
+    /// folder changes, so its counters and its one warning hold per folder.
+    pub fn set_shared_cache(&self, folder: Option<&std::path::Path>) {
+        let mut shared = self.shared.lock();
+        let same = match (&*shared, folder) {
+            (Some(store), Some(f)) => store.dir() == f,
+            (None, None) => true,
+            _ => false,
         };
-        if data.len() != w * h * 3 || w == 0 || h == 0 {
-            return Err(EngineError::Input(format!(
-                "appearance image holds {} bytes, not {w}×{h} RGB",
-                data.len()
-            )));
+        if !same {
+            *shared = folder.map(|f| Arc::new(SharedStore::open(f, SharedConfig::default())));
         }
-        let model = &loaded.model;
-        let key = KeyHasher::tagged("appearance")
-            .key(loaded.identity)
-            .str(dtype_name(model.dtype))
-            .str(&device_name(&model.device))
-            .u64(w as u64)
-            .u64(h as u64)
-            .bytes(data)
-            .finish();
-        let tokens = self.registry.get_or_insert_with(
-            registry::Kind::Tokens,
-            key,
-            None,
-            registry::tensor_bytes,
-            || {
-                let _g = self.accelerator.lock();
-                Ok::<_, EngineError>(
-                    model
-                        .image_encoder
-                        .encode_image(data, w, h)?
-                        .to_dtype(model.dtype)?,
-                )
-            },
-        )?;
-        Ok(tokens.as_ref().clone())
+    }
+
+    /// The shared cache requests use now.
+    pub fn shared_cache(&self) -> Option<Arc<SharedStore>> {
+        self.shared.lock().clone()
+    }
+
+    /// Where this service's jobs memoise and how their batches reach the device.
+    fn context<'a>(&'a self, shared: Option<&'a Arc<SharedStore>>) -> JobContext<'a> {
+        JobContext {
+            cache: &self.cache,
+            counters: &self.counters,
+            registry: &self.registry,
+            gate: Some(&self.gate),
+            shared,
+        }
     }
 
     /// Appearance tokens of `appearance` for the model of `settings` (loaded when absent).
@@ -654,10 +435,14 @@ impl Service {
         &self,
         settings: &RenderSettings,
         appearance: Appearance<'_>,
-    ) -> std::result::Result<Tensor, ServiceError> {
+    ) -> std::result::Result<candle_core::Tensor, ServiceError> {
         let device = select_device(settings.device)?;
         let loaded = self.model(settings, &device)?;
-        Ok(self.appearance(&loaded, appearance)?)
+        Ok(job::encode_appearance(
+            loaded.job_model(),
+            appearance,
+            self.context(None),
+        )?)
     }
 
     /// Renders frame `frame` (an index into `control`'s clip) with the batch-overlapped
@@ -704,7 +489,8 @@ impl Service {
     ) -> std::result::Result<RenderedFrame, ServiceError> {
         self.active.fetch_add(1, Ordering::SeqCst);
         let _active = Active(&self.active);
-        let res = settings.working_resolution()?;
+        // Settings and frame first: a bad request is not blamed on the model.
+        settings.working_resolution()?;
         let plan = settings.plan(control.len())?;
         if frame >= plan.len() {
             return Err(EngineError::Input(format!(
@@ -720,126 +506,32 @@ impl Service {
         // Before the load, so that an impossible combination is not blamed on the model.
         super::device::check_dtype(&device, settings.dtype)?;
         let loaded = self.model(settings, &device)?;
-        let model = &loaded.model;
-        let tokens = self
-            .appearance(&loaded, appearance)
-            .map_err(ServiceError::Appearance)?;
-        let nets = BodyNetworks::new(model, &tokens, loaded.identity, settings.control_residuals)?;
-        let largest = plan.windows().iter().map(|w| w.len()).max().unwrap_or(1);
-        let need = memory::estimate_batch(model, largest, res);
-        log::debug!(
-            "memory estimate: a window batch of {largest} frame(s) at {res}x{res} needs about \
-             {} MiB (weights {} MiB + working set {} MiB); limit {}",
-            memory::mib_ceil(need.total()),
-            memory::mib_ceil(need.weights),
-            memory::mib_ceil(need.working_set),
-            settings
-                .memory_limit
-                .map(|l| format!("{} MiB", l >> 20))
-                .unwrap_or_else(|| "none".into())
-        );
-        if let Some(limit) = settings.memory_limit {
-            if need.total() > limit {
-                return Err(ServiceError::OutOfMemory {
-                    detail: format!(
-                        "a window batch of {largest} frame(s) at {res}x{res} in {} needs about \
-                         {} MiB (model weights {} MiB + working set {} MiB), but only {} MiB \
-                         are available",
-                        dtype_name(model.dtype),
-                        memory::mib_ceil(need.total()),
-                        memory::mib_ceil(need.weights),
-                        memory::mib_ceil(need.working_set),
-                        limit >> 20
-                    ),
-                });
-            }
-        }
-        let latent_ch = model.unet.architecture().in_channels();
-        let factor = model.vae.config().downsample_factor();
-        let latent_bytes =
-            latent_ch * (res / factor) * (res / factor) * model.dtype.size_in_bytes();
-        let image_bytes = 3 * res * res * DType::F32.size_in_bytes();
-        let floor =
-            memory::request_cache_bytes(&plan, settings.steps, frame, latent_bytes, image_bytes);
-        let cache_floor = (settings.cache_bytes < floor).then_some(floor);
-        if cache_floor.is_some() {
-            log::debug!(
-                "cache budget {} bytes is below the {floor} bytes frame {frame} touches: using {floor}",
-                settings.cache_bytes
-            );
-        }
-        // The registry's share is carved out of the budget; the frame cache gets the rest, but
-        // never less than what this request touches.
-        let registry_bytes = registry::share_of(settings.cache_bytes);
-        self.registry.set_budget(registry_bytes);
-        self.cache.set_budget(
-            settings
-                .cache_bytes
-                .saturating_sub(registry_bytes)
-                .max(floor),
-        );
-        let serialised = Serialised {
-            nets: &nets,
-            service: self,
-        };
-        let scheduler = DdimStep(DdimScheduler::new(
-            model.configs.scheduler.clone(),
-            settings.steps,
-        )?);
-        let (noise, noise_key) =
-            pipeline::initial_noise(settings.seed, None, (latent_ch, res / factor, res / factor))?;
-        let noise = noise.to_dtype(model.dtype)?.to_device(&model.device)?;
-        let controls = Controls {
-            source: control,
-            size: res,
-            dtype: model.dtype,
-            device: model.device.clone(),
-            keys: Mutex::new(HashMap::new()),
-            pixels: Mutex::new((HashMap::new(), 0)),
-        };
-        let params = SamplingParams {
-            guidance: settings.guidance,
-            control_scale: settings.control_scale,
-        };
         let mine = Counted {
             inner: progress,
             calls: AtomicUsize::new(0),
         };
-        let denoiser = TemporalDenoiser::new(
-            &serialised,
-            &scheduler,
-            &controls,
-            &self.cache,
-            &self.counters,
-            plan,
-            params,
-            noise,
-            noise_key,
-        )?;
-        let img = denoiser.image(frame, &mine)?;
-        // Quantisation would floor NaN to black silently: a non-finite frame is an error.
-        let values = img.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let bad = values.iter().filter(|v| !v.is_finite()).count();
-        if bad > 0 {
-            return Err(EngineError::Input(format!(
-                "the networks produced {bad} non-finite value(s) (NaN or infinity) in frame \
-                 {frame}; with f16 or bf16 precision, choose f32"
-            ))
-            .into());
-        }
-        let (rgb, w, h) = pipeline::image_to_rgb8(&img)?;
-        if (w, h) != (res, res) {
-            return Err(EngineError::Input(format!(
-                "internal: decoded {w}×{h}, expected {res}×{res}"
-            ))
-            .into());
-        }
-        Ok(RenderedFrame {
-            rgb,
-            size: res,
-            network_calls: mine.calls.load(Ordering::Relaxed) as u64,
-            cache_floor,
-        })
+        let request = JobRequest {
+            settings,
+            appearance,
+            control,
+            noise_file: None,
+            frames: &[frame],
+        };
+        let shared = self.shared_cache();
+        job::run(
+            loaded.job_model(),
+            request,
+            self.context(shared.as_ref()),
+            |job| {
+                job.prepare_frames(&[frame], &mine)?;
+                Ok(RenderedFrame {
+                    rgb: job.frame_rgb(frame, &mine)?,
+                    size: job.resolution(),
+                    network_calls: mine.calls.load(Ordering::Relaxed) as u64,
+                    cache_floor: job.cache_floor(),
+                })
+            },
+        )
     }
 }
 
@@ -863,7 +555,13 @@ impl Progress for Counted<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::DeviceChoice;
+    use crate::memory;
+    use crate::networks::unet::ControlResiduals;
     use crate::temporal::NoProgress;
+    use crate::temporal::{Fusion, Tail};
+    use crate::Result;
+    use candle_core::DType;
     use std::path::Path;
 
     fn tiny() -> PathBuf {
@@ -905,6 +603,7 @@ mod tests {
             seed: 42,
             cache_bytes: 256 << 20,
             memory_limit: None,
+            preview: false,
         }
     }
 
@@ -929,6 +628,55 @@ mod tests {
                 std::fs::copy(e.path(), dst).unwrap();
             }
         }
+    }
+
+    /// A longer synthetic clip of `n` frames.
+    struct Long(usize);
+    impl ControlSource for Long {
+        fn len(&self) -> usize {
+            self.0
+        }
+        fn rgb8(&self, f: usize) -> Result<(Vec<u8>, usize, usize)> {
+            Synthetic.rgb8(f % 5).map(|(mut v, w, h)| {
+                v.iter_mut().for_each(|p| *p = p.wrapping_add(f as u8));
+                (v, w, h)
+            })
+        }
+    }
+
+    #[test]
+    fn a_preview_costs_one_window_and_never_stands_in_for_a_final_frame() {
+        // 40 frames, windows 4/1, 3 steps: a final middle frame reads its whole cone.
+        let mut s = settings(&tiny());
+        (s.steps, s.window, s.overlap) = (3, 4, 1);
+        let clip = Long(40);
+        let final_frame = |svc: &Service| {
+            let r = svc
+                .render_frame(&s, photo(), &clip, 21, &NoProgress)
+                .unwrap();
+            (r.rgb, r.network_calls)
+        };
+        let fresh = Service::default();
+        let (want, final_calls) = final_frame(&fresh);
+        // Its cone over 3 steps: several windows at every step.
+        assert!(final_calls >= 9, "final: {final_calls} calls");
+        let mut p = s.clone();
+        p.preview = true;
+        // Frame 21 ends window [18,22) and starts [21,25): on a tie, the first.
+        assert_eq!(p.frames_needed(40, 21).unwrap(), 18..22);
+        let svc = Service::default();
+        let preview = svc
+            .render_frame(&p, photo(), &clip, 21, &NoProgress)
+            .unwrap();
+        assert_eq!(preview.network_calls, 3, "one window, one batch per step");
+        // (The tiny model couples frames too weakly to change 8-bit pixels between a preview
+        // and the final frame; the call counts show what ran.)
+        let (got, calls) = final_frame(&svc);
+        assert_eq!(got, want);
+        assert_eq!(
+            calls, final_calls,
+            "no preview value stood in for a final one"
+        );
     }
 
     #[test]

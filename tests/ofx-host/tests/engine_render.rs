@@ -18,7 +18,6 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use anchor_engine::resample::{resize_rgb8, Filter};
 use common::{anchor_exe, TempDir};
 use image::{Rgb, RgbImage};
 
@@ -120,6 +119,8 @@ fn cli_render(
         .args(["--cfg", "7.5", "--control-scale", "2.0"])
         .args(["--device", "cpu", "--precision", "f32", "--threads", "1"])
         .args(["--frames", &format!("{}-{}", which.start, which.end - 1)])
+        // The effect's tests here choose squash too (their plates are square but one).
+        .args(["--framing", "squash"])
         .output()
         .expect("spawn anchor render");
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -143,7 +144,10 @@ fn cli_render(
             let img = image::open(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
                 .to_rgb8();
-            assert_eq!(img.dimensions(), (RES, RES), "CLI frame {n}");
+            // At the plate's size, as the host's output.
+            let plate =
+                image::image_dimensions(dir.join(format!("pose_{n:04}.png"))).expect("pose size");
+            assert_eq!(img.dimensions(), plate, "CLI frame {n}");
             img.into_raw()
         })
         .collect();
@@ -783,9 +787,10 @@ fn the_colorspace_parameter_and_new_host_options_are_listed() {
 
 #[test]
 fn other_sizes_are_resized_in_and_out_with_pillow_lanczos() {
-    // 80×48 mesh renders: the CLI resizes them to 64² with PIL LANCZOS, and so does the effect
-    // (bit-identical control frames); the effect then resizes the 64² anchor back to the
-    // Source RoD (80×48) with the same filter.
+    // 80×48 mesh renders with framing squash: the CLI and the effect resize them to 64² with PIL
+    // LANCZOS (bit-identical control frames) and the 64² anchor back to the plate (80×48) with
+    // the same filter, so both write the same frames. (The default framing, fit, is tested in
+    // framing.rs and the CLI's tests.)
     let (w, h) = (80u32, 48u32);
     let dir = TempDir::new("poses-80x48");
     for n in 0..LEN {
@@ -806,19 +811,14 @@ fn other_sizes_are_resized_in_and_out_with_pillow_lanczos() {
         "0-2".into(),
         "--depth".into(),
         "short".into(),
+        "--param".into(),
+        "framing=squash".into(),
     ];
     args.extend(anchor_params(&tiny()));
     let run = ofx_render(&args);
     assert_eq!(run.code, Some(0), "{}", run.explain());
     for n in 0..3 {
-        let want = resize_rgb8(
-            &reference.frames[n],
-            RES as usize,
-            RES as usize,
-            w as usize,
-            h as usize,
-            Filter::Lanczos,
-        );
+        let want = &reference.frames[n];
         let got = image::open(out.join(&format!("pose_{n:04}.png")))
             .expect("read")
             .to_rgba8();
@@ -830,6 +830,70 @@ fn other_sizes_are_resized_in_and_out_with_pillow_lanczos() {
                 [p.0[0], p.0[1], p.0[2]]
             })
             .collect();
-        assert!(got == want, "frame {n}: differs from the resized CLI frame");
+        assert!(&got == want, "frame {n}: differs from the CLI frame");
     }
+}
+
+/// The network batches a host process ran in all: the last "… in this process" count it logged.
+fn process_calls(run: &Run) -> u64 {
+    run.log
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" network call(s) by this render, ")?;
+            rest.split_once(" in this process")?
+                .0
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn farm_nodes_with_a_shared_cache_folder_split_the_work() {
+    // Two host processes started together on two halves of the clip, both naming one shared
+    // cache folder: every frame equals the single render, and together they run about one
+    // render's batches (without the folder each pays for nearly its whole cone).
+    let reference = reference(WINDOW, OVERLAP);
+    let out = TempDir::new("shared-farm-out");
+    let shared = TempDir::new("shared-farm-cache");
+    let half = LEN / 2;
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let jobs: Vec<_> = [(0, half - 1), (half, LEN - 1)]
+            .into_iter()
+            .map(|(a, b)| {
+                let mut args: Vec<String> = vec![
+                    "--input".into(),
+                    poses().path.display().to_string(),
+                    "--output".into(),
+                    out.path().display().to_string(),
+                    "--appearance".into(),
+                    photo().display().to_string(),
+                    "--frames".into(),
+                    format!("{a}-{b}"),
+                    "--param".into(),
+                    format!("sharedCacheFolder={}", shared.path().display()),
+                ];
+                args.extend(anchor_params(&tiny()));
+                s.spawn(move || ofx_render(&args))
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let mut total = 0;
+    for run in &runs {
+        assert_eq!(run.code, Some(0), "{}", run.explain());
+        total += process_calls(run);
+    }
+    for n in 0..LEN {
+        if let Err(e) = compare_file(&out.join(&format!("pose_{n:04}.png")), &reference.frames[n]) {
+            panic!("frame {n}: {e}");
+        }
+    }
+    let single = reference.network_calls;
+    assert!(
+        total as f64 <= 1.15 * single as f64,
+        "the two nodes ran {total} batches; a single render runs {single}"
+    );
 }

@@ -19,15 +19,26 @@
 //!
 //! Waits never form a cycle: computing `x(s, ·)` waits only on `eps(s−1, ·)` and `x(s−1, ·)`, and
 //! computing `eps(s, ·)` only on `x(s, ·)`, so every wait is for a strictly earlier value.
+//!
+//! With a [`SharedStore`] (a render farm's shared folder, issue 15), each memoised value is looked
+//! up in the process's [`Cache`], then in the store, and only then computed and published. The
+//! same keys name the same bytes in every process, and entries are stored by bit pattern, so a
+//! frame's bytes do not depend on which process computed which window. Then
+//! [`TemporalDenoiser::render_cone`] (in `denoiser/farm.rs`) spreads the network calls of several
+//! processes over the windows of each step.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use parking_lot::Mutex;
 
 use super::cache::{Cache, Entry, Key, KeyHasher};
+use super::shared::{EntryKind, SharedStore};
 use super::windows::{Fusion, WindowPlan};
 use crate::{EngineError, Result};
+
+mod farm;
 
 /// The networks as the temporal engine sees them: one window in, its CFG noise predictions out.
 pub trait WindowNetworks: Send + Sync {
@@ -117,6 +128,7 @@ pub struct TemporalDenoiser<'a> {
     noise: Tensor,
     base: Key,
     keys: Mutex<HashMap<(u8, usize, usize), Key>>,
+    shared: Option<Arc<SharedStore>>,
 }
 
 const X: u8 = 0;
@@ -186,7 +198,21 @@ impl<'a> TemporalDenoiser<'a> {
             noise,
             base,
             keys: Mutex::new(HashMap::new()),
+            shared: None,
         })
+    }
+
+    /// Shares this clip's memoised values through `store` (a farm's shared cache folder), or stops
+    /// sharing with `None`. Values are then looked up in the process cache, then in the store, and
+    /// only computed (and published) when both miss.
+    pub fn with_shared(mut self, store: Option<Arc<SharedStore>>) -> Self {
+        self.shared = store;
+        self
+    }
+
+    /// The shared store, if any.
+    pub fn shared(&self) -> Option<&Arc<SharedStore>> {
+        self.shared.as_ref()
     }
 
     /// Number of denoising steps.
@@ -206,6 +232,27 @@ impl<'a> TemporalDenoiser<'a> {
         let k = make()?;
         self.keys.lock().insert(id, k);
         Ok(k)
+    }
+
+    /// The entry for `key`: from the process cache, else from the shared store (kept in the cache),
+    /// else computed once and published.
+    fn memoised(
+        &self,
+        key: Key,
+        kind: EntryKind,
+        compute: impl FnOnce() -> Result<Entry>,
+    ) -> Result<Entry> {
+        self.cache.get_or_compute(key, || {
+            let Some(store) = &self.shared else {
+                return compute();
+            };
+            if let Some(entry) = store.get(key, kind, self.noise.device()) {
+                return Ok(entry);
+            }
+            let entry = compute()?;
+            store.publish(key, &entry);
+            Ok(entry)
+        })
     }
 
     /// Key of `x(s, f)`. Iterative over steps so that deep cones need no deep recursion.
@@ -262,7 +309,7 @@ impl<'a> TemporalDenoiser<'a> {
             return Ok(self.noise.clone());
         }
         let key = self.x_key(s, f)?;
-        let entry = self.cache.get_or_compute(key, || {
+        let entry = self.memoised(key, EntryKind::Latent, || {
             let x_prev = self.latent(s - 1, f, progress)?;
             let (mut u_sum, mut c_sum, mut w_sum) = (None::<Tensor>, None::<Tensor>, 0f64);
             for &w in self.plan.covering(f) {
@@ -307,7 +354,7 @@ impl<'a> TemporalDenoiser<'a> {
 
     fn eps(&self, s: usize, w: usize, progress: &dyn Progress) -> Result<(Tensor, Tensor)> {
         let key = self.eps_key(s, w)?;
-        let entry = self.cache.get_or_compute(key, || {
+        let entry = self.memoised(key, EntryKind::Eps, || {
             let frames = self.plan.windows()[w].clone();
             let mut xs = Vec::with_capacity(frames.len());
             let mut ctrl = Vec::with_capacity(frames.len());
@@ -348,7 +395,7 @@ impl<'a> TemporalDenoiser<'a> {
         }
         let s = self.steps();
         let key = KeyHasher::tagged("image").key(self.x_key(s, f)?).finish();
-        let entry = self.cache.get_or_compute(key, || {
+        let entry = self.memoised(key, EntryKind::Image, || {
             let x = self.latent(s, f, progress)?;
             let img = self.nets.decode(&x)?.to_dtype(DType::F32)?;
             self.counters.decodes.fetch_add(1, Ordering::Relaxed);
@@ -360,6 +407,19 @@ impl<'a> TemporalDenoiser<'a> {
                 "internal: cache entry of image {f} has the wrong kind"
             ))),
         }
+    }
+
+    /// The content key of the noise predictions of window `window` at step `step` (0-based): the
+    /// name of its entry and of its lease in a shared store.
+    pub fn window_key(&self, step: usize, window: usize) -> Result<Key> {
+        if step >= self.steps() || window >= self.plan.windows().len() {
+            return Err(EngineError::Input(format!(
+                "window {window} at step {step} is outside the plan of {} windows and {} steps",
+                self.plan.windows().len(),
+                self.steps()
+            )));
+        }
+        self.eps_key(step, window)
     }
 
     /// The frames whose control images a request for `frames` reads (for GetFramesNeeded).

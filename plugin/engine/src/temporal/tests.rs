@@ -6,6 +6,8 @@ use candle_core::{Device, Tensor};
 use super::*;
 use crate::{EngineError, Result};
 
+mod farm;
+
 /// A cheap network with cross-frame coupling (the window mean), so windowing matters.
 struct ToyNets;
 impl WindowNetworks for ToyNets {

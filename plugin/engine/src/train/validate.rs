@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use super::{checkpoint, Result, TrainError};
+use crate::job::{self, Appearance, BodyJob, JobContext, JobModel, JobRequest, RenderSettings};
 use crate::model::BodyModel;
-use crate::pipeline::{self, BodyNetworks, DdimStep, PoseSequence};
-use crate::sampler::ddim::DdimScheduler;
-use crate::temporal::{Cache, Counters, Fusion, NoProgress, SamplingParams, Tail, WindowPlan};
+use crate::pipeline::{self, PoseSequence};
+use crate::service::ServiceError;
+use crate::temporal::{Cache, Counters, Fusion, NoProgress, Tail};
 
 /// What to render.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,22 +37,10 @@ pub fn render(
     resolution: usize,
 ) -> Result<usize> {
     let model = BodyModel::load(model_dir, DType::F32, device)?;
-    let d = model.defaults().clone();
-    let appearance = spec
-        .appearance
-        .clone()
-        .unwrap_or_else(|| pipeline::default_appearance(&model.layout));
-    let tokens = pipeline::encode_appearance(&model, &appearance)?;
-    let nets = BodyNetworks::new(
-        &model,
-        &tokens,
-        pipeline::model_identity(&model)?,
-        model.defaults().control_residuals,
-    )?;
-    let scheduler = DdimStep(DdimScheduler::new(
-        model.configs.scheduler.clone(),
-        spec.steps,
-    )?);
+    let photo = match &spec.appearance {
+        Some(path) => pipeline::read_rgb8(path)?,
+        None => pipeline::read_rgb8(&pipeline::default_appearance(&model.layout))?,
+    };
     let poses = PoseSequence::open(&spec.poses, (resolution, resolution), DType::F32, device)?;
     let len = poses.paths().len();
     let frames = spec.frames.min(len);
@@ -61,24 +50,56 @@ pub fn render(
             spec.poses.display()
         )));
     }
-    let plan = WindowPlan::new(len, frames, 0, Tail::Paper, Fusion::Flat)?;
-    let params = SamplingParams {
-        guidance: d.guidance_scale,
-        control_scale: d.control_scale,
+    // One window over the first frames, with the model's sampling defaults.
+    let mut settings = RenderSettings::model_defaults(model_dir, model.defaults());
+    settings.steps = spec.steps;
+    settings.seed = spec.seed;
+    settings.resolution = resolution;
+    settings.window = frames;
+    settings.overlap = 0;
+    settings.fusion = Fusion::Flat;
+    settings.tail = Tail::Paper;
+    settings.cache_bytes = 256 << 20;
+    let (cache, counters) = (Cache::new(settings.cache_bytes), Counters::default());
+    let context = JobContext {
+        cache: &cache,
+        counters: &counters,
+        registry: crate::registry::global(),
+        gate: None,
+        shared: None,
     };
-    let latent_ch = model.unet.architecture().in_channels();
-    let f = model.vae.config().downsample_factor();
-    let noise =
-        pipeline::initial_noise(spec.seed, None, (latent_ch, resolution / f, resolution / f))?;
-    let cache = Cache::new(256 << 20);
-    let counters = Counters::default();
-    let denoiser = pipeline::denoiser(
-        &nets, &scheduler, &poses, &cache, &counters, plan, params, noise,
-    )?;
+    let wanted: Vec<usize> = (0..frames).collect();
+    let request = JobRequest {
+        settings: &settings,
+        appearance: Appearance::Rgb8 {
+            data: &photo.0,
+            width: photo.1,
+            height: photo.2,
+        },
+        control: &poses,
+        noise_file: None,
+        frames: &wanted,
+    };
+    let job_model = JobModel {
+        model: &model,
+        identity: pipeline::model_identity(&model)?,
+    };
+    job::run(job_model, request, context, |job| {
+        write_frames(job, &poses, frames, out).map_err(|e| match e {
+            TrainError::Engine(e) => ServiceError::Render(e),
+            e => ServiceError::Render(crate::EngineError::Input(e.to_string())),
+        })
+    })
+    .map_err(crate::EngineError::from)?;
+    Ok(frames)
+}
+
+/// Writes the first `frames` frames of `job` as PNG into `out` (replaced atomically).
+fn write_frames(job: &BodyJob<'_>, poses: &PoseSequence, frames: usize, out: &Path) -> Result<()> {
+    let res = job.resolution();
     checkpoint::write_dir_atomically(out, |tmp| {
         for i in 0..frames {
-            let img = denoiser.image(i, &NoProgress)?;
-            let (rgb, w, h) = pipeline::image_to_rgb8(&img)?;
+            let (rgb, w, h) = (job.frame_rgb(i, &NoProgress)?, res, res);
             let name = poses.paths()[i]
                 .file_name()
                 .map(PathBuf::from)
@@ -90,6 +111,5 @@ pub fn render(
                 .map_err(|e| TrainError::Data(format!("cannot write {}: {e}", path.display())))?;
         }
         Ok(())
-    })?;
-    Ok(frames)
+    })
 }

@@ -68,10 +68,13 @@ pub fn assemble_bundle(dir: &Path) -> PathBuf {
     let bundle = dir.join("MakeYourAnchor.ofx.bundle");
     let arch = bundle.join("Contents").join("Linux-x86-64");
     std::fs::create_dir_all(&arch).expect("create bundle dirs");
-    // Copy then rename: replacing the file atomically never disturbs a process that still has
-    // the previous copy mapped.
+    // Link (or copy, across file systems) then rename: replacing the file atomically never
+    // disturbs a process that still has the previous one mapped, and a hard link costs no disk.
     let tmp = arch.join(format!(".MakeYourAnchor.ofx.{}", std::process::id()));
-    std::fs::copy(plugin_library(), &tmp).expect("copy plugin");
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(plugin_library(), &tmp).is_err() {
+        std::fs::copy(plugin_library(), &tmp).expect("copy plugin");
+    }
     std::fs::rename(&tmp, arch.join("MakeYourAnchor.ofx")).expect("install plugin");
     std::fs::write(
         bundle.join("Contents").join("Info.plist"),
