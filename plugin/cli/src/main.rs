@@ -18,7 +18,9 @@ use anchor_engine::framing::{
 use anchor_engine::job::{
     self, Appearance, BodyJob, ControlSource, JobContext, JobModel, JobRequest, RenderSettings,
 };
-use anchor_engine::model::{inspect_model, BodyModel, DiffusionModel, ModelPart};
+use anchor_engine::model::{
+    inspect_model, inspect_model_part, BodyModel, DiffusionModel, ModelPart,
+};
 use anchor_engine::networks::unet::ControlResiduals;
 use anchor_engine::pipeline::{self, PoseSequence};
 use anchor_engine::temporal::{
@@ -101,6 +103,10 @@ enum Command {
     TrainVae(Box<train_args::TrainVaeArgs>),
     /// Build head (face) training data from an `anchor synth` identity folder.
     FaceData(train_args::FaceDataCli),
+    /// Make a released checkpoint folder (body/, head/) usable: map its VAE, text encoder and
+    /// scheduler to an SD1.5 folder and its image encoder to a CLIP ViT-B/32 folder
+    /// (anchor.json), and check the result.
+    Assemble(tools::assemble::AssembleArgs),
     /// Housekeeping of a farm's shared cache folder: info, prune.
     Cache(tools::cache::CacheArgs),
     /// Copy a model folder with its weights cast to another dtype (e.g. f16 to halve its size).
@@ -126,9 +132,9 @@ struct RenderArgs {
     /// Folder of mesh-render frames (PNG/JPEG), sorted by name; the whole folder is the clip.
     #[arg(long)]
     poses: PathBuf,
-    /// Reference photo of the person (appearance).
+    /// Reference photo of the person (appearance) [the model folder's appearance.png].
     #[arg(long)]
-    appearance: PathBuf,
+    appearance: Option<PathBuf>,
     /// Output folder; frames keep the input names.
     #[arg(long)]
     out: PathBuf,
@@ -603,8 +609,9 @@ fn dump_latents(
     Ok(())
 }
 
-fn render(a: RenderArgs) -> Result<()> {
+fn render(mut a: RenderArgs) -> Result<()> {
     let start = Instant::now();
+    check_paths(&mut a)?;
     let device = select_device(a.device.parse::<DeviceChoice>()?)?;
     let dtype = parse_dtype(&a.precision)?;
     let model = BodyModel::load(&a.model, dtype, &device)?;
@@ -654,7 +661,7 @@ fn render(a: RenderArgs) -> Result<()> {
     );
     let plate = plate_of(&a, poses.paths())?;
     let framed = FramedSource::new(&plate, plate.framing, res);
-    let (photo, pw, ph) = pipeline::read_rgb8(&a.appearance)?;
+    let (photo, pw, ph) = pipeline::read_rgb8(appearance_path(&a))?;
     let cache = Cache::new(settings.cache_bytes);
     let counters = Counters::default();
     let shared = (a.shared_cache.as_ref()).map(|dir| {
@@ -842,6 +849,75 @@ impl Plate<'_> {
     }
 }
 
+/// `anchor inspect`: the body part, and the head part when the folder has one; fails (exit 1)
+/// when either has a problem, so scripts can check a folder before a farm job.
+fn inspect(model: &Path) -> Result<()> {
+    let body = inspect_model(model, true)?;
+    println!("{body}");
+    let mut ok = body.is_ok();
+    if model.join("head").is_dir() {
+        let head = inspect_model_part(model, ModelPart::Head, true)?;
+        println!("{head}");
+        ok &= head.is_ok();
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::Input(format!(
+            "model folder {} has the problems listed above",
+            model.display()
+        )))
+    }
+}
+
+/// The reference photo: `--appearance`, else the model folder's (resolved by [`check_paths`]).
+fn appearance_path(a: &RenderArgs) -> &Path {
+    a.appearance.as_deref().unwrap_or(Path::new(""))
+}
+
+/// Path mistakes, named by their option, before anything loads; fills in the model folder's
+/// default photo when `--appearance` is absent.
+fn check_paths(a: &mut RenderArgs) -> Result<()> {
+    let bad = |option: &str, path: &Path, what: &str| {
+        Err(EngineError::Input(format!(
+            "{option} {}: {what}",
+            path.display()
+        )))
+    };
+    if !a.model.is_dir() {
+        return bad("--model", &a.model, "no such model folder");
+    }
+    if !a.poses.is_dir() {
+        return bad("--poses", &a.poses, "no such folder of mesh renders");
+    }
+    if a.out.exists() && !a.out.is_dir() {
+        return bad("--out", &a.out, "is a file; give a folder for the frames");
+    }
+    for (option, path) in [("--noise", &a.noise), ("--appearance", &a.appearance)] {
+        if let Some(p) = path.as_deref().filter(|p| !p.is_file()) {
+            return bad(option, p, "no such file");
+        }
+    }
+    for (option, path) in [("--body", &a.body), ("--face-model", &a.face.face_model)] {
+        if let Some(p) = path.as_deref().filter(|p| !p.is_dir()) {
+            return bad(option, p, "no such folder");
+        }
+    }
+    if a.appearance.is_none() {
+        let layout = anchor_engine::model::ModelLayout::resolve(&a.model)?;
+        let photo = pipeline::default_appearance(&layout);
+        if !photo.is_file() {
+            return Err(EngineError::Input(format!(
+                "no --appearance given and the model folder has no {}: give the person's \
+                 reference photo with --appearance",
+                photo.display()
+            )));
+        }
+        a.appearance = Some(photo);
+    }
+    Ok(())
+}
+
 /// The frames of `selected` (clip indices) as frame numbers, for the header.
 fn describe_selection(clip: &NumberedClip, selected: &[usize]) -> String {
     let numbers: Vec<i64> = selected.iter().filter_map(|&i| clip.number_of(i)).collect();
@@ -863,7 +939,7 @@ fn stamp_of(a: &RenderArgs, settings: &RenderSettings) -> String {
     (s.device, s.cache_bytes, s.memory_limit) = (DeviceChoice::Auto, 0, None);
     format!(
         "{s:?}\nappearance {}\nnoise {:?}\nbody {:?}\nface model {:?}\n",
-        a.appearance.display(),
+        appearance_path(a).display(),
         a.noise,
         a.body,
         a.face.face_model
@@ -912,7 +988,7 @@ fn write_frames(
     create_dir(&a.out)?;
     let (dtype, device) = (body_model.dtype, &body_model.device);
     let face_stage = (a.face.face_model.as_deref())
-        .map(|dir| FaceStage::load(&a.face, dir, &a.appearance, dtype, device))
+        .map(|dir| FaceStage::load(&a.face, dir, appearance_path(a), dtype, device))
         .transpose()?;
     let face_pass = face_stage.as_ref().map(|st| st.pass(&a.face)).transpose()?;
     let face_inputs = face_pass
@@ -1096,11 +1172,10 @@ fn main() -> std::process::ExitCode {
     anchor_cli::logger::init((cli.verbose.min(4) as i8) - (cli.quiet.min(4) as i8));
     let r = match cli.command {
         Command::Render(a) => render(*a),
-        Command::Inspect { model } => inspect_model(&model, true).map(|report| {
-            println!("{report}");
-        }),
+        Command::Inspect { model } => inspect(&model),
         Command::Synth(a) => return tools::exit_code(tools::synth::run(&a)),
         Command::Cache(a) => return tools::exit_code(tools::cache::run(&a)),
+        Command::Assemble(a) => return tools::exit_code(tools::assemble::run(&a)),
         Command::Eval(a) => return tools::exit_code(tools::eval::run(&a)),
         Command::Train(a) => return train_args::exit_code(train_args::run_train(&a)),
         Command::TrainVae(a) => return train_args::exit_code(train_args::run_train_vae(&a)),

@@ -489,3 +489,145 @@ fn a_preview_of_a_middle_frame_costs_one_window() {
     assert_eq!(final_calls, 9, "the final frame's cone");
     eprintln!("frame 16 of 36: final {final_calls} calls, preview 3");
 }
+
+/// Path mistakes name their option before the model loads; without `--appearance` the model
+/// folder's `appearance.png` is the photo, as in the effect.
+#[test]
+fn path_mistakes_name_their_option_and_the_appearance_is_optional() {
+    let tmp = tempdir("paths");
+    let poses = poses(&tmp, 4, 64);
+    let file = tmp.join("afile");
+    std::fs::write(&file, b"x").unwrap();
+    // The tiny model with a default photo: its components linked, the photo beside them.
+    let tiny = tmp.join("model");
+    std::fs::create_dir_all(&tiny).unwrap();
+    for e in std::fs::read_dir(fixtures().join("tiny")).unwrap() {
+        let e = e.unwrap();
+        std::os::unix::fs::symlink(e.path(), tiny.join(e.file_name())).unwrap();
+    }
+    let photo = fixtures().join("photo.png");
+    std::fs::copy(&photo, tiny.join("appearance.png")).unwrap();
+    let args = |out: &Path, extra: &[&str]| -> Run {
+        let mut v = vec![
+            "render",
+            "--model",
+            tiny.to_str().unwrap(),
+            "--poses",
+            poses.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--resolution",
+            "64",
+            "--steps",
+            "2",
+            "--window",
+            "2",
+            "--overlap",
+            "0",
+            "--device",
+            "cpu",
+        ];
+        v.extend_from_slice(extra);
+        anchor(&v)
+    };
+    let r = args(&file, &[]);
+    assert!(
+        r.stderr.contains("--out") && r.stderr.contains("is a file"),
+        "{}",
+        r.stderr
+    );
+    let r = args(&tmp.join("o1"), &["--appearance", "/no/such/photo.png"]);
+    assert!(
+        r.stderr
+            .contains("--appearance /no/such/photo.png: no such file"),
+        "{}",
+        r.stderr
+    );
+    // The default photo: the same frames as naming it.
+    let (a, b) = (tmp.join("default"), tmp.join("named"));
+    let r = args(&a, &[]);
+    assert!(r.ok, "{}", r.stderr);
+    let r = args(&b, &["--appearance", photo.to_str().unwrap()]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(frames(&a), frames(&b));
+}
+
+/// `anchor inspect` reports the body (and head) part and fails on a folder with problems.
+#[test]
+fn inspect_exits_non_zero_on_problems() {
+    let tiny = fixtures().join("tiny");
+    let r = anchor(&["inspect", "--model", tiny.to_str().unwrap()]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stdout.contains("model part:   body"), "{}", r.stdout);
+    let tmp = tempdir("inspect");
+    let r = anchor(&["inspect", "--model", tmp.to_str().unwrap()]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("has the problems listed above"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// `anchor assemble` on a released layout built from the tiny fixtures: body/ and head/ only,
+/// with SD1.5 and CLIP folders elsewhere. Before, the folder does not render; after, it renders
+/// exactly as the complete tiny model, and inspect passes. A wrong SD1.5 folder is named and
+/// leaves no anchor.json.
+#[test]
+fn assemble_makes_a_released_layout_usable() {
+    let tmp = tempdir("assemble");
+    let fx = fixtures();
+    let link = |from: PathBuf, to: PathBuf| {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(from, to).unwrap();
+    };
+    let released = tmp.join("seth");
+    link(fx.join("tiny/unet"), released.join("body/unet"));
+    link(fx.join("tiny/controlnet"), released.join("body/controlnet"));
+    link(fx.join("tiny_face/head/unet"), released.join("head/unet"));
+    link(
+        fx.join("tiny_face/head/controlnet"),
+        released.join("head/controlnet"),
+    );
+    let sd15 = tmp.join("sd15");
+    for c in ["vae", "text_encoder", "scheduler"] {
+        link(fx.join("tiny").join(c), sd15.join(c));
+    }
+    let poses = poses(&tmp, 4, 64);
+    let r = try_render_model(&released, &poses, &tmp.join("before"), &[]);
+    assert!(!r.ok, "a released folder alone does not render");
+    let clip = fx.join("tiny/image_encoder");
+    let assemble = |sd15: &Path| {
+        anchor(&[
+            "assemble",
+            "--released",
+            released.to_str().unwrap(),
+            "--sd15",
+            sd15.to_str().unwrap(),
+            "--clip",
+            clip.to_str().unwrap(),
+        ])
+    };
+    let bad = assemble(&tmp);
+    assert!(
+        !bad.ok && bad.stderr.contains("no vae/ folder"),
+        "{}",
+        bad.stderr
+    );
+    assert!(!released.join("anchor.json").exists(), "nothing kept");
+    let r = assemble(&sd15);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("model part:   head"), "{}", r.stdout);
+    let again = assemble(&sd15);
+    assert!(
+        !again.ok && again.stderr.contains("--force"),
+        "{}",
+        again.stderr
+    );
+    let inspect = anchor(&["inspect", "--model", released.to_str().unwrap()]);
+    assert!(inspect.ok, "{}", inspect.stderr);
+    let (a, b) = (tmp.join("assembled"), tmp.join("complete"));
+    render_model(&released, &poses, &a, &[]);
+    render(&poses, &b, &[]);
+    assert_eq!(frames(&a), frames(&b));
+}

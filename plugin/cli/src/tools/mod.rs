@@ -5,6 +5,7 @@
 //! Plain Rust over `image`; no OFX types and no candle tensors.
 use std::path::{Path, PathBuf};
 
+pub mod assemble;
 pub mod cache;
 pub mod eval;
 pub mod synth;
