@@ -24,7 +24,7 @@ use anchor_engine::model::{
 use anchor_engine::networks::unet::ControlResiduals;
 use anchor_engine::pipeline::{self, PoseSequence};
 use anchor_engine::temporal::{
-    Cache, Counters, Fusion, NoProgress, Progress, SharedConfig, SharedStore, Tail,
+    Cache, Counters, Fusion, Key, KeyHasher, NoProgress, Progress, SharedConfig, SharedStore, Tail,
 };
 use anchor_engine::{weights, EngineError, Result};
 
@@ -69,7 +69,7 @@ enum Order {
     Random,
 }
 
-#[derive(Clone, Copy, PartialEq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
 enum AlphaChoice {
     Opaque,
     Silhouette,
@@ -197,7 +197,7 @@ struct RenderArgs {
     /// A preview: each frame from its own window alone, with no coupling to the neighbours
     /// (about --steps network batches per window instead of the whole clip's dependency cone).
     /// Not the final frames: previews never stand in for them.
-    #[arg(long, conflicts_with_all = ["dump_latents", "body"])]
+    #[arg(long, conflicts_with_all = ["dump_latents", "body", "face_temporal"])]
     preview: bool,
     /// Leave frames whose output file exists as they are (a requeued farm task resumes).
     #[arg(long)]
@@ -250,7 +250,7 @@ struct RenderArgs {
 }
 
 /// Face enhancement options; the defaults are the reference's.
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug)]
 struct FaceArgs {
     /// Face (head) model folder: a 9-channel inpainting unet/ (or head/), controlnet/, shared
     /// components as for the body model. Enables the face pass.
@@ -630,9 +630,13 @@ fn render(mut a: RenderArgs) -> Result<()> {
             .map_err(|e| EngineError::Input(format!("--frames {spec}: {e}")))?,
         None => (0..len).collect(),
     };
-    let stamp = stamp_of(&a, &settings);
-    check_stamp(&a, &stamp)?;
-    if a.skip_existing {
+    let stamp = stamp_of(&a, &settings, pipeline::model_identity(&model)?)?;
+    let replacing = check_stamp(&a, &stamp)?;
+    if a.skip_existing && replacing {
+        log::warn!(
+            "--overwrite replaces every frame: --skip-existing keeps none of other settings"
+        );
+    } else if a.skip_existing {
         let before = frames.len();
         frames.retain(|&f| !a.out.join(output_name(&poses, f)).is_file());
         log::info!(
@@ -640,6 +644,10 @@ fn render(mut a: RenderArgs) -> Result<()> {
             before - frames.len(),
             a.out.display()
         );
+    }
+    if frames.is_empty() {
+        println!("rendered 0 frames of {len} (all requested frames are in --out): 0 network calls");
+        return Ok(());
     }
     log::info!(
         "rendering {} of clip {} ({len} frames) on {}, {}, {res}x{res}, {} steps, windows {}/{} \
@@ -777,7 +785,9 @@ fn plate_of<'a>(a: &RenderArgs, paths: &'a [PathBuf]) -> Result<Plate<'a>> {
         .map_err(|e| EngineError::Input(format!("cannot read {}: {e}", paths[0].display())))?;
     let (w, h) = (w as usize, h as usize);
     let mut framing = Framing::parse(&a.framing, a.region.as_deref())?;
-    if a.face.face_model.is_some() && w != h && framing != Framing::Squash {
+    // Fit of a square plate is squash, bit for bit; anything else moves the face.
+    let squashes = framing == Framing::Squash || (framing == Framing::Fit && w == h);
+    if a.face.face_model.is_some() && !squashes {
         log::warn!(
             "the face pass places faces on the squashed frame: the {w}x{h} plate is rendered \
              with --framing squash, not {}",
@@ -785,14 +795,30 @@ fn plate_of<'a>(a: &RenderArgs, paths: &'a [PathBuf]) -> Result<Plate<'a>> {
         );
         framing = Framing::Squash;
     }
+    let rgba = a.alpha == AlphaChoice::Silhouette || matches!(framing, Framing::Region { .. });
+    let png = |p: &PathBuf| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if rgba && !paths.iter().all(png) {
+        return Err(EngineError::Input(format!(
+            "--alpha silhouette and --framing region write RGBA frames, named like the poses, but \
+             {} is not a PNG (JPEG holds no alpha): convert the poses to PNG",
+            paths
+                .iter()
+                .find(|p| !png(p))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )));
+    }
     Ok(Plate {
         paths,
         size: (w, h),
         framing,
         alpha: a.alpha,
-        feather: a.matte_feather,
+        feather: a.matte_feather.min(MAX_FEATHER),
     })
 }
+
+/// The largest silhouette feather, in pixels (a larger one only blurs the whole plate).
+const MAX_FEATHER: usize = 4096;
 
 /// The mesh renders at their own (plate) size, and how results go back onto the plate.
 struct Plate<'a> {
@@ -933,21 +959,36 @@ fn output_name(poses: &PoseSequence, f: usize) -> std::ffi::OsString {
 const STAMP: &str = ".anchor-render";
 
 /// The stamp of this render's frame-changing settings.
-fn stamp_of(a: &RenderArgs, settings: &RenderSettings) -> String {
+fn stamp_of(a: &RenderArgs, settings: &RenderSettings, model: Key) -> Result<String> {
     let mut s = settings.clone();
-    // Where and how fast it runs does not change the frames.
+    // Where and how fast it runs does not change the frames; the model is named by its
+    // identity and the photo and noise by their contents, so that paths spelled differently
+    // (relative, path-mapped on another worker) stamp alike.
     (s.device, s.cache_bytes, s.memory_limit) = (DeviceChoice::Auto, 0, None);
-    format!(
-        "{s:?}\nappearance {}\nnoise {:?}\nbody {:?}\nface model {:?}\n",
-        appearance_path(a).display(),
-        a.noise,
+    s.folder = PathBuf::new();
+    let content = |p: &Path| -> Result<Key> {
+        let bytes = std::fs::read(p).map_err(|e| EngineError::Io {
+            path: p.to_path_buf(),
+            source: e,
+        })?;
+        Ok(KeyHasher::tagged("stamp-file").bytes(&bytes).finish())
+    };
+    let noise = a.noise.as_deref().map(content).transpose()?;
+    Ok(format!(
+        "{s:?}\nmodel {model:?}\nappearance {:?}\nnoise {noise:?}\nbody {:?}\n\
+         framing {} alpha {:?} feather {}\nface {:?}\n",
+        content(appearance_path(a))?,
         a.body,
-        a.face.face_model
-    )
+        Framing::parse(&a.framing, a.region.as_deref())?,
+        a.alpha,
+        a.matte_feather,
+        a.face
+    ))
 }
 
-/// Refuses to mix frames of other settings into `--out` (unless `--overwrite`).
-fn check_stamp(a: &RenderArgs, stamp: &str) -> Result<()> {
+/// Refuses to mix frames of other settings into `--out` (unless `--overwrite`); true when the
+/// folder holds frames of other settings that this render replaces.
+fn check_stamp(a: &RenderArgs, stamp: &str) -> Result<bool> {
     let path = a.out.join(STAMP);
     match std::fs::read_to_string(&path) {
         Ok(old) if old != stamp && !a.overwrite => Err(EngineError::Input(format!(
@@ -958,9 +999,9 @@ fn check_stamp(a: &RenderArgs, stamp: &str) -> Result<()> {
         ))),
         Ok(old) if old != stamp => {
             log::warn!("{}: replacing frames of other settings", a.out.display());
-            Ok(())
+            Ok(true)
         }
-        _ => Ok(()),
+        _ => Ok(false),
     }
 }
 
@@ -969,10 +1010,22 @@ fn write_stamp(a: &RenderArgs, stamp: &str) -> Result<()> {
     create_dir(&a.out)?;
     // Written aside then renamed: the processes of a farm job read it while others write it.
     let path = a.out.join(STAMP);
-    let tmp = a.out.join(format!("{STAMP}.{}", std::process::id()));
-    std::fs::write(&tmp, stamp)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| EngineError::Io { path, source: e })
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == stamp) {
+        return Ok(());
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = a
+        .out
+        .join(format!("{STAMP}.{}.{nanos}", std::process::id()));
+    let written = std::fs::write(&tmp, stamp).and_then(|()| std::fs::rename(&tmp, &path));
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        // Another task of the job wrote the same stamp meanwhile.
+        Err(_) if std::fs::read_to_string(&path).is_ok_and(|old| old == stamp) => Ok(()),
+        r => r.map_err(|e| EngineError::Io { path, source: e }),
+    }
 }
 
 /// Denoises, decodes, runs the face pass on and writes `frames` of the prepared job.

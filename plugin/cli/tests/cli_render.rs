@@ -631,3 +631,40 @@ fn assemble_makes_a_released_layout_usable() {
     render(&poses, &b, &[]);
     assert_eq!(frames(&a), frames(&b));
 }
+
+/// `--overwrite` with `--skip-existing` re-renders frames of other settings instead of keeping
+/// them; framing is part of the settings; RGBA output needs PNG poses; a preview cannot feed the
+/// temporal face (its cone leaves the window).
+#[test]
+fn mixed_settings_are_never_kept_and_rgba_needs_png() {
+    let tmp = tempdir("mixed");
+    let poses = poses(&tmp, 6, 64);
+    let out = tmp.join("out");
+    render(&poses, &out, &["--preview"]);
+    let r = anchor_raw(&poses, &out, &["--skip-existing"]);
+    assert!(!r.ok && r.stderr.contains("--overwrite"), "{}", r.stderr);
+    let r = render(&poses, &out, &["--overwrite", "--skip-existing"]);
+    assert!(calls(&r) > 0, "every frame rendered again: {}", r.stdout);
+    render(&poses, &tmp.join("final-ref"), &[]);
+    assert_eq!(frames(&out), frames(&tmp.join("final-ref")));
+    assert_eq!(frames(&out).len(), 6);
+    // Framing is a setting: another framing into the same folder is refused.
+    let r = anchor_raw(&poses, &out, &["--framing", "squash", "--skip-existing"]);
+    assert!(!r.ok && r.stderr.contains("--overwrite"), "{}", r.stderr);
+    // JPEG poses cannot carry a silhouette alpha.
+    let jpeg = tmp.join("jpeg");
+    std::fs::create_dir_all(&jpeg).unwrap();
+    image::open(poses.join("f000.png"))
+        .unwrap()
+        .to_rgb8()
+        .save(jpeg.join("f000.jpg"))
+        .unwrap();
+    let r = anchor_raw(&jpeg, &tmp.join("j"), &["--alpha", "silhouette"]);
+    assert!(!r.ok && r.stderr.contains("is not a PNG"), "{}", r.stderr);
+    let r = anchor_raw(&poses, &tmp.join("p"), &["--preview", "--face-temporal"]);
+    assert!(
+        !r.ok && r.stderr.contains("cannot be used with"),
+        "{}",
+        r.stderr
+    );
+}
