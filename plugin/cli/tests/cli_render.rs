@@ -60,14 +60,19 @@ fn render_model(model: &Path, poses: &Path, out: &Path, extra: &[&str]) -> Run {
 /// `anchor render` of the tiny test settings, which may fail.
 fn try_render_model(model: &Path, poses: &Path, out: &Path, extra: &[&str]) -> Run {
     let photo = fixtures().join("photo.png");
+    let mut with_photo = vec!["--appearance", photo.to_str().unwrap()];
+    with_photo.extend_from_slice(extra);
+    try_render_photoless(model, poses, out, &with_photo)
+}
+
+/// `anchor render` of the tiny test settings without `--appearance` (unless `extra` gives one).
+fn try_render_photoless(model: &Path, poses: &Path, out: &Path, extra: &[&str]) -> Run {
     let mut args = vec![
         "render",
         "--model",
         model.to_str().unwrap(),
         "--poses",
         poses.to_str().unwrap(),
-        "--appearance",
-        photo.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--resolution",
@@ -507,29 +512,7 @@ fn path_mistakes_name_their_option_and_the_appearance_is_optional() {
     }
     let photo = fixtures().join("photo.png");
     std::fs::copy(&photo, tiny.join("appearance.png")).unwrap();
-    let args = |out: &Path, extra: &[&str]| -> Run {
-        let mut v = vec![
-            "render",
-            "--model",
-            tiny.to_str().unwrap(),
-            "--poses",
-            poses.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--resolution",
-            "64",
-            "--steps",
-            "2",
-            "--window",
-            "2",
-            "--overlap",
-            "0",
-            "--device",
-            "cpu",
-        ];
-        v.extend_from_slice(extra);
-        anchor(&v)
-    };
+    let args = |out: &Path, extra: &[&str]| try_render_photoless(&tiny, &poses, out, extra);
     let r = args(&file, &[]);
     assert!(
         r.stderr.contains("--out") && r.stderr.contains("is a file"),
