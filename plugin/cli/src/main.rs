@@ -12,15 +12,15 @@ use anchor_cli::tools;
 use anchor_cli::train_args;
 use anchor_engine::device::{parse_dtype, select_device, DeviceChoice};
 use anchor_engine::face;
+use anchor_engine::face_service;
 use anchor_engine::framing::{
     premultiply_rgba8, silhouette_matte, FramedSource, Framing, SILHOUETTE_THRESHOLD,
 };
+use anchor_engine::job::face::{head_reference, FaceFrames, FaceMode, FaceOverrides, FaceStep};
 use anchor_engine::job::{
     self, Appearance, BodyJob, ControlSource, JobContext, JobModel, JobRequest, RenderSettings,
 };
-use anchor_engine::model::{
-    inspect_model, inspect_model_part, BodyModel, DiffusionModel, ModelPart,
-};
+use anchor_engine::model::{inspect_model, inspect_model_part, BodyModel, ModelPart};
 use anchor_engine::networks::unet::ControlResiduals;
 use anchor_engine::pipeline::{self, PoseSequence};
 use anchor_engine::temporal::{
@@ -288,7 +288,9 @@ struct FaceArgs {
     /// Seed of the face's initial noise, shared by all frames [model default, else 999].
     #[arg(long)]
     face_seed: Option<u64>,
-    /// Smooth the crop transform over time with this weight on the new frame (0-1) [off].
+    /// Smooth the crop transform over time with this weight on the new frame (0-1) [off]. Each
+    /// frame reads the frames before it back to where their weight falls below 1e-6 (20 frames
+    /// at 0.5), so a farm chunk renders the same faces as the whole clip.
     #[arg(long)]
     face_smooth: Option<f64>,
     /// Temporal face (beyond the paper): denoise the face crops jointly in overlapping windows
@@ -424,56 +426,52 @@ fn write_image(path: &Path, data: Vec<u8>, w: usize, h: usize, channels: usize) 
     })
 }
 
-/// The loaded face model and head appearance of a render.
-struct FaceStage {
-    model: DiffusionModel,
-    tokens: candle_core::Tensor,
-    key: anchor_engine::temporal::Key,
-}
-
-impl FaceStage {
-    fn load(
-        args: &FaceArgs,
-        dir: &Path,
-        appearance: &Path,
-        dtype: candle_core::DType,
-        device: &candle_core::Device,
-    ) -> Result<Self> {
-        let model = DiffusionModel::load_part(dir, ModelPart::Head, dtype, device)?;
-        face::inpaint::check_head_model(&model)?;
-        let given = args.face_appearance.as_deref();
-        let photo = match face::inpaint::head_photo(given.is_some(), dir) {
-            face::inpaint::HeadPhoto::Given => given.unwrap_or(appearance).to_path_buf(),
-            face::inpaint::HeadPhoto::FaceModel(path) => path,
-            face::inpaint::HeadPhoto::Body => appearance.to_path_buf(),
-        };
-        let (rgb, w, h) = pipeline::read_rgb8(&photo)?;
-        let tokens = face::inpaint::encode_head_appearance(&model, &rgb, w, h)?;
-        let key = pipeline::folder_identity(&model.layout)?;
-        Ok(Self { model, tokens, key })
-    }
-
-    fn pass(&self, args: &FaceArgs) -> Result<face::FacePass<'_>> {
-        let d = &self.model.layout.face_defaults;
-        let settings = face::FaceSettings {
-            crop: args.face_crop.unwrap_or(d.crop),
-            inpaint: face::inpaint::InpaintSettings {
-                size: args.face_size.unwrap_or(d.size),
-                steps: args.face_steps.unwrap_or(d.steps),
-                guidance: args.face_cfg.unwrap_or(d.guidance_scale),
-                control_scale: args.face_control_scale.unwrap_or(d.control_scale),
-                seed: args.face_seed.unwrap_or(d.seed),
-                ..Default::default()
-            },
-            feather: face::feather::FeatherSettings {
-                erode: args.face_erode.unwrap_or(d.erode),
-                blur: args.face_blur.unwrap_or(d.blur),
-            },
-            parser: args.face_parser.clone(),
-            mesh_jpeg: args.face_mesh_jpeg.unwrap_or(d.mesh_jpeg),
-        };
-        face::FacePass::new(&self.model, &self.tokens, settings, self.key)
-    }
+/// The face pass of a render with `--face-model`: the settings given, else the face model's
+/// defaults; the head reference `--face-appearance`, else the face model's `head.png`, else the
+/// body's reference.
+fn face_step<'s>(
+    a: &RenderArgs,
+    dir: &Path,
+    dtype: candle_core::DType,
+    service: &'s face_service::FaceService,
+) -> Result<FaceStep<'s>> {
+    let f = &a.face;
+    let layout = anchor_engine::model::ModelLayout::resolve_part(dir, ModelPart::Head)?;
+    let overrides = FaceOverrides {
+        crop: f.face_crop,
+        size: f.face_size,
+        steps: f.face_steps,
+        guidance: f.face_cfg,
+        control_scale: f.face_control_scale,
+        seed: f.face_seed,
+        erode: f.face_erode,
+        blur: f.face_blur,
+        mesh_jpeg: f.face_mesh_jpeg,
+        parser: f.face_parser.clone(),
+    };
+    let request = face_service::FaceRequest {
+        folder: dir.to_path_buf(),
+        device: a.device.parse::<DeviceChoice>()?,
+        dtype,
+        settings: overrides.settings(&layout.face_defaults),
+        smoothing: f.face_smooth,
+    };
+    let read = |p: &Path| pipeline::read_rgb8(p).map(std::sync::Arc::new);
+    let given = f.face_appearance.as_deref().map(read).transpose()?;
+    let photo = head_reference(given, dir, || read(appearance_path(a)))?;
+    let mode = if f.face_temporal {
+        FaceMode::Temporal {
+            window: f.face_window,
+            overlap: f.face_overlap,
+        }
+    } else {
+        FaceMode::PerFrame
+    };
+    service.set_cache_budget(a.cache_mib.saturating_mul(1 << 20));
+    let step = FaceStep::new(service, request, photo, mode, None);
+    // Load the face model now: a folder that is not one fails before the body render.
+    step.prepare()?;
+    Ok(step)
 }
 
 /// Runs `work` on every frame of `order` from `threads` threads (each takes the next frame);
@@ -548,44 +546,6 @@ fn request_order(frames: &[usize], order: Order) -> Vec<usize> {
             }
             v
         }
-    }
-}
-
-/// The face pass on body frame `f` (`rgb`, `w × h`) with its mesh frame: the temporal face's
-/// frame when it runs, else the per-frame pass on the smoothed transform when there is one,
-/// else on the frame's own placement.
-fn enhance_frame(
-    pass: &face::FacePass<'_>,
-    inputs: &face::inputs::FaceInputs,
-    temporal: Option<(
-        &face::temporal::TemporalFace<'_>,
-        &anchor_engine::temporal::TemporalDenoiser<'_>,
-    )>,
-    smoothed: Option<&std::result::Result<face::enhance::ResolvedPlacement, face::SkipReason>>,
-    (f, rgb, w, h): (usize, &[u8], usize, usize),
-    mesh: &[u8],
-) -> Result<face::FaceResult> {
-    let fr = inputs.frame(f)?;
-    let placement = face::Placement {
-        matte: fr.matte.as_deref(),
-        landmarks: fr.landmarks,
-    };
-    let body = face::RgbFrame {
-        data: rgb,
-        width: w,
-        height: h,
-    };
-    let mesh = face::RgbFrame {
-        data: mesh,
-        width: w,
-        height: h,
-    };
-    if let Some((t, d)) = temporal {
-        return t.frame(d, f);
-    }
-    match smoothed {
-        Some(Ok(resolved)) => pass.enhance_with(body, mesh, &placement, resolved),
-        _ => pass.enhance(body, mesh, &placement),
     }
 }
 
@@ -702,6 +662,19 @@ fn render(mut a: RenderArgs) -> Result<()> {
     } else {
         vec![frames.clone()]
     };
+    // One bar for the whole render: the window batches of the requested frames' cones (a
+    // preview: one window per group), so that a farm chunk reaches 100 %.
+    let total = if settings.preview {
+        (groups.len() * settings.steps) as u64
+    } else {
+        settings.plan(len)?.cone_batches(&frames, settings.steps)
+    };
+    // -q silences the automatic progress; an explicit style stays.
+    let style = match a.progress {
+        ProgressStyle::Auto if !log::log_enabled!(log::Level::Info) => ProgressStyle::None,
+        s => s,
+    };
+    let bar = Bar::new(total, style);
     let mut windows = 0;
     for group in &groups {
         let request = JobRequest {
@@ -722,11 +695,12 @@ fn render(mut a: RenderArgs) -> Result<()> {
                 );
             }
             write_stamp(&a, &stamp)?;
-            write_frames(&a, job, (&poses, &plate, &framed), group, &model)?;
+            write_frames(&a, job, (&poses, &plate, &framed), group, &model, &bar)?;
             Ok(job.denoiser().plan().windows().len())
         })
         .map_err(EngineError::from)?;
     }
+    bar.finish();
     print_summary(
         frames.len(),
         len,
@@ -1035,16 +1009,16 @@ fn write_frames(
     (poses, plate, framed): (&PoseSequence, &Plate<'_>, &FramedSource<'_>),
     frames: &[usize],
     body_model: &BodyModel,
+    bar: &Bar,
 ) -> Result<()> {
     let denoiser = job.denoiser();
     let (res, len, steps) = (job.resolution(), poses.paths().len(), denoiser.steps());
     create_dir(&a.out)?;
-    let (dtype, device) = (body_model.dtype, &body_model.device);
-    let face_stage = (a.face.face_model.as_deref())
-        .map(|dir| FaceStage::load(&a.face, dir, appearance_path(a), dtype, device))
-        .transpose()?;
-    let face_pass = face_stage.as_ref().map(|st| st.pass(&a.face)).transpose()?;
-    let face_inputs = face_pass
+    let face = (a.face.face_model.as_deref())
+        .map(|dir| face_step(a, dir, body_model.dtype, face_service::global()))
+        .transpose()?
+        .map(|step| step.with_shared(denoiser.shared().cloned()));
+    let face_inputs = face
         .as_ref()
         .map(|_| {
             let (landmarks, matte) = (
@@ -1054,13 +1028,6 @@ fn write_frames(
             face::inputs::FaceInputs::open(landmarks, matte, poses.paths(), (res, res))
         })
         .transpose()?;
-    let smoothed = match (&face_pass, &face_inputs, a.face.face_smooth) {
-        (Some(pass), Some(inputs), Some(alpha)) => {
-            Some(smoothed_transforms(pass, inputs, len, res, alpha)?)
-        }
-        _ => None,
-    };
-    let face_counts = [AtomicUsize::new(0), AtomicUsize::new(0)];
     // A body frame: from --body, else from the body denoiser (cached).
     let body_frame = |f: usize, progress: &dyn Progress| -> Result<(Vec<u8>, usize, usize)> {
         match &a.body {
@@ -1072,72 +1039,39 @@ fn write_frames(
     let body_rgb = |f: usize| -> Result<Vec<u8>> { Ok(body_frame(f, &NoProgress)?.0) };
     // The mesh as the body saw it: framed at the working size.
     let mesh_rgb = |f: usize| Ok(framed.rgb8(f)?.0);
-    let clip_source = face_inputs
-        .as_ref()
-        .map(|inputs| face::inputs::RenderedClip {
-            inputs,
-            len,
-            body: &body_rgb,
-            mesh: &mesh_rgb,
-        });
-    let temporal_face = match (&face_pass, &clip_source, a.face.face_temporal) {
-        (Some(pass), Some(src), true) => Some(face::temporal::TemporalFace::new(
-            pass,
-            src,
-            face::temporal::TemporalFaceSettings {
-                window: a.face.face_window,
-                overlap: a.face.face_overlap,
-                smoothing: a.face.face_smooth,
-            },
-        )?),
-        _ => None,
-    };
-    let face_cache = Cache::new(a.cache_mib.saturating_mul(1 << 20));
-    let face_counters = Counters::default();
-    let face_denoiser = (temporal_face.as_ref())
-        .map(|t| t.denoiser(&face_cache, &face_counters))
-        .transpose()?;
+    let face_clip = (face_inputs.as_ref())
+        .map(|inputs| face::inputs::RenderedClip::new(inputs, len, &body_rgb, &mesh_rgb));
+    let face_counts = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
-    // -q silences the automatic progress; an explicit style stays.
-    let style = match a.progress {
-        ProgressStyle::Auto if !log::log_enabled!(log::Level::Info) => ProgressStyle::None,
-        s => s,
-    };
-    let bar = Bar::new((denoiser.plan().windows().len() * steps) as u64, style);
     if a.body.is_none() {
         // With a shared cache: the farm walk, claiming windows with the job's other processes.
-        job.prepare_frames(frames, &bar)?;
+        job.prepare_frames(frames, bar)?;
     }
-    let result = run_frames(&request_order(frames, a.order), a.threads, |f| {
-        body_frame(f, &bar).and_then(|(rgb, w, h)| {
-            let rgb = match (&face_pass, &face_inputs) {
-                (Some(pass), Some(inputs)) => {
-                    let temporal = temporal_face.as_ref().zip(face_denoiser.as_ref());
-                    let smoothed = smoothed.as_ref().and_then(|s| s.get(f));
-                    let out = enhance_frame(
-                        pass,
-                        inputs,
-                        temporal,
-                        smoothed,
-                        (f, &rgb, w, h),
-                        &framed.rgb8(f)?.0,
-                    )?;
-                    let i = usize::from(!matches!(out.status, face::FaceStatus::Enhanced(_)));
-                    face_counts[i].fetch_add(1, Ordering::Relaxed);
-                    out.rgb
-                }
-                _ => rgb,
-            };
+    let write_all = |faces: Option<&FaceFrames<'_>>| {
+        run_frames(&request_order(frames, a.order), a.threads, |f| {
+            let (mut rgb, _, _) = body_frame(f, bar)?;
+            if let Some(faces) = faces {
+                let out = faces.frame(f, &rgb, &mesh_rgb(f)?)?;
+                let i = usize::from(!matches!(out.status, face::FaceStatus::Enhanced(_)));
+                face_counts[i].fetch_add(1, Ordering::Relaxed);
+                rgb = out.rgb;
+            }
             let (data, pw, ph, channels) = plate.finish(f, &rgb, res)?;
             write_image(&a.out.join(output_name(poses, f)), data, pw, ph, channels)
         })
-    });
-    bar.finish();
+    };
+    let result = match (&face, &face_clip) {
+        (Some(step), Some(clip)) => step
+            .run(clip, |faces| Ok(write_all(Some(faces))))
+            .map_err(EngineError::from)
+            .and_then(|r| r),
+        _ => write_all(None),
+    };
     result?;
     if let Some(path) = &a.dump_latents {
-        dump_latents(path, denoiser, steps, len, &bar)?;
+        dump_latents(path, denoiser, steps, len, bar)?;
     }
-    if face_pass.is_some() {
+    if face.is_some() {
         print_face_summary(&face_counts);
     }
     Ok(())
@@ -1197,27 +1131,6 @@ fn read_body_frame(
         )));
     }
     Ok((rgb, w, h))
-}
-
-/// The face crop transforms of the whole clip, smoothed over time with `alpha`.
-fn smoothed_transforms(
-    pass: &face::FacePass<'_>,
-    inputs: &face::inputs::FaceInputs,
-    len: usize,
-    res: usize,
-    alpha: f64,
-) -> Result<Vec<std::result::Result<face::enhance::ResolvedPlacement, face::SkipReason>>> {
-    let frames = (0..len)
-        .map(|f| inputs.frame(f))
-        .collect::<Result<Vec<_>>>()?;
-    let placements: Vec<face::Placement> = frames
-        .iter()
-        .map(|fr| face::Placement {
-            matte: fr.matte.as_deref(),
-            landmarks: fr.landmarks,
-        })
-        .collect();
-    Ok(pass.clip_transforms(&placements, res, res, Some(alpha)))
 }
 
 fn main() -> std::process::ExitCode {

@@ -140,6 +140,17 @@ fn face_args(landmarks: Option<&Path>, matte: Option<&Path>) -> Vec<String> {
     v
 }
 
+/// A landmarks file listing the face of each of the `n` frames, in `dir`.
+fn landmarks_file(dir: &Path, n: usize) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let mut map = serde_json::Map::new();
+    for i in 0..n {
+        map.insert(format!("{i:06}"), serde_json::json!(landmarks(i)));
+    }
+    let path = dir.join("landmarks.json");
+    std::fs::write(&path, serde_json::Value::Object(map).to_string())?;
+    Ok(path)
+}
+
 fn read(dir: &Path, i: usize) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     Ok(image::open(dir.join(format!("{i:06}.png")))?
         .to_rgb8()
@@ -472,12 +483,7 @@ fn face_parser_flag_changes_the_mask_and_rejects_a_wrong_checkpoint() -> TestRes
     let tmp = tempdir("parser")?;
     let n = 2;
     let poses = poses(&tmp, n)?;
-    let mut map = serde_json::Map::new();
-    for i in 0..n {
-        map.insert(format!("{i:06}"), serde_json::json!(landmarks(i)));
-    }
-    let lm_file = tmp.join("landmarks.json");
-    std::fs::write(&lm_file, serde_json::Value::Object(map).to_string())?;
+    let lm_file = landmarks_file(&tmp, n)?;
 
     let template_dir = tmp.join("template");
     render(&poses, &template_dir, &face_args(Some(&lm_file), None))?;
@@ -514,5 +520,75 @@ fn face_parser_flag_changes_the_mask_and_rejects_a_wrong_checkpoint() -> TestRes
     println!("{err}");
     assert!(err.contains("not a face-parsing.PyTorch BiSeNet"), "{err}");
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// `(read, published)` of the shared-cache summary line.
+fn shared_counts(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("shared cache"))
+        .unwrap_or_else(|| panic!("no shared-cache line in {stdout}"));
+    let num = |word: &str| -> u64 {
+        let before = line.split(word).next().unwrap_or_default();
+        before
+            .trim_end()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .unwrap()
+    };
+    (num(" read"), num(" published"))
+}
+
+#[test]
+fn a_shared_cache_carries_the_face_pass_to_the_other_processes() -> TestResult {
+    let tmp = tempdir("shared")?;
+    let n = 4;
+    let poses = poses(&tmp, n)?;
+    let lm_file = landmarks_file(&tmp, n)?;
+    for temporal in [false, true] {
+        // Two processes, one after the other, on one shared folder each: body only, then with
+        // the face pass.
+        let runs = |tag: &str, face: bool| -> Result<(Run, Run), Box<dyn std::error::Error>> {
+            let shared = tmp.join(format!("shared-{tag}-{temporal}"));
+            let mut extra = vec!["--shared-cache".to_string(), shared.display().to_string()];
+            if face {
+                extra.extend(face_args(Some(&lm_file), None));
+                if temporal {
+                    extra.extend(["--face-temporal".into(), "--face-window".into(), "2".into()]);
+                    extra.extend(["--face-overlap".into(), "1".into()]);
+                }
+            }
+            let a = render(&poses, &tmp.join(format!("{tag}-a-{temporal}")), &extra)?;
+            let b = render(&poses, &tmp.join(format!("{tag}-b-{temporal}")), &extra)?;
+            Ok((a, b))
+        };
+        let (body_a, body_b) = runs("body", false)?;
+        let (face_a, face_b) = runs("face", true)?;
+        let (body_pub, face_pub) = (
+            shared_counts(&body_a.stdout).1,
+            shared_counts(&face_a.stdout).1,
+        );
+        assert!(
+            face_pub > body_pub,
+            "temporal {temporal}: the face pass published nothing ({face_pub} vs {body_pub})"
+        );
+        let (face_read, face_b_pub) = shared_counts(&face_b.stdout);
+        assert_eq!(face_b_pub, 0, "temporal {temporal}: {}", face_b.stdout);
+        assert!(
+            face_read > shared_counts(&body_b.stdout).0,
+            "temporal {temporal}: the second process did not read the faces: {}",
+            face_b.stdout
+        );
+        for i in 0..n {
+            assert_eq!(
+                read(&tmp.join(format!("face-a-{temporal}")), i)?,
+                read(&tmp.join(format!("face-b-{temporal}")), i)?,
+                "temporal {temporal}: frame {i}"
+            );
+        }
+    }
     Ok(())
 }

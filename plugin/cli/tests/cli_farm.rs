@@ -188,3 +188,28 @@ fn an_unwritable_shared_folder_falls_back_to_local_work_with_one_warning() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_chunks_progress_counts_its_own_cone_and_climbs_to_the_end() {
+    let tmp = tempdir("chunk-progress");
+    let poses = poses(&tmp, 24);
+    let (stdout, stderr) = finish(
+        command(&poses, &tmp.join("out"), "4", &["--frames", "0-3"])
+            .spawn()
+            .unwrap(),
+    );
+    let pcts: Vec<u64> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("anchor: progress "))
+        .filter_map(|l| l.split('%').next()?.parse().ok())
+        .collect();
+    // Frames 0-3 need a fraction of the clip's 32 batches: with the whole clip as the total the
+    // bar stalled near 40 % and jumped to 100 % at the end.
+    assert!(calls(&stdout) < 32, "{stdout}");
+    assert!(
+        pcts.iter().any(|&p| (80..100).contains(&p)),
+        "progress {pcts:?} should climb past 80 % before the end:\n{stderr}"
+    );
+    assert!(pcts.windows(2).all(|w| w[0] < w[1]), "{pcts:?}");
+    assert_eq!(pcts.last(), Some(&100), "{stderr}");
+}

@@ -119,6 +119,67 @@ impl Action {
 struct InstanceData {
     /// The context the instance was created in.
     general: bool,
+    /// The sequence renders running on the instance (Begin/EndSequenceRender), by kind.
+    sequences: parking_lot::Mutex<SequenceRenders>,
+}
+
+/// The sequence renders running on one instance: how many began as interactive (a host viewer,
+/// `kOfxPropIsInteractive` = 1) and how many not (a final render), and not yet ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct SequenceRenders {
+    /// Interactive sequences running.
+    interactive: usize,
+    /// Non-interactive (final) sequences running.
+    final_renders: usize,
+}
+
+impl SequenceRenders {
+    /// A BeginSequenceRender; `interactive` as its `kOfxPropIsInteractive` (missing: false).
+    fn begin(&mut self, interactive: bool) {
+        if interactive {
+            self.interactive += 1;
+        } else {
+            self.final_renders += 1;
+        }
+    }
+
+    /// An EndSequenceRender; `interactive` as its `kOfxPropIsInteractive`, `None` when the host
+    /// gave none. Saturating: an End without a Begin changes nothing.
+    ///
+    /// Without the flag the End is taken for an interactive one while any is running, and for a
+    /// final one only when none is: the worst a wrong guess can then do is leave a final count
+    /// behind (exact, slower frames until the instance goes), never end a final render that is
+    /// still running, which would let the frames it still renders become previews.
+    fn end(&mut self, interactive: Option<bool>) {
+        let interactive = interactive.unwrap_or(self.interactive > 0);
+        let count = if interactive {
+            &mut self.interactive
+        } else {
+            &mut self.final_renders
+        };
+        *count = count.saturating_sub(1);
+    }
+
+    /// Whether a Render now previews for the running sequences: at least one interactive
+    /// sequence and no final one.
+    ///
+    /// The safety rule: final renders stay exact. A final (non-interactive) sequence that
+    /// overlaps a viewer's sequence on the same instance cannot tell its Render calls from the
+    /// viewer's, so while any final sequence runs every Render is exact; a Render outside any
+    /// sequence is final too. Only the host's draft quality or the `preview` parameter preview
+    /// then.
+    fn preview(self) -> bool {
+        self.interactive > 0 && self.final_renders == 0
+    }
+}
+
+/// The instance data of `effect`: `None` when it has none (a null pointer) or it cannot be read.
+fn instance_data<'a>(effect: ImageEffect) -> Option<&'a InstanceData> {
+    let data = effect.instance_data().ok()?.cast::<InstanceData>();
+    // SAFETY: a non-null pointer was made by Box::into_raw in create_instance and is freed only
+    // in DestroyInstance, which the host never runs alongside another action on the instance;
+    // the data is shared read-only apart from the Mutex.
+    unsafe { data.as_ref() }
 }
 
 /// Run one action.
@@ -161,7 +222,7 @@ fn run(
         // one it still converts depth and layout, which the host cannot do for us everywhere.
         Action::IsIdentity => Ok(Status::ReplyDefault),
         Action::BeginSequenceRender | Action::EndSequenceRender => {
-            let first = sequence_render(known, in_args);
+            let first = sequence_render(known, effect, in_args);
             if known == Action::BeginSequenceRender {
                 super::body::prepare(effect, first);
             }
@@ -174,7 +235,21 @@ fn run(
             let draft = in_args
                 .get_int(RENDER_QUALITY_DRAFT, 0)
                 .is_ok_and(|v| v != 0);
-            render::render(effect, time, window, draft)
+            // Interactive sequences (a viewer) preview too, but only while no final sequence
+            // runs on the instance: final renders stay exact (SequenceRenders::preview).
+            let sequences = instance_data(effect)
+                .map(|d| *d.sequences.lock())
+                .unwrap_or_default();
+            let preview = draft || sequences.preview();
+            if preview {
+                log::debug!(
+                    "Render at {time}: preview (draft {draft}, sequences running: {} \
+                     interactive, {} final)",
+                    sequences.interactive,
+                    sequences.final_renders
+                );
+            }
+            render::render(effect, time, window, preview)
         }
         Action::PurgeCaches => {
             let kept = state::with(|g| g.caches.clear());
@@ -325,12 +400,18 @@ fn describe_in_context(effect: ImageEffect, in_args: PropertySet) -> Result<Stat
 fn create_instance(effect: ImageEffect) -> Result<Status, EffectError> {
     let context = effect.context()?;
     let general = context.as_bytes() == kOfxImageEffectContextGeneral.to_bytes();
-    let data = Box::into_raw(Box::new(InstanceData { general }));
+    let data = Box::into_raw(Box::new(InstanceData {
+        general,
+        sequences: parking_lot::Mutex::new(SequenceRenders::default()),
+    }));
     if let Err(e) = effect.set_instance_data(data.cast::<c_void>()) {
         // SAFETY: `data` came from Box::into_raw above and was not stored anywhere.
         drop(unsafe { Box::from_raw(data) });
         return Err(e.into());
     }
+    // A model folder from MAKE_YOUR_ANCHOR_MODEL recommends its settings as a chosen one does;
+    // values a project saved away from the table defaults stay.
+    load_model_defaults(effect, params::DefaultsPart::Body, true);
     update_ui(effect);
     log::debug!(
         "created instance {:?} (general context: {general})",
@@ -347,9 +428,10 @@ fn destroy_instance(effect: ImageEffect) -> Result<Status, EffectError> {
         // as it is cleared from the instance first.
         let data = unsafe { Box::from_raw(data) };
         log::debug!(
-            "destroyed instance {:?} (general context: {})",
+            "destroyed instance {:?} (general context: {}, sequence renders still running: {:?})",
             effect.raw(),
-            data.general
+            data.general,
+            data.sequences.lock()
         );
     }
     Ok(Status::Ok)
@@ -366,10 +448,10 @@ fn instance_changed(effect: ImageEffect, in_args: PropertySet) -> Result<Status,
     // load or the plugin's own edits do not, so saved values stay.
     let user = kOfxChangeUserEdited.to_str().is_ok_and(|u| reason == u);
     if user && name == MODEL_FOLDER {
-        load_model_defaults(effect, params::DefaultsPart::Body);
+        load_model_defaults(effect, params::DefaultsPart::Body, false);
     }
     if user && name == FACE_MODEL_FOLDER {
-        load_model_defaults(effect, params::DefaultsPart::Face);
+        load_model_defaults(effect, params::DefaultsPart::Face, false);
     }
     if name == FACE_ENHANCE || name == MODEL_FOLDER {
         update_ui(effect);
@@ -379,13 +461,18 @@ fn instance_changed(effect: ImageEffect, in_args: PropertySet) -> Result<Status,
 
 /// Sets the sampling (or face) parameters to the values the chosen model folder's `anchor.json`
 /// recommends. Best effort: a folder without `anchor.json` changes nothing, and a value the host
-/// refuses is logged and skipped.
-fn load_model_defaults(effect: ImageEffect, part: params::DefaultsPart) {
+/// refuses is logged and skipped. With `from_env`, only when the folder comes from
+/// `MAKE_YOUR_ANCHOR_MODEL` (the parameter is empty), and only parameters still at their table
+/// default.
+fn load_model_defaults(effect: ImageEffect, part: params::DefaultsPart, from_env: bool) {
     let result = (|| -> Result<(), EffectError> {
         let set = effect.param_set()?;
         let folder = match part {
             params::DefaultsPart::Body => {
                 let typed = set.param(MODEL_FOLDER)?.string()?;
+                if from_env && !typed.trim().is_empty() {
+                    return Ok(());
+                }
                 let env = std::env::var(params::ENV_MODEL_FOLDER).ok();
                 match params::resolve_model_folder(&typed, env.as_deref()) {
                     Ok(Some(folder)) => folder,
@@ -397,6 +484,9 @@ fn load_model_defaults(effect: ImageEffect, part: params::DefaultsPart) {
             }
         };
         for (name, value) in params::model_default_values(&folder, part) {
+            if from_env && !at_table_default(set, name) {
+                continue;
+            }
             let r = set.param(name).and_then(|p| match value {
                 params::ParamValue::Int(v) => p.set_int(v),
                 params::ParamValue::Double(v) => p.set_double(v),
@@ -414,6 +504,21 @@ fn load_model_defaults(effect: ImageEffect, part: params::DefaultsPart) {
     if let Err(e) = result {
         log::debug!("could not load the model's default settings: {e}");
     }
+}
+
+/// Whether parameter `name` holds its table default (false when it cannot be read).
+fn at_table_default(set: anchor_ofx::ParamSet, name: &str) -> bool {
+    let Some(spec) = params::spec(name) else {
+        return false;
+    };
+    let Ok(p) = set.param(name) else {
+        return false;
+    };
+    let value = match spec.kind {
+        params::Kind::Double { .. } => p.double().map(params::ParamValue::Double),
+        _ => p.int().map(params::ParamValue::Int),
+    };
+    value.is_ok_and(|v| v == params::table_default(spec))
 }
 
 /// Grey out the Face page's parameters unless `faceEnhance` is on, and flag a model folder that does not
@@ -617,16 +722,30 @@ fn clip_preferences(effect: ImageEffect, out_args: PropertySet) -> Result<Status
 /// `kOfxImageEffectPropRenderQualityDraft` (OFX 1.4; not in the openfx crate's constants).
 const RENDER_QUALITY_DRAFT: &std::ffi::CStr = c"OfxImageEffectPropRenderQualityDraft";
 
-/// Logs a Begin/EndSequenceRender and returns the first frame of its range (0 when the host
-/// gives none).
-fn sequence_render(action: Action, in_args: PropertySet) -> f64 {
+/// Counts a Begin/EndSequenceRender on the instance's running sequences by its
+/// `kOfxPropIsInteractive` (never fails: a missing flag is "not interactive" on Begin, and
+/// unknown on End, see [`SequenceRenders::end`]), logs it, and returns the first frame of its
+/// range (0 when the host gives none).
+fn sequence_render(action: Action, effect: ImageEffect, in_args: PropertySet) -> f64 {
     let range = in_args
         .get_double_n(kOfxImageEffectPropFrameRange)
         .unwrap_or_default();
     let interactive = in_args
         .get_int(kOfxPropIsInteractive, 0)
-        .is_ok_and(|v| v != 0);
-    log::debug!("{action:?}: frames {range:?}, interactive {interactive}");
+        .ok()
+        .map(|v| v != 0);
+    let running = instance_data(effect).map(|d| {
+        let mut sequences = d.sequences.lock();
+        if action == Action::BeginSequenceRender {
+            sequences.begin(interactive.unwrap_or(false));
+        } else {
+            sequences.end(interactive);
+        }
+        *sequences
+    });
+    log::debug!(
+        "{action:?}: frames {range:?}, interactive {interactive:?}; running on the instance: {running:?}"
+    );
     range.first().copied().unwrap_or(0.0)
 }
 
@@ -645,5 +764,47 @@ mod tests {
         assert_eq!(ACTIONS.len(), 18);
         assert!(!Action::Describe.has_instance());
         assert!(Action::Render.has_instance());
+    }
+
+    #[test]
+    fn interactive_sequences_preview_unless_a_final_one_runs() {
+        let mut s = SequenceRenders::default();
+        assert!(!s.preview(), "a Render outside any sequence is final");
+        s.begin(true);
+        assert!(s.preview(), "a viewer's sequence previews");
+        s.begin(false);
+        assert!(
+            !s.preview(),
+            "a final sequence overlapping it renders exact frames"
+        );
+        s.end(Some(true));
+        assert!(!s.preview(), "the final sequence still runs");
+        s.end(Some(false));
+        assert_eq!(s, SequenceRenders::default());
+        assert!(!s.preview());
+        // Saturating: an End without a Begin changes nothing.
+        s.end(Some(true));
+        s.end(Some(false));
+        s.end(None);
+        assert_eq!(s, SequenceRenders::default());
+    }
+
+    #[test]
+    fn an_end_without_the_flag_never_ends_a_running_final_sequence_first() {
+        let mut s = SequenceRenders::default();
+        s.begin(true);
+        s.begin(false);
+        s.end(None);
+        assert_eq!(
+            s,
+            SequenceRenders {
+                interactive: 0,
+                final_renders: 1
+            },
+            "the interactive count goes first, so the final one stays exact"
+        );
+        assert!(!s.preview());
+        s.end(None);
+        assert_eq!(s, SequenceRenders::default());
     }
 }

@@ -516,18 +516,15 @@ fn source_rod(clip: &Clip, time: f64) -> Result<Rect, EffectError> {
     Ok(rod)
 }
 
-/// The progress total of frame `index`: at most every window meeting its cone, at every step
-/// (fewer when cached or shared).
+/// The progress total of frame `index`: the window batches of its cone, step by step (fewer
+/// run when cached or shared); a preview runs one window.
 fn batches_at_most(rs: &RenderSettings, len: usize, index: usize) -> usize {
-    match (rs.plan(len), rs.frames_needed(len, index)) {
-        (Ok(plan), Ok(cone)) => {
-            let windows = plan.windows().iter();
-            windows
-                .filter(|w| w.start < cone.end && cone.start < w.end)
-                .count()
-                * rs.steps
-        }
-        _ => rs.steps,
+    if rs.preview {
+        return rs.steps;
+    }
+    match rs.plan(len) {
+        Ok(plan) => plan.cone_batches(&[index], rs.steps) as usize,
+        Err(_) => rs.steps,
     }
 }
 
@@ -614,6 +611,7 @@ pub fn prepare(effect: ImageEffect, time: f64) {
                 folder.display()
             ),
         }
+        super::face::prepare(&settings, &rs);
         Ok(())
     })();
     if let Err(e) = result {

@@ -38,12 +38,13 @@ use super::error::EffectError;
 use super::params::{self, Settings};
 use super::{FACE_APPEARANCE_CLIP, FACE_MATTE_CLIP, SOURCE_CLIP};
 use crate::engine::face::feather::FeatherSettings;
-use crate::engine::face::inpaint::{head_photo, HeadPhoto, InpaintSettings};
+use crate::engine::face::inpaint::InpaintSettings;
 use crate::engine::face::landmarks::{FivePoints, LandmarkTrack};
 use crate::engine::face::temporal::FaceClipSource;
 use crate::engine::face::warp::resize_linear_u8;
-use crate::engine::face::{FaceSettings, FaceStatus, RgbFrame, SkipReason};
+use crate::engine::face::{FaceSettings, FaceStatus, SkipReason};
 use crate::engine::face_service::{self, FaceError, FaceRequest, FramePlacement};
+use crate::engine::job::face::{head_reference, FaceMode, FaceStep};
 use crate::engine::model::ModelLayout;
 use crate::engine::pipeline;
 use crate::engine::resample::{resize_rgb8, Filter};
@@ -120,6 +121,42 @@ pub fn face_settings(settings: &Settings) -> FaceSettings {
             .filter(|p| !p.is_empty())
             .map(PathBuf::from),
         mesh_jpeg: settings.face_mesh_jpeg,
+    }
+}
+
+/// The face-pass request of `settings` with the face model `folder`, on the body's device and
+/// precision.
+pub fn face_request(settings: &Settings, body: &RenderSettings, folder: &Path) -> FaceRequest {
+    FaceRequest {
+        folder: folder.to_path_buf(),
+        device: body.device,
+        dtype: body.dtype,
+        settings: face_settings(settings),
+        smoothing: smoothing_weight(settings.face_smoothing),
+    }
+}
+
+/// Loads the face model of `settings` ahead of the first Render (BeginSequenceRender), when the
+/// face pass is on. Best effort: a folder that cannot be loaded is reported by the Render that
+/// meets it.
+pub fn prepare(settings: &Settings, body: &RenderSettings) {
+    if !settings.face_enhance {
+        return;
+    }
+    let Ok(folder) = resolve_face_folder(&settings.face_model_folder) else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    match face_service::global().prepare_model(&face_request(settings, body, &folder)) {
+        Ok(()) => log::debug!(
+            "BeginSequenceRender: face model {} ready in {:.2} s",
+            folder.display(),
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => log::debug!(
+            "BeginSequenceRender: face model {} not loaded ahead ({e})",
+            folder.display()
+        ),
     }
 }
 
@@ -242,14 +279,7 @@ pub fn enhance(frame: &FaceFrame<'_>, body: Vec<u8>, size: usize) -> Result<Vec<
     let time = frame.time;
     let settings = frame.settings;
     let folder = resolve_face_folder(&settings.face_model_folder)?;
-    let smoothing = smoothing_weight(settings.face_smoothing);
-    let request = FaceRequest {
-        folder: folder.clone(),
-        device: frame.body.device,
-        dtype: frame.body.dtype,
-        settings: face_settings(settings),
-        smoothing,
-    };
+    let request = face_request(settings, frame.body, &folder);
     let effect = frame.effect;
 
     // The head reference photo.
@@ -268,28 +298,17 @@ pub fn enhance(frame: &FaceFrame<'_>, body: Vec<u8>, size: usize) -> Result<Vec<
     } else {
         None
     };
-    let default_photo;
-    let in_model;
     let no_photo = |e: EngineError| EffectError::NoAppearance {
         time,
         detail: e.to_string(),
     };
-    let photo = match (
-        head_photo(face_photo.is_some(), &folder),
-        &face_photo,
-        frame.body_photo,
-    ) {
-        (HeadPhoto::Given, Some(p), _) => p,
-        (HeadPhoto::FaceModel(path), _, _) => {
-            in_model = pipeline::read_rgb8_memo(&path).map_err(no_photo)?;
-            &in_model
+    let photo = head_reference(face_photo.map(Arc::new), &folder, || {
+        match frame.body_photo {
+            Some(p) => Ok(Arc::new(p.clone())),
+            None => default_photo_of(&frame.body.folder),
         }
-        (_, _, Some(p)) => p,
-        (_, _, None) => {
-            default_photo = default_photo_of(&frame.body.folder).map_err(no_photo)?;
-            &default_photo
-        }
-    };
+    })
+    .map_err(no_photo)?;
 
     // The mesh: the Source frame at the working size, as the body's control frame.
     let (mesh, mw, mh) = image_rgb8(frame.source, time, SOURCE_CLIP, frame.encoding)
@@ -330,55 +349,27 @@ pub fn enhance(frame: &FaceFrame<'_>, body: Vec<u8>, size: usize) -> Result<Vec<
     };
     let service = face_service::global();
     service.set_cache_budget(frame.body.cache_bytes);
-    let photo_frame = RgbFrame {
-        data: &photo.0,
-        width: photo.1,
-        height: photo.2,
-    };
     if settings.face_temporal && !frame.temporal {
         warn_no_temporal_face(effect);
     }
-    if settings.face_temporal && frame.temporal {
-        let clip = OfxFaceClip {
-            placements: &placements,
-            body_now: &body,
-        };
+    let mode = if settings.face_temporal && frame.temporal {
         let pos = |v: i32| usize::try_from(v).unwrap_or(0);
-        let outcome = service
-            .enhance_temporal(
-                &request,
-                photo_frame,
-                &clip,
-                frame.index,
-                pos(settings.face_window).max(1),
-                pos(settings.face_overlap),
-            )
-            .map_err(|e| face_error(e, time))?;
-        return Ok(finish(frame, &folder, outcome));
-    }
-    let current = placements.at(frame.index, settings.face_points)?;
-    let history = match smoothing {
-        Some(alpha) => smoothing_history(frame, &placements, alpha)?,
-        None => Vec::new(),
+        FaceMode::Temporal {
+            window: pos(settings.face_window).max(1),
+            overlap: pos(settings.face_overlap),
+        }
+    } else {
+        FaceMode::PerFrame
     };
-
-    let outcome = service
-        .enhance(
-            &request,
-            photo_frame,
-            RgbFrame {
-                data: &body,
-                width: size,
-                height: size,
-            },
-            RgbFrame {
-                data: &mesh,
-                width: size,
-                height: size,
-            },
-            &history,
-            &current,
-        )
+    let gate = crate::engine::service::global().gate();
+    let step = FaceStep::new(service, request, photo, mode, Some(gate))
+        .with_shared(crate::engine::service::global().shared_cache());
+    let clip = OfxFaceClip {
+        placements: &placements,
+        body_now: &body,
+    };
+    let outcome = step
+        .run(&clip, |faces| faces.frame(frame.index, &body, &mesh))
         .map_err(|e| face_error(e, time))?;
     Ok(finish(frame, &folder, outcome))
 }
@@ -480,40 +471,30 @@ impl FaceClipSource for OfxFaceClip<'_> {
             .map_err(|e| EngineError::Input(e.to_string()))?;
         Ok((p.matte, p.landmarks))
     }
+    /// Other frames' mattes need temporal clip access: without it only the landmarks of the
+    /// earlier frames smooth the crop.
+    fn history_placement(&self, f: usize) -> EngineResult<(Option<Vec<u8>>, Option<FivePoints>)> {
+        if self.placements.frame.temporal {
+            return self.placement(f);
+        }
+        let no_matte = Placements {
+            matte: None,
+            track: self.placements.track.clone(),
+            ..*self.placements
+        };
+        let frame = self.placements.frame;
+        let points = params::face_points_at(no_matte.params, frame.frames.time(f));
+        let p = no_matte
+            .at(f, points)
+            .map_err(|e| EngineError::Input(e.to_string()))?;
+        Ok((p.matte, p.landmarks))
+    }
 }
 
 /// The model folder's default reference photo (`appearance.png`), decoded once.
 fn default_photo_of(folder: &Path) -> EngineResult<std::sync::Arc<(Vec<u8>, usize, usize)>> {
     let layout = ModelLayout::resolve(folder)?;
     pipeline::read_default_appearance(&layout, crate::engine::registry::global())
-}
-
-/// The placements of the frames before the current one that the crop smoothing with weight
-/// `alpha` reads, oldest first. Other frames' mattes need temporal access; without it only the
-/// landmarks of the history smooth the crop.
-fn smoothing_history(
-    frame: &FaceFrame<'_>,
-    placements: &Placements<'_>,
-    alpha: f64,
-) -> Result<Vec<FramePlacement>, EffectError> {
-    let n = face_service::smoothing_history(alpha).min(frame.index);
-    let mut h = Vec::with_capacity(n);
-    for f in frame.index - n..frame.index {
-        let t = frame.frames.time(f);
-        let points = params::face_points_at(placements.params, t);
-        let p = if frame.temporal {
-            placements.at(f, points)?
-        } else {
-            let no_matte = Placements {
-                matte: None,
-                track: placements.track.clone(),
-                ..*placements
-            };
-            no_matte.at(f, points)?
-        };
-        h.push(p);
-    }
-    Ok(h)
 }
 
 /// The `faceLandmarksFile` track, read once per file version; `None` when the parameter is

@@ -377,7 +377,7 @@ pub const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: PREVIEW,
         label: "Preview",
-        hint: "Render each frame from its own window alone, denoised with no coupling to its neighbours: about Steps network batches per window instead of the whole clip's dependency cone, for scrubbing and viewers. Previews are never used as final frames. The host's draft render quality turns this on too.",
+        hint: "Render each frame from its own window alone, denoised with no coupling to its neighbours: about Steps network batches per window instead of the whole clip's dependency cone, for scrubbing and viewers. Previews are never used as final frames. The host's draft render quality and interactive (viewer) renders turn this on too, unless a final render runs on the same instance.",
         page: PAGE_MODEL,
         kind: Kind::Bool { default: false },
         store: Store::Number(|s, v| s.preview = v.flag()),
@@ -1155,6 +1155,9 @@ impl Settings {
     pub fn read(params: ParamSet, time: f64) -> anchor_ofx::Result<Self> {
         let mut settings = Self::default();
         let mut missed = Vec::<&'static str>::new();
+        // Body sampling parameters still at the table default: with the model folder from
+        // `MAKE_YOUR_ANCHOR_MODEL` they take its `anchor.json` values, as `anchor render` does.
+        let mut untouched = Vec::<&'static str>::new();
         for spec in PARAMS {
             let name = spec.name;
             match spec.store {
@@ -1177,6 +1180,11 @@ impl Settings {
                                 ParamValue::Int(fallback(name, &e, default_int(name)))
                             }),
                     };
+                    if matches!(spec.model_default, Some(ModelDefault::Body(_)))
+                        && value == table_default(spec)
+                    {
+                        untouched.push(name);
+                    }
                     store(&mut settings, value);
                 }
                 Store::Text(store) => {
@@ -1191,6 +1199,9 @@ impl Settings {
         }
         settings.face_points = face_points_at(params, time);
         settings.region = region_at(params, time);
+        if settings.model_folder.trim().is_empty() {
+            missed.extend(untouched);
+        }
         if !missed.is_empty() {
             settings.apply_model_defaults(&missed);
         }
@@ -1334,7 +1345,7 @@ pub fn region_at(params: ParamSet, time: f64) -> RegionParams {
 }
 
 /// The table entry of parameter `name`.
-fn spec(name: &str) -> Option<&'static ParamSpec> {
+pub fn spec(name: &str) -> Option<&'static ParamSpec> {
     PARAMS.iter().find(|p| p.name == name)
 }
 
@@ -1345,6 +1356,14 @@ fn default_int(name: &str) -> i32 {
         Some(Kind::Choice { default, .. }) => default,
         Some(Kind::Bool { default }) => default as i32,
         _ => 0,
+    }
+}
+
+/// The table default of a number parameter, as the value the host gives it.
+pub fn table_default(spec: &ParamSpec) -> ParamValue {
+    match spec.kind {
+        Kind::Double { default, .. } => ParamValue::Double(default),
+        _ => ParamValue::Int(default_int(spec.name)),
     }
 }
 

@@ -1,8 +1,8 @@
 //! The process-global side of the face pass (issue 7): the face (head) models, loaded once per
 //! process per model identity and shared by every instance, their head-appearance tokens, and a
 //! content-keyed, single-flight cache of enhanced frames. The face twin of [`crate::service`]:
-//! front ends (the OpenFX effect's `face.rs`) gather the inputs from the host and call
-//! [`FaceService::enhance`].
+//! both front ends run the face pass as the render job's last step,
+//! [`crate::job::face::FaceStep`], which uses this service.
 //!
 //! - **Models** are keyed by (folder, dtype, device) as the body models are
 //!   (`engine::service`); the folder's identity ([`pipeline::folder_identity`] of its head
@@ -15,7 +15,7 @@
 //!   enhanced by one thread is awaited by the others.
 //! - **The accelerator runs one batch at a time, process-wide:** head-model loads, head-appearance
 //!   encodes and per-frame inpaintings hold the body engine's lock
-//!   ([`crate::service::Service::lock_accelerator`]), so a face pass never overlaps a body
+//!   ([`crate::service::Service::gate`]), so a face pass never overlaps a body
 //!   batch. The temporal face takes it around each window batch and decode only, never while it
 //!   reads body frames through the body service (which takes the same lock).
 use std::path::{Path, PathBuf};
@@ -26,13 +26,13 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::device::{device_name, dtype_name, select_device, DeviceChoice};
 use crate::face::landmarks::FivePoints;
-use crate::face::temporal::{FaceClipSource, TemporalFace, TemporalFaceSettings};
 use crate::face::{self, FacePass, FaceSettings, FaceStatus, Placement, RgbFrame, SkipReason};
+use crate::job::BatchGate;
 use crate::model::{DiffusionModel, ModelLayout, ModelPart};
 use crate::pipeline;
 use crate::registry::{self, Registry};
 use crate::service::{ModelSlots, Slot};
-use crate::temporal::{Cache, Counters, Entry, Key, KeyHasher};
+use crate::temporal::{Cache, Counters, Entry, EntryKind, Key, KeyHasher, SharedStore};
 use crate::{EngineError, Result};
 
 /// Why the face pass failed, by phase, so the effect can say what to fix.
@@ -50,6 +50,25 @@ pub enum FaceError {
     /// Anything else: settings, device, pixels, networks.
     #[error(transparent)]
     Render(#[from] EngineError),
+}
+
+impl From<FaceError> for EngineError {
+    /// A face model that cannot be loaded names its folder; out of memory and cancellation
+    /// keep their kind.
+    fn from(e: FaceError) -> Self {
+        match e {
+            FaceError::Render(e) => e,
+            FaceError::Model { source, .. }
+                if matches!(
+                    source,
+                    EngineError::OutOfMemory { .. } | EngineError::Cancelled
+                ) =>
+            {
+                source
+            }
+            e @ FaceError::Model { .. } => EngineError::Input(e.to_string()),
+        }
+    }
 }
 
 impl From<candle_core::Error> for FaceError {
@@ -105,9 +124,9 @@ pub struct FaceOutcome {
 }
 
 /// A loaded face model.
-struct Loaded {
-    model: DiffusionModel,
-    identity: Key,
+pub(crate) struct Loaded {
+    pub(crate) model: DiffusionModel,
+    pub(crate) identity: Key,
 }
 
 /// The process's face models and face-frame cache.
@@ -233,11 +252,10 @@ impl FaceService {
             device_name(device),
         );
         self.models.get_or_load(slot, identity, || {
-            let model = {
-                let _g = crate::service::global().lock_accelerator();
-                DiffusionModel::load_part(&req.folder, ModelPart::Head, req.dtype, device)
-                    .map_err(bad)?
-            };
+            let model = crate::service::global()
+                .gate()
+                .run(|| DiffusionModel::load_part(&req.folder, ModelPart::Head, req.dtype, device))
+                .map_err(bad)?;
             // A body UNet (4 channels) loads fine but cannot inpaint: say so before any frame.
             face::inpaint::check_head_model(&model).map_err(bad)?;
             let loads = self.loads.fetch_add(1, Ordering::SeqCst) + 1;
@@ -269,11 +287,38 @@ impl FaceService {
             None,
             registry::tensor_bytes,
             || {
-                let _g = crate::service::global().lock_accelerator();
-                face::inpaint::encode_head_appearance(model, photo.data, photo.width, photo.height)
+                crate::service::global().gate().run(|| {
+                    face::inpaint::encode_head_appearance(
+                        model,
+                        photo.data,
+                        photo.width,
+                        photo.height,
+                    )
+                })
             },
         )?;
         Ok(tokens.as_ref().clone())
+    }
+
+    /// Loads the face model of `req` now (a host's BeginSequenceRender), so that the first frame
+    /// does not wait for its weights.
+    pub fn prepare_model(&self, req: &FaceRequest) -> std::result::Result<(), FaceError> {
+        let device = select_device(req.device)?;
+        crate::device::check_dtype(&device, req.dtype)?;
+        self.model(req, &device).map(|_| ())
+    }
+
+    /// The face model of `req` (loaded when absent) and the head-appearance tokens of `photo`.
+    pub(crate) fn load(
+        &self,
+        req: &FaceRequest,
+        photo: RgbFrame<'_>,
+    ) -> std::result::Result<(Arc<Loaded>, Tensor), FaceError> {
+        let device = select_device(req.device)?;
+        crate::device::check_dtype(&device, req.dtype)?;
+        let loaded = self.model(req, &device)?;
+        let tokens = self.tokens(&loaded, photo)?;
+        Ok((loaded, tokens))
     }
 
     /// Head-appearance tokens of `photo` for the face model of `req` (loaded when absent).
@@ -283,39 +328,27 @@ impl FaceService {
         req: &FaceRequest,
         photo: RgbFrame<'_>,
     ) -> std::result::Result<Tensor, FaceError> {
-        let device = select_device(req.device)?;
-        let loaded = self.model(req, &device)?;
-        Ok(self.tokens(&loaded, photo)?)
+        Ok(self.load(req, photo)?.1)
     }
 
-    /// Enhances the face of the body frame `body` (RGB, working size), with `mesh` the Source
-    /// frame at the same size and `photo` the head reference.
+    /// Enhances the face of the body frame `body` (RGB, working size) with `pass`, `mesh` the
+    /// mesh render at the same size.
     ///
     /// `history` holds the placements of the frames before this one (oldest first, at most
-    /// [`smoothing_history`] of them) when smoothing is on; `current` is this frame's. A frame
+    /// [`smoothing_history`] of them) when `smoothing` is on; `current` is this frame's. A frame
     /// without a usable placement comes back unchanged with a [`FaceStatus::Skipped`] status.
-    pub fn enhance(
+    pub(crate) fn enhance_frame(
         &self,
-        req: &FaceRequest,
-        photo: RgbFrame<'_>,
-        body: RgbFrame<'_>,
-        mesh: RgbFrame<'_>,
+        pass: &FacePass<'_>,
+        smoothing: Option<f64>,
+        (body, mesh): (RgbFrame<'_>, RgbFrame<'_>),
         history: &[FramePlacement],
         current: &FramePlacement,
+        (gate, shared): (Option<&BatchGate>, Option<&SharedStore>),
     ) -> std::result::Result<FaceOutcome, FaceError> {
-        let device = select_device(req.device)?;
-        crate::device::check_dtype(&device, req.dtype)?;
-        let loaded = self.model(req, &device)?;
-        let tokens = self.tokens(&loaded, photo)?;
-        let pass = FacePass::new(
-            &loaded.model,
-            &tokens,
-            req.settings.clone(),
-            loaded.identity,
-        )?;
         let (w, h) = (body.width, body.height);
         let placement = current.as_placement();
-        let resolved = match req.smoothing {
+        let resolved = match smoothing {
             None => pass.resolve(&placement, w, h),
             Some(alpha) => {
                 let mut all: Vec<Placement> = history.iter().map(|p| p.as_placement()).collect();
@@ -325,10 +358,14 @@ impl FaceService {
                     .unwrap_or(Err(SkipReason::NoFace))
             }
         };
-        let skipped = |reason| FaceOutcome {
-            rgb: body.data.to_vec(),
-            status: FaceStatus::Skipped(reason),
-            computed: false,
+        // Passed through, with one warning per pass and kind of skip.
+        let skipped = |reason| {
+            let out = pass.pass_through(body, reason, None);
+            FaceOutcome {
+                rgb: out.rgb,
+                status: out.status,
+                computed: false,
+            }
         };
         let resolved = match resolved {
             Ok(r) => r,
@@ -367,14 +404,21 @@ impl FaceService {
         let key = k.finish();
         let mut computed = false;
         let entry = self.cache.get_or_compute(key, || {
+            // A farm job's other processes may have enhanced this frame already.
+            if let Some(entry) = shared.and_then(|st| st.get(key, EntryKind::Image, &Device::Cpu)) {
+                return Ok(entry);
+            }
             computed = true;
-            let out = {
-                let _g = crate::service::global().lock_accelerator();
-                pass.enhance_with(body, mesh, &placement, &resolved)?
-            };
+            let out = BatchGate::run_opt(gate, || {
+                pass.enhance_with(body, mesh, &placement, &resolved)
+            })?;
             self.inpaintings.fetch_add(1, Ordering::SeqCst);
             let n = out.rgb.len();
-            Ok(Entry::Image(Tensor::from_vec(out.rgb, n, &Device::Cpu)?))
+            let entry = Entry::Image(Tensor::from_vec(out.rgb, n, &Device::Cpu)?);
+            if let Some(st) = shared {
+                st.publish(key, &entry);
+            }
+            Ok(entry)
         })?;
         let Entry::Image(t) = entry else {
             return Err(EngineError::Input("face cache holds a foreign entry".into()).into());
@@ -394,48 +438,9 @@ impl FaceService {
         })
     }
 
-    /// The temporal face (beyond the paper): frame `frame` of `clip` with the face crops of the
-    /// clip denoised jointly in windows of `window` crops overlapping by `overlap`, exactly as
-    /// `anchor render --face-temporal`. The window cache is content-keyed and process-global, so
-    /// the frames agree whatever the order and split.
-    pub fn enhance_temporal(
-        &self,
-        req: &FaceRequest,
-        photo: RgbFrame<'_>,
-        clip: &dyn FaceClipSource,
-        frame: usize,
-        window: usize,
-        overlap: usize,
-    ) -> std::result::Result<FaceOutcome, FaceError> {
-        let device = select_device(req.device)?;
-        crate::device::check_dtype(&device, req.dtype)?;
-        let loaded = self.model(req, &device)?;
-        let tokens = self.tokens(&loaded, photo)?;
-        let pass = FacePass::new(
-            &loaded.model,
-            &tokens,
-            req.settings.clone(),
-            loaded.identity,
-        )?;
-        let temporal = TemporalFace::new(
-            &pass,
-            clip,
-            TemporalFaceSettings {
-                window,
-                overlap,
-                smoothing: req.smoothing,
-            },
-        )?
-        .serialise_on(crate::service::global().accelerator());
-        let denoiser = temporal.denoiser(&self.temporal, &self.temporal_counters)?;
-        let before = self.temporal_counters.network_calls.load(Ordering::Relaxed);
-        let out = temporal.frame(&denoiser, frame)?;
-        let calls = self.temporal_counters.network_calls.load(Ordering::Relaxed) - before;
-        Ok(FaceOutcome {
-            rgb: out.rgb,
-            status: out.status,
-            computed: calls > 0,
-        })
+    /// The temporal face's window cache and its counters.
+    pub(crate) fn temporal_cache(&self) -> (&Cache, &Counters) {
+        (&self.temporal, &self.temporal_counters)
     }
 
     /// Reads a landmarks file once per version (path, length, mtime) and keeps it in the

@@ -285,16 +285,10 @@ impl Service {
         &self.cache
     }
 
-    /// Holds the accelerator for network work outside this service (the face pass), so that the
-    /// whole process runs one batch at a time. Never hold it while calling back into this
-    /// service: the lock is not re-entrant.
-    pub fn lock_accelerator(&self) -> parking_lot::MutexGuard<'_, ()> {
-        self.gate.lock().lock()
-    }
-
-    /// The accelerator lock itself, for engines that take it per batch (the temporal face).
-    pub fn accelerator(&self) -> &Mutex<()> {
-        self.gate.lock()
+    /// The process's batch gate: the accelerator runs one batch at a time, body or face.
+    /// Never call back into this service from inside it: the gate is not re-entrant.
+    pub fn gate(&self) -> &BatchGate {
+        &self.gate
     }
 
     /// Work counters since the process started.
@@ -388,10 +382,9 @@ impl Service {
             device_name(device),
         );
         self.models.get_or_load(slot, identity, || {
-            let model = {
-                let _g = self.gate.lock().lock();
-                BodyModel::load(&settings.folder, settings.dtype, device).map_err(bad)?
-            };
+            let model = (self.gate)
+                .run(|| BodyModel::load(&settings.folder, settings.dtype, device))
+                .map_err(bad)?;
             self.loads.fetch_add(1, Ordering::SeqCst);
             Ok(Loaded { model, identity })
         })
@@ -545,6 +538,10 @@ impl Progress for Counted<'_> {
     fn window_done(&self, step: usize, steps: usize, window: usize) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.inner.window_done(step, steps, window);
+    }
+
+    fn window_read(&self, step: usize, steps: usize, window: usize) {
+        self.inner.window_read(step, steps, window);
     }
 
     fn cancelled(&self) -> bool {
@@ -767,6 +764,33 @@ mod tests {
         svc.render_frame(&s, photo(), &Synthetic, 0, &NoProgress)
             .unwrap();
         assert_eq!(svc.model_loads(), 4, "loaded again after a purge");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_frame_read_from_a_shared_cache_counts_no_network_call() {
+        let dir =
+            std::env::temp_dir().join(format!("anchor-service-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = settings(&tiny());
+        // Two services: two processes of a farm job sharing one folder.
+        let (a, b) = (Service::default(), Service::default());
+        a.set_shared_cache(Some(&dir));
+        b.set_shared_cache(Some(&dir));
+        let first = a
+            .render_frame(&s, photo(), &Synthetic, 0, &NoProgress)
+            .unwrap();
+        assert!(first.network_calls > 0);
+        assert_eq!(first.network_calls, a.network_calls());
+        let second = b
+            .render_frame(&s, photo(), &Synthetic, 0, &NoProgress)
+            .unwrap();
+        assert_eq!(second.rgb, first.rgb);
+        assert_eq!(
+            (second.network_calls, b.network_calls()),
+            (0, 0),
+            "every window was read from the shared folder"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

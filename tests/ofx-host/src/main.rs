@@ -26,6 +26,8 @@ Host emulation (how real hosts call plugins):
                 Begin/EndSequenceRender per frame, Load three times)
   Resolve       --depth float --context general
   hostDemo      --minimal-params  (the OpenFX association's example host)
+  A viewer      --interactive (sequences and renders flagged interactive), --draft (draft
+                render quality); without them every render is a final one.
   A host that lacks a property: --withhold OfxImageEffectPropFrameRange (repeatable; the
   property suite answers kOfxStatErrUnknown). SCOPE:NAME withholds it only on property sets
   whose description starts with SCOPE: host, effect instance, clip Source, image, render args,
@@ -188,6 +190,14 @@ struct Cli {
     /// unreadable (kOfxStatErrMissingHostFeature).
     #[arg(long, help_heading = "Host emulation")]
     minimal_params: bool,
+    /// Render as a host's viewer does: Begin/EndSequenceRender carry kOfxPropIsInteractive = 1
+    /// and Render kOfxImageEffectPropInteractiveRenderStatus = 1 (default: a final render, 0).
+    #[arg(long, help_heading = "Host emulation")]
+    interactive: bool,
+    /// Ask for draft quality: Render carries kOfxImageEffectPropRenderQualityDraft = 1
+    /// (default: 0, full quality).
+    #[arg(long, help_heading = "Host emulation")]
+    draft: bool,
     /// Raise the abort flag as frame K+1 starts; the run then fails.
     #[arg(long, value_name = "K", help_heading = "Host emulation")]
     abort_after: Option<usize>,
@@ -390,6 +400,8 @@ fn main() -> ExitCode {
             CliHost::Mlt => HostModel::Mlt,
         },
         withhold: cli.withhold.clone(),
+        interactive: cli.interactive,
+        draft: cli.draft,
     };
     if let Some(bad) = opts
         .withhold

@@ -146,6 +146,11 @@ pub struct RenderOptions {
     /// Properties the property suite answers `kOfxStatErrUnknown` for (`NAME` or
     /// `SCOPE:NAME`, see [`crate::props::set_withheld`]).
     pub withhold: Vec<String>,
+    /// Render as a host's viewer does: Begin/EndSequenceRender carry `kOfxPropIsInteractive` =
+    /// 1 and Render `kOfxImageEffectPropInteractiveRenderStatus` = 1.
+    pub interactive: bool,
+    /// Ask for draft quality: Render carries `kOfxImageEffectPropRenderQualityDraft` = 1.
+    pub draft: bool,
 }
 
 impl Default for RenderOptions {
@@ -179,6 +184,8 @@ impl Default for RenderOptions {
             linear: false,
             host: HostModel::Generic,
             withhold: Vec::new(),
+            interactive: false,
+            draft: false,
         }
     }
 }
@@ -311,27 +318,36 @@ fn rect_from(v: &[f64]) -> Option<OfxRectD> {
     })
 }
 
-fn render_args(t: f64) -> PropertySet {
+/// Render's inArgs at `t`: interactive (a viewer's render) and draft quality as `opts` says.
+fn render_args(t: f64, opts: &RenderOptions) -> PropertySet {
     let a = PropertySet::new("render args");
     a.dbl(kOfxPropTime, &[t]);
     a.cstr(kOfxImageEffectPropFieldToRender, &[kOfxImageFieldNone]);
     a.dbl(kOfxImageEffectPropRenderScale, &[1.0, 1.0]);
     a.int(kOfxImageEffectPropSequentialRenderStatus, &[0]);
-    a.int(kOfxImageEffectPropInteractiveRenderStatus, &[0]);
-    a.int(kOfxImageEffectPropRenderQualityDraft, &[0]);
+    a.int(
+        kOfxImageEffectPropInteractiveRenderStatus,
+        &[i32::from(opts.interactive)],
+    );
+    a.int(
+        kOfxImageEffectPropRenderQualityDraft,
+        &[i32::from(opts.draft)],
+    );
     a.int(kOfxImageEffectPropCudaEnabled, &[0]);
     a.int(kOfxImageEffectPropOpenGLEnabled, &[0]);
     a
 }
 
-fn sequence_args(a: f64, b: f64) -> PropertySet {
+/// Begin/EndSequenceRender's inArgs over `[a, b]`; `interactive`: a viewer's sequence.
+fn sequence_args(a: f64, b: f64, interactive: bool) -> PropertySet {
+    let interactive = i32::from(interactive);
     let s = PropertySet::new("sequence args");
     s.dbl(kOfxImageEffectPropFrameRange, &[a, b]);
     s.dbl(kOfxImageEffectPropFrameStep, &[1.0]);
-    s.int(kOfxPropIsInteractive, &[0]);
+    s.int(kOfxPropIsInteractive, &[interactive]);
     s.dbl(kOfxImageEffectPropRenderScale, &[1.0, 1.0]);
     s.int(kOfxImageEffectPropSequentialRenderStatus, &[0]);
-    s.int(kOfxImageEffectPropInteractiveRenderStatus, &[0]);
+    s.int(kOfxImageEffectPropInteractiveRenderStatus, &[interactive]);
     s.int(kOfxImageEffectPropCudaEnabled, &[0]);
     s.int(kOfxImageEffectPropOpenGLEnabled, &[0]);
     s
@@ -515,7 +531,7 @@ impl Run<'_> {
         } else {
             kOfxImageEffectActionEndSequenceRender
         };
-        let args = sequence_args(a, b);
+        let args = sequence_args(a, b, self.opts.interactive);
         let st = self.plugin.call(action, Some(inst), Some(&args), None);
         check(action, st, None).map(|_| ())
     }
@@ -724,7 +740,7 @@ impl Run<'_> {
         )?);
         inst.register_output(t, buf.clone());
         enter_render(inst, t);
-        let args = render_args(t);
+        let args = render_args(t, self.opts);
         args.int(
             kOfxImageEffectPropRenderWindow,
             &[window.x1, window.y1, window.x2, window.y2],

@@ -189,3 +189,40 @@ fn choosing_a_model_folder_loads_its_recommended_settings() {
         );
     }
 }
+
+#[test]
+fn a_model_folder_from_the_environment_brings_its_recommended_settings_too() {
+    let tmp = TempDir::new("model-defaults-env");
+    let poses = poses(tmp.path());
+    let m = model().display().to_string();
+    let run = |out: &str, args: &[String]| {
+        let mut all: Vec<String> = vec![
+            "--input".into(),
+            poses.display().to_string(),
+            "--output".into(),
+            tmp.join(out).display().to_string(),
+            "--appearance".into(),
+            examples().join("appearance.png").display().to_string(),
+            "--param".into(),
+            "device=CPU".into(),
+        ];
+        all.extend(args.iter().cloned());
+        let r = ofx_render_logged(&all, &[("MAKE_YOUR_ANCHOR_MODEL", &m)]);
+        assert!(r.code == Some(0), "ofx-render failed:\n{}", r.stderr);
+        (read(&tmp.join(out)), r.log)
+    };
+    // No modelFolder: the folder of MAKE_YOUR_ANCHOR_MODEL, with its anchor.json's CFG 3.5,
+    // control scale 1.5 and resolution 64, as `anchor render --model` uses them.
+    let (env, log) = run("env", &[]);
+    assert!(log.contains("controlScale = Double(1.5)"), "{log}");
+    let reference = cli(&poses, &tmp.join("cli"), &[]);
+    for i in 0..FRAMES {
+        assert!(env[i] == reference[i], "frame {i}: effect vs anchor render");
+    }
+    // A value the project moved away from the table default stays.
+    let (kept, _) = run("kept", &["--param".into(), "guidance=5.0".into()]);
+    let five = cli(&poses, &tmp.join("cli-5"), &["--cfg".into(), "5.0".into()]);
+    for i in 0..FRAMES {
+        assert!(kept[i] == five[i], "frame {i}: guidance 5 kept");
+    }
+}

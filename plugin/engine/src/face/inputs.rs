@@ -112,17 +112,32 @@ impl FaceInputs {
     }
 }
 
+/// The generated body frame or the mesh render of a clip frame, RGB at the working size.
+pub type FrameFn<'a> = &'a (dyn Fn(usize) -> Result<Vec<u8>> + Send + Sync);
+
 /// A rendered clip as a [`super::temporal::FaceClipSource`]: body and mesh frames from
-/// callbacks (e.g. the body denoiser and the pose sequence), placements from [`FaceInputs`].
+/// callbacks (e.g. the body denoiser and the pose sequence), placements from [`FaceInputs`],
+/// each frame's read once (the crop smoothing and the temporal face read them again).
 pub struct RenderedClip<'a> {
-    /// The placement inputs (and the working size).
-    pub inputs: &'a FaceInputs,
-    /// Frames in the clip.
-    pub len: usize,
-    /// The generated body frame `f`, RGB at the working size.
-    pub body: &'a (dyn Fn(usize) -> Result<Vec<u8>> + Send + Sync),
-    /// The mesh render `f`, RGB at the working size.
-    pub mesh: &'a (dyn Fn(usize) -> Result<Vec<u8>> + Send + Sync),
+    inputs: &'a FaceInputs,
+    len: usize,
+    body: FrameFn<'a>,
+    mesh: FrameFn<'a>,
+    placements: parking_lot::Mutex<std::collections::HashMap<usize, FrameFace>>,
+}
+
+impl<'a> RenderedClip<'a> {
+    /// The clip of `len` frames with the placement inputs `inputs` (which give the working
+    /// size), the generated frames of `body` and the mesh renders of `mesh`.
+    pub fn new(inputs: &'a FaceInputs, len: usize, body: FrameFn<'a>, mesh: FrameFn<'a>) -> Self {
+        Self {
+            inputs,
+            len,
+            body,
+            mesh,
+            placements: Default::default(),
+        }
+    }
 }
 
 impl super::temporal::FaceClipSource for RenderedClip<'_> {
@@ -143,7 +158,12 @@ impl super::temporal::FaceClipSource for RenderedClip<'_> {
     }
 
     fn placement(&self, f: usize) -> Result<(Option<Vec<u8>>, Option<FivePoints>)> {
+        if let Some(fr) = self.placements.lock().get(&f) {
+            return Ok((fr.matte.clone(), fr.landmarks));
+        }
         let fr = self.inputs.frame(f)?;
-        Ok((fr.matte, fr.landmarks))
+        let out = (fr.matte.clone(), fr.landmarks);
+        self.placements.lock().insert(f, fr);
+        Ok(out)
     }
 }

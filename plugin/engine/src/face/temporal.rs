@@ -20,6 +20,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
 
+use crate::job::BatchGate;
 use crate::networks::unet::Temporal;
 use crate::pipeline::DdimStep;
 use crate::temporal::{
@@ -52,6 +53,12 @@ pub trait FaceClipSource: Send + Sync {
     fn mesh(&self, f: usize) -> Result<Vec<u8>>;
     /// The placement data of frame `f`: matte (`w × h`) and landmarks.
     fn placement(&self, f: usize) -> Result<(Option<Vec<u8>>, Option<FivePoints>)>;
+    /// The placement data of an earlier frame `f` as the crop smoothing's history reads it:
+    /// [`Self::placement`] unless the source cannot see other frames' mattes (a host without
+    /// temporal clip access), which leaves them out.
+    fn history_placement(&self, f: usize) -> Result<(Option<Vec<u8>>, Option<FivePoints>)> {
+        self.placement(f)
+    }
 }
 
 /// Window settings of the temporal face.
@@ -79,8 +86,8 @@ impl Default for TemporalFaceSettings {
 struct HeadWindows<'p> {
     pass: &'p FacePass<'p>,
     identity: Key,
-    /// Held around each batch and decode when set (the process's one-batch-at-a-time lock).
-    accelerator: Option<&'p Mutex<()>>,
+    /// Held around each batch and decode when set (the process's one-batch-at-a-time gate).
+    gate: Option<&'p BatchGate>,
 }
 
 impl HeadWindows<'_> {
@@ -117,7 +124,6 @@ impl WindowNetworks for HeadWindows<'_> {
     ) -> Result<(Tensor, Tensor)> {
         let model = self.pass.inpainter().model();
         let (rgb, mask, masked) = self.unpack(control)?;
-        let _g = self.accelerator.map(Mutex::lock);
         let n = latents.dim(0)?;
         let t = timestep as f64;
         let unet_in = Tensor::cat(&[latents, &mask, &masked], 1)?;
@@ -136,15 +142,16 @@ impl WindowNetworks for HeadWindows<'_> {
                 .unet
                 .forward(&unet_in, t, &ctx, Some(&res), Temporal::Window)
         };
-        Ok((eps(uncond)?, eps(cond)?))
+        BatchGate::run_opt(self.gate, || Ok((eps(uncond)?, eps(cond)?)))
     }
 
     fn decode(&self, latent: &Tensor) -> Result<Tensor> {
         let model = self.pass.inpainter().model();
-        let _g = self.accelerator.map(Mutex::lock);
-        let x = model.vae.decode_scaled(&latent.unsqueeze(0)?)?;
-        let x = ((x.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-        Ok(x.squeeze(0)?)
+        BatchGate::run_opt(self.gate, || {
+            let x = model.vae.decode_scaled(&latent.unsqueeze(0)?)?;
+            let x = ((x.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+            Ok(x.squeeze(0)?)
+        })
     }
 
     fn identity(&self) -> Key {
@@ -232,7 +239,7 @@ impl<'p> TemporalFace<'p> {
             nets: HeadWindows {
                 pass,
                 identity,
-                accelerator: None,
+                gate: None,
             },
             step,
             plan,
@@ -240,11 +247,11 @@ impl<'p> TemporalFace<'p> {
         })
     }
 
-    /// Runs every window batch and decode under `lock` (the caller's accelerator lock). The lock
-    /// is taken only around network calls, never while control frames are fetched, so a clip
-    /// source that renders body frames under the same lock cannot deadlock.
-    pub fn serialise_on(mut self, lock: &'p Mutex<()>) -> Self {
-        self.nets.accelerator = Some(lock);
+    /// Runs every window batch and decode through `gate` (the process's batch gate). The gate
+    /// is held only around network calls, never while control frames are fetched, so a clip
+    /// source that renders body frames through the same gate cannot deadlock.
+    pub fn serialise_on(mut self, gate: &'p BatchGate) -> Self {
+        self.nets.gate = Some(gate);
         self
     }
 

@@ -87,6 +87,11 @@ pub trait ControlFrames: Send + Sync {
 pub trait Progress: Send + Sync {
     /// A window batch finished: step `step` of `steps`, window `window`.
     fn window_done(&self, _step: usize, _steps: usize, _window: usize) {}
+    /// A window of the request's cone was already there (in the cache, or published by another
+    /// process of a farm job): progress without a batch. Counts as done unless overridden.
+    fn window_read(&self, step: usize, steps: usize, window: usize) {
+        self.window_done(step, steps, window);
+    }
     /// True when the request should stop.
     fn cancelled(&self) -> bool {
         false

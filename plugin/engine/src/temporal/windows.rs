@@ -3,6 +3,7 @@
 //! The reference starts a window at every multiple of the stride `W − O` below the clip length `L`
 //! and truncates the tail (`pipeline_controlvideo.py:652-657`): windows `[j, min(j+W, L))`. Windows
 //! are anchored to the clip's own frame range, so every process of a farm split agrees on them.
+use std::collections::BTreeSet;
 use std::ops::Range;
 
 use crate::{EngineError, Result};
@@ -178,6 +179,42 @@ impl WindowPlan {
         r
     }
 
+    /// `frames` (sorted or not, repeats allowed) as ascending runs of consecutive frames.
+    pub fn runs(frames: &[usize]) -> Vec<Range<usize>> {
+        let mut sorted = frames.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for f in sorted {
+            match runs.last_mut() {
+                Some(r) if r.end == f => r.end = f + 1,
+                _ => runs.push(f..f + 1),
+            }
+        }
+        runs
+    }
+
+    /// The windows whose predictions the frames of `runs` need `remaining` steps before the
+    /// end: those covering the frames' cone of `remaining` steps.
+    pub fn cone_windows(&self, runs: &[Range<usize>], remaining: usize) -> BTreeSet<usize> {
+        let mut needed = BTreeSet::new();
+        for r in runs.iter().filter(|r| !r.is_empty() && r.end <= self.len()) {
+            for f in self.cone(r.clone(), remaining) {
+                needed.extend(self.covering(f).iter().copied());
+            }
+        }
+        needed
+    }
+
+    /// The window batches a render of `frames` runs over `steps` steps when nothing is cached:
+    /// the windows of each step's cone.
+    pub fn cone_batches(&self, frames: &[usize], steps: usize) -> u64 {
+        let runs = Self::runs(frames);
+        (0..steps)
+            .map(|remaining| self.cone_windows(&runs, remaining).len() as u64)
+            .sum()
+    }
+
     /// Window length and overlap the plan was made with.
     pub fn shape(&self) -> (usize, usize) {
         (self.window, self.overlap)
@@ -187,6 +224,26 @@ impl WindowPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_batches_of_a_cone_grow_by_a_stride_per_step() {
+        // 24 frames, windows 4 / overlap 1: 8 windows.
+        let plan = WindowPlan::new(24, 4, 1, Tail::Paper, Fusion::Flat).unwrap();
+        let n = plan.windows().len() as u64;
+        assert_eq!(plan.cone_batches(&(0..24).collect::<Vec<_>>(), 4), 4 * n);
+        // Frame 0 alone: the windows covering it at the last step, then one more window per
+        // step further back.
+        let last = plan.covering(0).len() as u64;
+        assert_eq!(plan.cone_batches(&[0], 1), last);
+        let four = plan.cone_batches(&[0], 4);
+        assert!(four > 4 * last && four < 4 * n, "{four}");
+        // Order and repeats do not matter.
+        assert_eq!(
+            plan.cone_batches(&[3, 1, 2, 2], 4),
+            plan.cone_batches(&[1, 2, 3], 4)
+        );
+        assert_eq!(WindowPlan::runs(&[5, 1, 2, 9, 3]), vec![1..4, 5..6, 9..10]);
+    }
 
     fn starts(p: &WindowPlan) -> Vec<(usize, usize)> {
         p.windows().iter().map(|w| (w.start, w.end)).collect()

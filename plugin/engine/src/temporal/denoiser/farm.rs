@@ -6,16 +6,16 @@
 //! unclaimed. A window claimed by another live process is deferred, not waited for, until the end
 //! of the step. Waits cannot cycle: a process waits only after releasing every claim of the step,
 //! and only for windows of that step, whose inputs are all published already.
-use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::super::shared::{Claim, SharedStore};
 use super::{Progress, TemporalDenoiser};
+use crate::temporal::WindowPlan;
 use crate::{EngineError, Result};
 
-/// Forwards progress, noting whether one window was reported (computed rather than read).
+/// Forwards progress, noting whether one window was reported (computed, or read inside).
 struct ReportedOnce<'p> {
     inner: &'p dyn Progress,
     window: (usize, usize),
@@ -28,6 +28,12 @@ impl Progress for ReportedOnce<'_> {
             self.reported.store(true, Ordering::Relaxed);
         }
         self.inner.window_done(step, steps, window);
+    }
+    fn window_read(&self, step: usize, steps: usize, window: usize) {
+        if (step, window) == self.window {
+            self.reported.store(true, Ordering::Relaxed);
+        }
+        self.inner.window_read(step, steps, window);
     }
     fn cancelled(&self) -> bool {
         self.inner.cancelled()
@@ -66,7 +72,7 @@ impl TemporalDenoiser<'_> {
                 }
                 let key = self.eps_key(s, w)?;
                 if self.cache.peek(key).is_some() {
-                    progress.window_done(s, steps, w);
+                    progress.window_read(s, steps, w);
                 } else if store.contains(key) {
                     self.resolve_window(s, w, progress)?;
                 } else if !self.claim_and_compute(store, s, w, progress)? {
@@ -102,7 +108,7 @@ impl TemporalDenoiser<'_> {
 
     /// Brings window `w` of step `s` into the process cache: read from the store when published
     /// there (a damaged entry is refused and recomputed), else computed and published. Reports it
-    /// to `progress` exactly once either way.
+    /// to `progress` exactly once either way: as done when computed, as read otherwise.
     fn resolve_window(&self, s: usize, w: usize, progress: &dyn Progress) -> Result<()> {
         let watch = ReportedOnce {
             inner: progress,
@@ -111,7 +117,7 @@ impl TemporalDenoiser<'_> {
         };
         self.eps(s, w, &watch)?;
         if !watch.reported.load(Ordering::Relaxed) {
-            progress.window_done(s, self.steps(), w);
+            progress.window_read(s, self.steps(), w);
         }
         Ok(())
     }
@@ -151,34 +157,19 @@ impl TemporalDenoiser<'_> {
 
     /// `frames` as sorted runs of consecutive frames.
     fn frame_runs(&self, frames: &[usize]) -> Result<Vec<Range<usize>>> {
-        let mut sorted = frames.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let mut runs: Vec<Range<usize>> = Vec::new();
-        for f in sorted {
-            if f >= self.plan.len() {
-                return Err(EngineError::Input(format!(
-                    "frame {f} is outside the clip of {} frames",
-                    self.plan.len()
-                )));
-            }
-            match runs.last_mut() {
-                Some(r) if r.end == f => r.end = f + 1,
-                _ => runs.push(f..f + 1),
-            }
+        if let Some(&f) = frames.iter().find(|&&f| f >= self.plan.len()) {
+            return Err(EngineError::Input(format!(
+                "frame {f} is outside the clip of {} frames",
+                self.plan.len()
+            )));
         }
-        Ok(runs)
+        Ok(WindowPlan::runs(frames))
     }
 
     /// The windows whose predictions the frames of `runs` need `remaining` steps before the end
     /// (those covering the cone `remaining` steps wide), nearest to `runs` first, then by index.
     fn cone_windows(&self, runs: &[Range<usize>], remaining: usize) -> Vec<usize> {
-        let mut needed = BTreeSet::new();
-        for r in runs {
-            for f in self.plan.cone(r.clone(), remaining) {
-                needed.extend(self.plan.covering(f).iter().copied());
-            }
-        }
+        let needed = self.plan.cone_windows(runs, remaining);
         let gap = |w: &Range<usize>, r: &Range<usize>| {
             if w.end <= r.start {
                 r.start - w.end + 1

@@ -13,8 +13,7 @@
 //! 5. **denoise** with the batch-overlapped temporal denoiser, and 6. **decode**, both on demand
 //!    per frame through [`BodyJob::frame_rgb`], memoised in the content-keyed cache.
 //!
-//! The face pass runs on the decoded frames afterwards, in [`crate::face`] (per frame) and
-//! [`crate::face::temporal`] (per window).
+//! 7. **face pass** on the decoded frames, per frame or jointly in windows: [`face::FaceStep`].
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -38,6 +37,8 @@ use super::temporal::{
     Tail, TemporalDenoiser, WindowNetworks, WindowPlan,
 };
 use super::{EngineError, Result};
+
+pub mod face;
 
 /// Everything about a request that changes its frames, as plain values.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,9 +187,12 @@ impl BatchGate {
         r
     }
 
-    /// The lock itself, for work outside the job (the face pass). Not re-entrant.
-    pub fn lock(&self) -> &Mutex<()> {
-        &self.lock
+    /// Runs `f` holding `gate` when there is one.
+    pub fn run_opt<T>(gate: Option<&Self>, f: impl FnOnce() -> T) -> T {
+        match gate {
+            Some(gate) => gate.run(f),
+            None => f(),
+        }
     }
 
     /// The most batches ever running at once under this gate.
@@ -591,15 +595,6 @@ struct Gated<'a> {
     preview: bool,
 }
 
-impl Gated<'_> {
-    fn run<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        match self.gate {
-            Some(gate) => gate.run(f),
-            None => f(),
-        }
-    }
-}
-
 impl WindowNetworks for Gated<'_> {
     fn predict(
         &self,
@@ -608,11 +603,13 @@ impl WindowNetworks for Gated<'_> {
         control: &Tensor,
         control_scale: f64,
     ) -> Result<(Tensor, Tensor)> {
-        self.run(|| self.nets.predict(latents, timestep, control, control_scale))
+        BatchGate::run_opt(self.gate, || {
+            self.nets.predict(latents, timestep, control, control_scale)
+        })
     }
 
     fn decode(&self, latent: &Tensor) -> Result<Tensor> {
-        self.run(|| self.nets.decode(latent))
+        BatchGate::run_opt(self.gate, || self.nets.decode(latent))
     }
 
     fn identity(&self) -> Key {
