@@ -10,6 +10,9 @@
    benchmark (`cargo bench --bench unet_window`) reuses and compares against.
 
 Usage: python3 plugin/benches/unet_window.py --out /tmp/sd15-unet --frames 16 --latent 64
+
+With `--profile` the window runs under `torch.profiler` (CPU) and a table of self CPU time per op
+kind follows the JSON line, grouped like the Rust benchmark's `--profile` table.
 """
 
 import argparse
@@ -58,12 +61,61 @@ def vm_status(field):
     return -1
 
 
+# aten op (without the "aten::" prefix) → op kind of the Rust profile table.
+OP_KINDS = {
+    "conv2d": ("conv2d", "convolution", "_convolution", "mkldnn_convolution", "_slow_conv2d_forward",
+               "thnn_conv2d", "_nnpack_spatial_convolution", "_mkldnn_convolution"),
+    "matmul/linear": ("linear", "addmm", "mm", "bmm", "matmul", "baddbmm", "_addmm_activation"),
+    "attention": ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+                  "_flash_attention_forward", "_scaled_dot_product_flash_attention",
+                  "_scaled_dot_product_efficient_attention", "softmax", "_softmax"),
+    "group_norm": ("group_norm", "native_group_norm"),
+    "layer_norm": ("layer_norm", "native_layer_norm"),
+    "activation": ("silu", "silu_", "gelu", "gelu_"),
+    "elementwise/layout": ("add", "add_", "mul", "mul_", "div", "div_", "sub", "cat", "copy_",
+                           "contiguous", "clone", "to", "_to_copy", "empty", "empty_like",
+                           "empty_strided", "reshape", "view", "transpose", "permute", "expand",
+                           "chunk", "split", "narrow", "slice", "as_strided", "unsqueeze",
+                           "squeeze", "t", "_unsafe_view", "flatten", "resolve_conj",
+                           "resolve_neg", "detach", "alias", "fill_", "zero_", "zeros"),
+    "resample": ("upsample_nearest2d", "_upsample_nearest_exact2d", "constant_pad_nd", "pad",
+                 "interpolate"),
+}
+KIND_OF = {op: kind for kind, ops in OP_KINDS.items() for op in ops}
+
+
+def print_profile(prof, window_s):
+    """Self CPU time of the window's aten ops, summed per op kind (Markdown)."""
+    totals, calls = {}, {}
+    for evt in prof.key_averages():
+        name = evt.key
+        if not name.startswith("aten::"):
+            continue
+        kind = KIND_OF.get(name[len("aten::"):], "other")
+        totals[kind] = totals.get(kind, 0.0) + evt.self_cpu_time_total / 1e6
+        calls[kind] = calls.get(kind, 0) + evt.count
+    print("| op kind | time (s) | % of window | calls |\n|---|---:|---:|---:|")
+    for kind, t in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"| {kind} | {t:.3f} | {100 * t / window_s:.1f} | {calls[kind]} |")
+    rest = max(window_s - sum(totals.values()), 0.0)
+    print(f"| (not in an op: Python, module calls) | {rest:.3f} | {100 * rest / window_s:.1f} | |")
+    print(f"| **window** | {window_s:.3f} | 100.0 | |")
+    others = sorted(
+        ((e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages()
+         if e.key.startswith("aten::") and e.key[len("aten::"):] not in KIND_OF),
+        key=lambda kv: -kv[1])[:6]
+    if others:
+        print("other: " + ", ".join(f"{k} {t:.3f} s" for k, t in others))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="/tmp/sd15-unet")
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--latent", type=int, default=64)
     ap.add_argument("--timestep", type=int, default=501)
+    ap.add_argument("--profile", action="store_true",
+                    help="run the window under torch.profiler and print self CPU time per op kind")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
 
@@ -92,9 +144,15 @@ def main():
     rss_loaded = vm_status("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
         fh.write("5")
+    prof = None
+    if args.profile:
+        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        prof.__enter__()
     t0 = time.perf_counter()
     out = unet(sample, torch.tensor(args.timestep), encoder_hidden_states=ehs).sample
     run_s = time.perf_counter() - t0
+    if prof is not None:
+        prof.__exit__(None, None, None)
     report = {
         "engine": "pytorch",
         "torch": torch.__version__,
@@ -113,6 +171,8 @@ def main():
         metadata={"timestep": str(args.timestep)},
     )
     print(json.dumps(report))
+    if prof is not None:
+        print_profile(prof, run_s)
 
 
 if __name__ == "__main__":

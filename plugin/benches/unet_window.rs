@@ -8,6 +8,10 @@
 //!
 //! `cargo bench -p make-your-anchor-engine --bench unet_window -- /tmp/sd15-unet 16 64`
 //! (or `MYA_BENCH_UNET=/tmp/sd15-unet`). Without a folder it prints why and exits.
+//!
+//! With `--profile` (or `ANCHOR_PROFILE=1`) the engine's per-operation profile is recorded during
+//! the window and printed after the JSON line as a Markdown table sorted by time, with each op
+//! kind's share of the window (compare with `unet_window.py --profile`).
 use std::error::Error;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -31,6 +35,7 @@ fn gib(bytes: Option<u64>) -> String {
 
 fn main() -> Result<(), Box<dyn Error>> {
     // `cargo bench` appends `--bench`; positional arguments are folder, frames, latent size.
+    let profile = std::env::args().any(|a| a == "--profile");
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -84,9 +89,15 @@ fn main() -> Result<(), Box<dyn Error>> {
         let ehs = Tensor::randn(0f32, 1.0, (1, 50, cfg_width(&cfg)), &device)?;
         (sample, ehs, None, 501.0)
     };
+    if profile {
+        anchor_engine::profile::enable();
+    }
+    let profiling = anchor_engine::profile::enabled();
+    anchor_engine::profile::reset();
     let t1 = Instant::now();
     let out = unet.forward(&sample, timestep, &ehs, None, Temporal::Window)?;
-    let window_s = t1.elapsed().as_secs_f64();
+    let window = t1.elapsed();
+    let window_s = window.as_secs_f64();
     let parity = match &want {
         Some(w) => {
             let err = (&out - w)?
@@ -107,6 +118,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         gib(rss_loaded),
         gib(proc_status_bytes("VmHWM:")),
     );
+    if profiling {
+        print!("{}", anchor_engine::profile::report(window));
+    }
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub mod memory;
 pub mod model;
 pub mod networks;
 pub mod pipeline;
+pub mod profile;
 pub mod registry;
 pub mod resample;
 pub mod sampler;

@@ -16,6 +16,7 @@ use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Linear, Module, VarBuilder};
 
 use super::attention_cpu;
+use crate::profile::{self, Op};
 
 /// Query rows per block (GEMM-friendly, 512–1024 recommended).
 pub const QUERY_BLOCK_ROWS: usize = 1024;
@@ -33,6 +34,7 @@ const MIN_KEY_BLOCK_ROWS: usize = 512;
 /// Exact up to float rounding. Uses [`fused_attention`] where it applies (the CPU), else
 /// [`blocked_attention`] with the default block sizes.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let _p = profile::scope(Op::Attention);
     // Training: the kernels below have no backward pass (see `differentiable`).
     if super::differentiable::needs_grad(&[q, k, v]) {
         return super::differentiable::attention(q, k, v, scale);
@@ -269,20 +271,23 @@ impl Attention {
         // "(b f) d c -> b (f d) c": frames are consecutive in the batch, so a reshape concatenates
         // them. Each projection is split into heads at once so that only one copy stays alive.
         let kv_tokens = kv_source.dim(1)? * (b / groups);
-        let q = self.split_heads(&self.to_q.forward(x)?, groups, tokens)?;
-        let k = self.split_heads(&self.to_k.forward(kv_source)?, groups, kv_tokens)?;
-        let v = self.split_heads(&self.to_v.forward(kv_source)?, groups, kv_tokens)?;
+        let linear = |l: &Linear, t: &Tensor| profile::time(Op::Matmul, || l.forward(t));
+        let q = self.split_heads(&linear(&self.to_q, x)?, groups, tokens)?;
+        let k = self.split_heads(&linear(&self.to_k, kv_source)?, groups, kv_tokens)?;
+        let v = self.split_heads(&linear(&self.to_v, kv_source)?, groups, kv_tokens)?;
         let out = attention(&q, &k, &v, 1.0 / (self.dim_head as f64).sqrt())?;
         drop((q, k, v));
-        let out = out
-            .reshape((groups, self.heads, tokens, self.dim_head))?
-            .transpose(1, 2)?
-            .reshape((b, n, self.heads * self.dim_head))?;
-        self.to_out.forward(&out)
+        let out = profile::time(Op::Elementwise, || {
+            out.reshape((groups, self.heads, tokens, self.dim_head))?
+                .transpose(1, 2)?
+                .reshape((b, n, self.heads * self.dim_head))
+        })?;
+        linear(&self.to_out, &out)
     }
 
     /// `[.., inner]` → `[groups · heads, tokens, dim_head]`.
     fn split_heads(&self, x: &Tensor, groups: usize, tokens: usize) -> Result<Tensor> {
+        let _p = profile::scope(Op::Elementwise);
         x.reshape((groups, tokens, self.heads, self.dim_head))?
             .transpose(1, 2)?
             .contiguous()?

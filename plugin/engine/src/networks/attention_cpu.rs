@@ -7,9 +7,10 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 /// Rows × columns below which threading is not worth it.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
-/// `e^x` for `x ≤ 88`; 0 below -87.3. Relative error ~2e-7 (Cephes `expf` polynomial).
+/// `e^x` for `x ≤ 88` (clamped there), 0 below -87.3; relative error ~2e-7 (the Cephes `expf`
+/// range reduction and polynomial), written so that it vectorises.
 #[inline(always)]
-fn exp_approx(x: f32) -> f32 {
+pub(super) fn exp_approx(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
@@ -17,7 +18,8 @@ fn exp_approx(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     let xc = if x > 88.0 { 88.0 } else { x };
     let xc = if xc < -87.3 { -87.3 } else { xc };
-    let n = (xc * LOG2E + MAGIC) - MAGIC;
+    let shifted = xc * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
     let r = xc - n * C1 - n * C2;
     let r2 = r * r;
     let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -25,7 +27,11 @@ fn exp_approx(x: f32) -> f32 {
         * r
         + 0.5;
     let y = p * r2 + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the integer `n` held in the low mantissa bits of `shifted` (|n| ≤ 127), without a
+    // float-to-int cast: Rust's saturating `as i32` keeps LLVM from vectorising the loop.
+    // (Wrapping arithmetic: overflow checks in test builds would stop the vectorisation too.)
+    let n_int = (shifted.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let scale = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
     if x < -87.3 {
         0.0
     } else {
@@ -354,6 +360,17 @@ fn attend_tile(
     s: &mut Vec<f32>,
 ) {
     let Dims { lk, d, dv } = dims;
+    // Worker-thread time of the GEMMs and of the softmax/rescale (read only while profiling).
+    let profiling = crate::profile::enabled();
+    let (mut gemm_ns, mut softmax_ns) = (0u64, 0u64);
+    let lap = |from: &mut Option<std::time::Instant>, acc: &mut u64| {
+        if let Some(t) = from {
+            let now = std::time::Instant::now();
+            *acc += (now - *t).as_nanos() as u64;
+            *t = now;
+        }
+    };
+    let mut clock = profiling.then(std::time::Instant::now);
     let rows = q.len() / d;
     let mut m = vec![f32::NEG_INFINITY; rows];
     let mut l = vec![0f32; rows];
@@ -388,7 +405,9 @@ fn attend_tile(
                 gemm::Parallelism::None,
             );
         }
+        lap(&mut clock, &mut gemm_ns);
         online_update(s, cols, &mut m, &mut l, out, dv, scale);
+        lap(&mut clock, &mut softmax_ns);
         // SAFETY: as above.
         unsafe {
             gemm::gemm(
@@ -413,12 +432,18 @@ fn attend_tile(
                 gemm::Parallelism::None,
             );
         }
+        lap(&mut clock, &mut gemm_ns);
     }
     for (row, &sum) in out.chunks_exact_mut(dv).zip(&l) {
         let inv = 1.0 / sum;
         for x in row {
             *x *= inv;
         }
+    }
+    lap(&mut clock, &mut softmax_ns);
+    if profiling {
+        crate::profile::add_worker_time(crate::profile::Part::AttentionGemm, gemm_ns);
+        crate::profile::add_worker_time(crate::profile::Part::AttentionSoftmax, softmax_ns);
     }
 }
 

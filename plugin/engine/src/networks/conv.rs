@@ -81,6 +81,7 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _p = crate::profile::scope(crate::profile::Op::Conv2d);
         let w = self.inner.weight();
         let cfg = self.inner.config();
         let cpu_f32 = x.device().is_cpu()

@@ -7,6 +7,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
 use super::group_norm::GroupNorm;
+use crate::profile::{self, Op};
 
 /// `k×k` convolution with "same" padding and bias.
 pub(crate) fn conv(
@@ -73,20 +74,21 @@ impl ResnetBlock2D {
     /// `x: [B, C, H, W]`, `temb: [B, T]`; GroupNorm statistics shared by runs of `norm_frames` entries.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, norm_frames: usize) -> Result<Tensor> {
         // `h` is reassigned (not shadowed) so that each full-size intermediate is freed at once.
-        let t = self
-            .time_emb_proj
-            .forward(&temb.silu()?)?
+        let t = profile::time(Op::Activation, || temb.silu())?;
+        let t = profile::time(Op::Matmul, || self.time_emb_proj.forward(&t))?
             .unsqueeze(2)?
             .unsqueeze(3)?;
-        let mut h = self.norm1.forward_frames(x, norm_frames)?.silu()?;
+        // GroupNorm and the SiLU after it in one pass (`silu(norm(x))`, as diffusers computes).
+        let mut h = self.norm1.forward_frames_silu(x, norm_frames)?;
         h = self.conv1.forward(&h)?;
-        h = h.broadcast_add(&t)?;
-        h = self.norm2.forward_frames(&h, norm_frames)?.silu()?;
+        h = profile::time(Op::Elementwise, || h.broadcast_add(&t))?;
+        h = self.norm2.forward_frames_silu(&h, norm_frames)?;
         h = self.conv2.forward(&h)?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
+        let _p = profile::scope(Op::Elementwise);
         let out = (skip + h)?;
         if self.output_scale_factor == 1.0 {
             Ok(out)
@@ -120,7 +122,9 @@ impl Downsample2D {
     /// Per frame.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.padding == 0 {
-            let x = x.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
+            let x = profile::time(Op::Resample, || {
+                x.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)
+            })?;
             self.conv.forward(&x)
         } else {
             self.conv.forward(x)
@@ -146,6 +150,7 @@ impl Upsample2D {
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        self.conv.forward(&x.upsample_nearest2d(th, tw)?)
+        let up = profile::time(Op::Resample, || x.upsample_nearest2d(th, tw))?;
+        self.conv.forward(&up)
     }
 }

@@ -11,6 +11,7 @@ use candle_nn::{LayerNorm, Linear, Module, VarBuilder};
 use super::attention::Attention;
 use super::differentiable::layer_norm;
 use super::group_norm::GroupNorm;
+use crate::profile::{self, Op};
 
 /// What a `Transformer2DModel` needs beyond its channel count (from the UNet/ControlNet config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +38,8 @@ struct Geglu {
 
 impl Module for Geglu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.proj.forward(x)?;
+        let h = profile::time(Op::Matmul, || self.proj.forward(x))?;
+        let _p = profile::scope(Op::Activation);
         let inner = h.dim(candle_core::D::Minus1)? / 2;
         let hidden = h.narrow(candle_core::D::Minus1, 0, inner)?;
         let gate = h.narrow(candle_core::D::Minus1, inner, inner)?;
@@ -71,19 +73,21 @@ impl FeedForward {
         let (b, n, c) = x.dims3()?;
         let rows = b * n;
         let chunk = (FF_CHUNK_ELEMENTS / (2 * self.inner).max(1)).max(1);
+        let out = |t: &Tensor| profile::time(Op::Matmul, || self.out.forward(t));
         if rows <= chunk {
-            return self.out.forward(&self.geglu.forward(x)?);
+            return out(&self.geglu.forward(x)?);
         }
         let flat = x.reshape((rows, c))?;
         let parts = (0..rows)
             .step_by(chunk)
             .map(|start| {
                 let len = chunk.min(rows - start);
-                self.out
-                    .forward(&self.geglu.forward(&flat.narrow(0, start, len)?)?)
+                out(&self.geglu.forward(&flat.narrow(0, start, len)?)?)
             })
             .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&parts, 0)?.reshape((b, n, c))
+        profile::time(Op::Elementwise, || {
+            Tensor::cat(&parts, 0)?.reshape((b, n, c))
+        })
     }
 }
 
@@ -120,15 +124,19 @@ impl BasicTransformerBlock {
 
     /// `x: [B, N, C]`, `context: [B, M, C']`; `attn_frames` consecutive entries share `attn1`.
     pub fn forward(&self, x: &Tensor, context: &Tensor, attn_frames: usize) -> Result<Tensor> {
-        let mut x = (self
-            .attn1
-            .forward(&layer_norm(&self.norm1, x)?, None, attn_frames)?
-            + x)?;
-        x = (self
-            .attn2
-            .forward(&layer_norm(&self.norm2, &x)?, Some(context), 1)?
-            + &x)?;
-        self.ff.forward(&layer_norm(&self.norm3, &x)?)? + x
+        let ln = |n: &LayerNorm, t: &Tensor| profile::time(Op::LayerNorm, || layer_norm(n, t));
+        let add = |a: Tensor, b: &Tensor| profile::time(Op::Elementwise, || a + b);
+        let mut x = add(
+            self.attn1
+                .forward(&ln(&self.norm1, x)?, None, attn_frames)?,
+            x,
+        )?;
+        x = add(
+            self.attn2
+                .forward(&ln(&self.norm2, &x)?, Some(context), 1)?,
+            &x,
+        )?;
+        add(self.ff.forward(&ln(&self.norm3, &x)?)?, &x)
     }
 }
 
@@ -208,14 +216,16 @@ impl Transformer2DModel {
     pub fn forward(&self, x: &Tensor, context: &Tensor, attn_frames: usize) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let tokens = |t: &Tensor| -> Result<Tensor> {
+            let _p = profile::scope(Op::Elementwise);
             let ch = t.dim(1)?;
             t.permute((0, 2, 3, 1))?.reshape((b, h * w, ch))
         };
+        let linear = |l: &Linear, t: &Tensor| profile::time(Op::Matmul, || l.forward(t));
         let mut hs = {
             let normed = self.norm.forward_frames(x, 1)?;
             match &self.proj_in {
                 Projection::Conv(conv) => tokens(&conv.forward(&normed)?)?,
-                Projection::Linear(lin) => lin.forward(&tokens(&normed)?)?,
+                Projection::Linear(lin) => linear(lin, &tokens(&normed)?)?,
             }
         };
         for block in &self.transformer_blocks {
@@ -223,14 +233,15 @@ impl Transformer2DModel {
         }
         let inner = hs.dim(2)?;
         let image = |t: &Tensor, ch: usize| -> Result<Tensor> {
+            let _p = profile::scope(Op::Elementwise);
             t.reshape((b, h, w, ch))?
                 .permute((0, 3, 1, 2))?
                 .contiguous()
         };
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&image(&hs, inner)?)?,
-            Projection::Linear(lin) => image(&lin.forward(&hs)?, c)?,
+            Projection::Linear(lin) => image(&linear(lin, &hs)?, c)?,
         };
-        out + x
+        profile::time(Op::Elementwise, || out + x)
     }
 }

@@ -925,7 +925,9 @@ impl UNet2DConditionModel {
         let b = sample.dim(0)?;
         let context = context_for_batch(encoder_hidden_states, b, self.arch.cross_attention_dim())?;
         let layout = FrameLayout::new(mode, b, true)?;
-        let temb = self.time_embedding.forward(t_proj)?;
+        let temb = crate::profile::time(crate::profile::Op::Other, || {
+            self.time_embedding.forward(t_proj)
+        })?;
         let x = if self.arch.center_input_sample {
             ((sample * 2.0)? - 1.0)?
         } else {
@@ -946,6 +948,7 @@ impl UNet2DConditionModel {
                     skips.len()
                 )));
             }
+            let _p = crate::profile::scope(crate::profile::Op::Elementwise);
             for (skip, res) in skips.iter_mut().zip(&r.down_block_res_samples) {
                 *skip = add_residual(skip, res)?;
             }
@@ -959,6 +962,7 @@ impl UNet2DConditionModel {
         }
         h = self.mid_block.forward(&h, &temb, &context, layout)?;
         if let Some((r, _)) = residuals {
+            let _p = crate::profile::scope(crate::profile::Op::Elementwise);
             h = add_residual(&h, &r.mid_block_res_sample)?;
         }
         for block in &self.up_blocks {
@@ -978,10 +982,8 @@ impl UNet2DConditionModel {
             };
             h = block.forward(&h, &these, &temb, &context, size, layout)?;
         }
-        let h = self
-            .conv_norm_out
-            .forward_frames(&h, layout.norm_frames)?
-            .silu()?;
+        let h = self.conv_norm_out.forward_frames(&h, layout.norm_frames)?;
+        let h = crate::profile::time(crate::profile::Op::Activation, || h.silu())?;
         Ok(self.conv_out.forward(&h)?)
     }
 }

@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use super::transformer::{Transformer2DModel, TransformerSpec};
+use crate::profile::{self, Op};
 
 /// How the batch dimension is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,7 +302,7 @@ impl UpBlock {
         }
         let mut h = x.clone();
         for (j, (resnet, skip)) in self.resnets.iter().zip(skips.iter().rev()).enumerate() {
-            h = Tensor::cat(&[&h, skip], 1)?;
+            h = profile::time(Op::Elementwise, || Tensor::cat(&[&h, skip], 1))?;
             h = resnet.forward(&h, temb, layout.norm_frames)?;
             if let Some(attn) = self.attentions.get(j) {
                 h = attn.forward(&h, context, layout.attn_frames)?;

@@ -12,8 +12,9 @@
 use std::path::Path;
 
 use super::conv::{Conv2d, Conv2dConfig};
+use super::group_norm::GroupNorm;
 use candle_core::{Module, Result as CResult, Tensor, D};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
@@ -177,9 +178,9 @@ struct ResnetBlock2D {
 impl ResnetBlock2D {
     fn new(vb: VarBuilder, cin: usize, cout: usize, groups: usize) -> CResult<Self> {
         let eps = 1e-6;
-        let norm1 = candle_nn::group_norm(groups, cin, eps, vb.pp("norm1"))?;
+        let norm1 = GroupNorm::new(groups, cin, eps, vb.pp("norm1"))?;
         let conv1 = conv(vb.pp("conv1"), cin, cout, 3, 1, 1)?;
-        let norm2 = candle_nn::group_norm(groups, cout, eps, vb.pp("norm2"))?;
+        let norm2 = GroupNorm::new(groups, cout, eps, vb.pp("norm2"))?;
         let conv2 = conv(vb.pp("conv2"), cout, cout, 3, 1, 1)?;
         let conv_shortcut = if cin != cout {
             Some(conv(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?)
@@ -198,9 +199,10 @@ impl ResnetBlock2D {
 
 impl Module for ResnetBlock2D {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let h = self.norm1.forward(x)?.silu()?;
+        // Per-image GroupNorm with the SiLU fused in (`silu(norm(x))`).
+        let h = self.norm1.forward_frames_silu(x, 1)?;
         let h = self.conv1.forward(&h)?;
-        let h = self.norm2.forward(&h)?.silu()?;
+        let h = self.norm2.forward_frames_silu(&h, 1)?;
         let h = self.conv2.forward(&h)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
@@ -224,7 +226,7 @@ struct MidAttention {
 
 impl MidAttention {
     fn new(vb: VarBuilder, c: usize, groups: usize) -> CResult<Self> {
-        let group_norm = candle_nn::group_norm(groups, c, 1e-6, vb.pp("group_norm"))?;
+        let group_norm = GroupNorm::new(groups, c, 1e-6, vb.pp("group_norm"))?;
         // Legacy checkpoints (pre-diffusers-0.14 conversions) name the projections differently.
         let legacy = !vb.contains_tensor("to_q.weight") && vb.contains_tensor("query.weight");
         let (q, k, v, o) = if legacy {
@@ -246,7 +248,7 @@ impl MidAttention {
 impl Module for MidAttention {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let hs = self.group_norm.forward(x)?;
+        let hs = self.group_norm.forward_frames(x, 1)?;
         let hs = hs.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let q = self.to_q.forward(&hs)?;
         let k = self.to_k.forward(&hs)?;
@@ -387,7 +389,7 @@ impl Encoder {
         }
         let last = ch[ch.len() - 1];
         let mid_block = MidBlock::new(vb.pp("mid_block"), last, g, cfg.mid_block_add_attention)?;
-        let conv_norm_out = candle_nn::group_norm(g, last, 1e-6, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = GroupNorm::new(g, last, 1e-6, vb.pp("conv_norm_out"))?;
         let conv_out = conv(vb.pp("conv_out"), last, 2 * cfg.latent_channels, 3, 1, 1)?;
         Ok(Self {
             conv_in,
@@ -406,7 +408,7 @@ impl Module for Encoder {
             h = b.forward(&h)?;
         }
         let h = self.mid_block.forward(&h)?;
-        let h = self.conv_norm_out.forward(&h)?.silu()?;
+        let h = self.conv_norm_out.forward_frames_silu(&h, 1)?;
         self.conv_out.forward(&h)
     }
 }
@@ -452,7 +454,7 @@ impl Decoder {
             cin = cout;
         }
         let last = rev[rev.len() - 1];
-        let conv_norm_out = candle_nn::group_norm(g, last, 1e-6, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = GroupNorm::new(g, last, 1e-6, vb.pp("conv_norm_out"))?;
         let conv_out = conv(vb.pp("conv_out"), last, cfg.out_channels, 3, 1, 1)?;
         Ok(Self {
             conv_in,
@@ -471,7 +473,7 @@ impl Module for Decoder {
         for b in &self.up_blocks {
             h = b.forward(&h)?;
         }
-        let h = self.conv_norm_out.forward(&h)?.silu()?;
+        let h = self.conv_norm_out.forward_frames_silu(&h, 1)?;
         self.conv_out.forward(&h)
     }
 }
