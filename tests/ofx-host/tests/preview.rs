@@ -32,7 +32,9 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
 
-/// Mesh-render-like frame `n`: a dark textured background and a moving body blob and limb.
+/// Mesh-render-like frame `n`: a dark textured background and a moving body blob and limb. Its
+/// own motion, not `engine_render.rs`'s poses: with those, frame 8's preview and final render
+/// coincide at these settings and the test could not tell them apart.
 fn mesh_frame(n: usize) -> RgbImage {
     let n = n as f32;
     RgbImage::from_fn(RES, RES, |x, y| {

@@ -144,45 +144,37 @@ const F32_BLOCK: usize = 1024;
 /// cache (16 KiB) before being merged into the group's statistics.
 const STAT_BLOCK: usize = 4096;
 
-/// Sum of `xs` (f32 lanes per block of [`F32_BLOCK`], blocks added in f64).
+/// Sum of `f(x)` over `xs`: f32 lanes per block of [`F32_BLOCK`], blocks added in f64.
 #[inline(always)]
-fn sum_generic(xs: &[f32]) -> f64 {
+fn block_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut total = 0f64;
     for block in xs.chunks(F32_BLOCK) {
         let mut acc = [0f32; 16];
         let mut chunks = block.chunks_exact(16);
         for c in &mut chunks {
             for (a, &v) in acc.iter_mut().zip(c) {
-                *a += v;
+                *a += f(v);
             }
         }
-        let tail: f32 = chunks.remainder().iter().sum();
+        let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
         total += f64::from(acc.iter().sum::<f32>() + tail);
     }
     total
 }
 
-/// Sum of `(x − mean)²` over `xs`, accumulated like [`sum_generic`].
+/// Sum of `xs`.
+#[inline(always)]
+fn sum_generic(xs: &[f32]) -> f64 {
+    block_sum(xs, |v| v)
+}
+
+/// Sum of `(x − mean)²` over `xs`.
 #[inline(always)]
 fn sq_dev_generic(xs: &[f32], mean: f32) -> f64 {
-    let mut total = 0f64;
-    for block in xs.chunks(F32_BLOCK) {
-        let mut acc = [0f32; 16];
-        let mut chunks = block.chunks_exact(16);
-        for c in &mut chunks {
-            for (a, &v) in acc.iter_mut().zip(c) {
-                let d = v - mean;
-                *a += d * d;
-            }
-        }
-        let tail: f32 = chunks
-            .remainder()
-            .iter()
-            .map(|&v| (v - mean) * (v - mean))
-            .sum();
-        total += f64::from(acc.iter().sum::<f32>() + tail);
-    }
-    total
+    block_sum(xs, |v| {
+        let d = v - mean;
+        d * d
+    })
 }
 
 /// `dst = src·scale + shift`, then `silu` (`y / (1 + e^−y)`, as torch's `silu`) if asked.
