@@ -13,6 +13,10 @@ Usage: python3 plugin/benches/unet_window.py --out /tmp/sd15-unet --frames 16 --
 
 With `--profile` the window runs under `torch.profiler` (CPU) and a table of self CPU time per op
 kind follows the JSON line, grouped like the Rust benchmark's `--profile` table.
+
+With `--autocast-bf16` the window runs under `torch.autocast("cpu", dtype=torch.bfloat16)` (the
+PyTorch counterpart of our `--bf16`) and is compared with the f32 output already written for the
+same size (it runs after the f32 run; the f32 reference file is left as it is).
 """
 
 import argparse
@@ -116,6 +120,8 @@ def main():
     ap.add_argument("--timestep", type=int, default=501)
     ap.add_argument("--profile", action="store_true",
                     help="run the window under torch.profiler and print self CPU time per op kind")
+    ap.add_argument("--autocast-bf16", action="store_true",
+                    help="run under CPU autocast to bf16 and compare with the stored f32 output")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
 
@@ -138,6 +144,9 @@ def main():
     for name, module in unet.named_modules():
         if name.endswith("attn1"):
             module.set_processor(SdpaFullFrameAttnProcessor(f))
+    reference = os.path.join(args.out, f"window_{f}x{lat}.safetensors")
+    if args.autocast_bf16 and not os.path.exists(reference):
+        sys.exit(f"--autocast-bf16 compares with {reference}: run without it first")
     gen = torch.Generator().manual_seed(1)
     sample = torch.randn(f, 4, lat, lat, generator=gen)
     ehs = torch.randn(1, 50, 768, generator=gen).expand(f, 50, 768).contiguous()
@@ -148,13 +157,16 @@ def main():
     if args.profile:
         prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
         prof.__enter__()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast_bf16)
     t0 = time.perf_counter()
-    out = unet(sample, torch.tensor(args.timestep), encoder_hidden_states=ehs).sample
+    with autocast:
+        out = unet(sample, torch.tensor(args.timestep), encoder_hidden_states=ehs).sample
     run_s = time.perf_counter() - t0
+    out = out.float()
     if prof is not None:
         prof.__exit__(None, None, None)
     report = {
-        "engine": "pytorch",
+        "engine": "pytorch-autocast-bf16" if args.autocast_bf16 else "pytorch",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "frames": f,
@@ -165,11 +177,16 @@ def main():
         "peak_rss_during_window_gib": round(vm_status("VmHWM") / 2**30, 3),
         "peak_rss_process_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
     }
-    save_file(
-        {"sample": sample, "encoder_hidden_states": ehs[:1].contiguous(), "out": out.contiguous()},
-        os.path.join(args.out, f"window_{f}x{lat}.safetensors"),
-        metadata={"timestep": str(args.timestep)},
-    )
+    if args.autocast_bf16:
+        want = load_file(reference)["out"]
+        report["max_abs_vs_f32"] = float((out - want).abs().max())
+        report["f32_max_abs"] = float(want.abs().max())
+    else:
+        save_file(
+            {"sample": sample, "encoder_hidden_states": ehs[:1].contiguous(), "out": out.contiguous()},
+            reference,
+            metadata={"timestep": str(args.timestep)},
+        )
     print(json.dumps(report))
     if prof is not None:
         print_profile(prof, run_s)

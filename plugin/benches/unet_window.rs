@@ -12,6 +12,10 @@
 //! With `--profile` (or `ANCHOR_PROFILE=1`) the engine's per-operation profile is recorded during
 //! the window and printed after the JSON line as a Markdown table sorted by time, with each op
 //! kind's share of the window (compare with `unet_window.py --profile`).
+//!
+//! With `--bf16` the window runs as `--precision bf16` runs on the CPU: f32 tensors, matrix
+//! products in bf16 with f32 accumulation (AMX or AVX-512 BF16; f32 where the processor has
+//! neither); the JSON line names the kernel.
 use std::error::Error;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -36,6 +40,7 @@ fn gib(bytes: Option<u64>) -> String {
 fn main() -> Result<(), Box<dyn Error>> {
     // `cargo bench` appends `--bench`; positional arguments are folder, frames, latent size.
     let profile = std::env::args().any(|a| a == "--profile");
+    let bf16 = std::env::args().any(|a| a == "--bf16");
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -89,6 +94,14 @@ fn main() -> Result<(), Box<dyn Error>> {
         let ehs = Tensor::randn(0f32, 1.0, (1, 50, cfg_width(&cfg)), &device)?;
         (sample, ehs, None, 501.0)
     };
+    let _scope = anchor_engine::networks::gemm_bf16::scope(bf16);
+    let kernel = anchor_engine::networks::gemm_bf16::active();
+    if kernel.is_some() {
+        // The layers pack their weights for the bf16 kernel at first use, once per model load
+        // (a render reuses them for every window): a one-frame 8² window does it untimed.
+        let s = Tensor::randn(0f32, 1.0, (1, 4, 8, 8), &device)?;
+        unet.forward(&s, timestep, &ehs, None, Temporal::Window)?;
+    }
     if profile {
         anchor_engine::profile::enable();
     }
@@ -111,7 +124,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         None => "n/a (no PyTorch output for these sizes)".into(),
     };
     println!(
-        "{{\"engine\": \"candle\", \"threads\": {}, \"frames\": {frames}, \"latent\": {latent}, \
+        "{{\"engine\": \"candle\", \"bf16_kernel\": \"{kernel:?}\", \"threads\": {}, \"frames\": {frames}, \"latent\": {latent}, \
          \"load_s\": {load_s:.2}, \"window_s\": {window_s:.2}, \"rss_after_load_gib\": {}, \
          \"peak_rss_during_window_gib\": {}, \"peak_reset\": {reset}, \"max_abs_vs_pytorch\": \"{parity}\"}}",
         candle_core::utils::get_num_threads(),

@@ -508,7 +508,7 @@ fn run_frames(
 fn render_settings(a: &RenderArgs, model: &BodyModel) -> Result<RenderSettings> {
     let mut s = RenderSettings::model_defaults(&a.model, model.defaults());
     s.device = a.device.parse::<DeviceChoice>()?;
-    s.dtype = model.dtype;
+    s.dtype = model.precision;
     s.fusion = a.fusion.parse::<Fusion>()?;
     s.tail = a.tail.parse::<Tail>()?;
     s.steps = a.steps.unwrap_or(s.steps);
@@ -615,7 +615,7 @@ fn render(mut a: RenderArgs) -> Result<()> {
         describe_selection(&clip, &frames),
         clip.span(),
         anchor_engine::device::device_name(&device),
-        anchor_engine::device::dtype_name(dtype),
+        anchor_engine::device::precision_name(&device, dtype),
         settings.steps,
         settings.window,
         settings.overlap,
@@ -1015,7 +1015,7 @@ fn write_frames(
     let (res, len, steps) = (job.resolution(), poses.paths().len(), denoiser.steps());
     create_dir(&a.out)?;
     let face = (a.face.face_model.as_deref())
-        .map(|dir| face_step(a, dir, body_model.dtype, face_service::global()))
+        .map(|dir| face_step(a, dir, body_model.precision, face_service::global()))
         .transpose()?
         .map(|step| step.with_shared(denoiser.shared().cloned()));
     let face_inputs = face

@@ -356,7 +356,7 @@ pub const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: PRECISION,
         label: "Precision",
-        hint: "Floating-point precision of the networks: f16 and bf16 halve memory and are faster on GPUs, f32 is the reference.",
+        hint: "Floating-point precision of the networks: f32 is the reference. On GPUs f16 and bf16 halve memory and are faster; on CPUs with bf16 dot products (AMX, AVX-512 BF16) bf16 runs the matrix products in bf16 and is faster, elsewhere it runs as f32.",
         page: PAGE_MODEL,
         kind: Kind::Choice {
             options: PRECISION_OPTIONS,

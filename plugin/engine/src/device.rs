@@ -104,20 +104,45 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 
 /// Checks that `device` can run networks in `dtype`.
 ///
-/// candle 0.11's CPU matmul has no bf16 kernel, so bf16 is CUDA-only; f16 runs on both (slowly on the
-/// CPU, where f32 is the better choice).
-pub fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
+/// Every run dtype runs on both devices. On the CPU, bf16 means f32 tensors whose matrix products
+/// use the processor's bf16 dot products ([`tensor_dtype`]); f16 runs through candle's f16 ops
+/// (slowly: f32 is the better choice there).
+pub fn check_dtype(_device: &Device, dtype: DType) -> Result<()> {
     match dtype {
-        DType::F32 | DType::F16 => Ok(()),
-        DType::BF16 if device.is_cuda() => Ok(()),
-        DType::BF16 => Err(EngineError::Device(
-            "bf16 is not supported on the CPU (candle has no CPU bf16 matmul); use f32 or f16"
-                .into(),
-        )),
+        DType::F32 | DType::F16 | DType::BF16 => Ok(()),
         other => Err(EngineError::Device(format!(
             "{} is not a run dtype; expected f32, f16 or bf16",
             other.as_str()
         ))),
+    }
+}
+
+/// The dtype of the networks' weights and activations for the run dtype `precision` on `device`.
+///
+/// bf16 on the CPU keeps them in f32, as `torch.autocast(device_type="cpu", dtype=torch.bfloat16)`
+/// does: inside [`crate::networks::gemm_bf16::scope`] the linear layers, convolutions and
+/// attention products round their operands to bf16 and accumulate in f32 (AMX or AVX-512 BF16),
+/// and everything else (norms, softmax sums, activations, residuals) stays f32. On a processor
+/// without bf16 dot products the products stay f32 too.
+pub fn tensor_dtype(device: &Device, precision: DType) -> DType {
+    if precision == DType::BF16 && device.is_cpu() {
+        DType::F32
+    } else {
+        precision
+    }
+}
+
+/// The run dtype as a log line says it: on the CPU, bf16 also names the instructions its matrix
+/// products use (`bf16 (AMX)`, `bf16 (AVX-512 BF16)`, or `bf16 (no bf16 instructions: as f32)`).
+pub fn precision_name(device: &Device, precision: DType) -> String {
+    use crate::networks::gemm_bf16::{available, Kernel};
+    match (precision, device.is_cpu()) {
+        (DType::BF16, true) => match available() {
+            Some(Kernel::Amx) => "bf16 (AMX)".into(),
+            Some(Kernel::Avx512) => "bf16 (AVX-512 BF16)".into(),
+            None => "bf16 (no bf16 instructions: as f32)".into(),
+        },
+        _ => dtype_name(precision).into(),
     }
 }
 
@@ -170,12 +195,17 @@ mod tests {
         assert_eq!(parse_dtype("half").ok(), Some(DType::F16));
         assert!(parse_dtype("int8").is_err());
         assert!(matches!(select_device(DeviceChoice::Cpu), Ok(Device::Cpu)));
-        assert!(check_dtype(&Device::Cpu, DType::BF16).is_err());
+        assert!(check_dtype(&Device::Cpu, DType::BF16).is_ok());
+        assert_eq!(tensor_dtype(&Device::Cpu, DType::BF16), DType::F32);
+        assert_eq!(tensor_dtype(&Device::Cpu, DType::F16), DType::F16);
         assert!(matches!(
             select("cpu", "f16"),
             Ok((Device::Cpu, DType::F16))
         ));
-        assert!(select("cpu", "bf16").is_err());
+        assert!(matches!(
+            select("cpu", "bf16"),
+            Ok((Device::Cpu, DType::BF16))
+        ));
         if !cuda_compiled() {
             assert!(matches!(select_device(DeviceChoice::Auto), Ok(Device::Cpu)));
             let e = select_device(DeviceChoice::Cuda(0));

@@ -53,7 +53,9 @@ pub fn mib_ceil(bytes: usize) -> usize {
 
 /// The estimate for windows of `frames` frames at `resolution` with `model`.
 pub fn estimate_batch(model: &BodyModel, frames: usize, resolution: usize) -> BatchEstimate {
-    let size = model.dtype.size_in_bytes();
+    // bf16 on the CPU keeps f32 weights and adds a bf16 copy of each matrix for its kernels.
+    let cpu_bf16 = model.precision == DType::BF16 && model.dtype == DType::F32;
+    let size = model.dtype.size_in_bytes() + if cpu_bf16 { 2 } else { 0 };
     let weights = model
         .reports
         .iter()

@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::device::{device_name, dtype_name};
+use super::device::device_name;
 use super::error::{EngineError, Result};
 use super::networks::clip::{
     check_appearance_width, ClipTextConfig, ClipTextEncoder, ClipVisionConfig, ClipVisionEncoder,
@@ -533,8 +533,11 @@ pub struct DiffusionModel {
     /// The CFG negative `(1, tokens, width)` in the run dtype, computed once from the text tower
     /// (which is then dropped: it has no other use).
     pub negative_embedding: Tensor,
-    /// The run dtype.
+    /// The dtype of the networks' tensors: the run dtype, except f32 for bf16 on the CPU
+    /// ([`crate::device::tensor_dtype`]).
     pub dtype: DType,
+    /// The run dtype asked for (`f32`, `f16`, `bf16`): what keys cached results.
+    pub precision: DType,
     /// The device.
     pub device: Device,
     /// What each strict load found, per component.
@@ -559,6 +562,8 @@ impl DiffusionModel {
         device: &Device,
     ) -> Result<Self> {
         super::device::check_dtype(device, dtype)?;
+        let precision = dtype;
+        let dtype = super::device::tensor_dtype(device, precision);
         let layout = ModelLayout::resolve_part(folder, part)?;
         let configs = BodyConfigs::read(&layout)?;
         let mut reports = Vec::new();
@@ -595,7 +600,7 @@ impl DiffusionModel {
             "loaded {} model {} ({} on {})",
             layout.part.subfolder(),
             layout.root.display(),
-            dtype_name(dtype),
+            super::device::precision_name(device, precision),
             device_name(device)
         );
         Ok(Self {
@@ -607,9 +612,16 @@ impl DiffusionModel {
             image_encoder,
             negative_embedding,
             dtype,
+            precision,
             device: device.clone(),
             reports,
         })
+    }
+
+    /// Turns the calling thread's CPU bf16 matrix products on for a bf16 run on the CPU (off
+    /// otherwise) until the guard drops; every network call of the model runs inside one.
+    pub fn precision_scope(&self) -> crate::networks::gemm_bf16::Scope {
+        crate::networks::gemm_bf16::scope(self.precision == DType::BF16 && self.device.is_cpu())
     }
 
     /// The sampling defaults of this model (`anchor.json`, or the reference's).

@@ -331,7 +331,11 @@ impl<'m> BodyNetworks<'m> {
         }
         let mut h = KeyHasher::tagged("body-networks");
         h.key(model_key);
-        h.str(&format!("{:?}/{:?}", model.dtype, model.device.location()));
+        h.str(&format!(
+            "{:?}/{:?}",
+            model.precision,
+            model.device.location()
+        ));
         h.str(residuals.name());
         h.f32s(&cond.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
         Ok(Self {
@@ -377,6 +381,7 @@ impl WindowNetworks for BodyNetworks<'_> {
         scale: f64,
     ) -> Result<(Tensor, Tensor)> {
         let t = timestep as f64;
+        let _bf16 = self.model.precision_scope();
         // The CFG halves never mix in the reference: two window passes are exact.
         let u = self.eps(latents, t, &self.uncond, control, scale)?;
         let c = self.eps(latents, t, &self.cond, control, scale)?;
@@ -384,7 +389,10 @@ impl WindowNetworks for BodyNetworks<'_> {
     }
 
     fn decode(&self, latent: &Tensor) -> Result<Tensor> {
-        let x = self.model.vae.decode_scaled(&latent.unsqueeze(0)?)?;
+        let x = {
+            let _bf16 = self.model.precision_scope();
+            self.model.vae.decode_scaled(&latent.unsqueeze(0)?)?
+        };
         // `(x / 2 + 0.5).clamp(0, 1)` (body output).
         let x = (x.to_dtype(DType::F32)? / 2.0)?;
         Ok((x + 0.5)?.clamp(0f32, 1f32)?.squeeze(0)?)

@@ -46,6 +46,10 @@ pub enum Part {
     AttentionGemm,
     /// The fused attention's online softmax: row max, exponentials, sums and rescaling.
     AttentionSoftmax,
+    /// The convolution kernel's GEMMs.
+    ConvGemm,
+    /// The convolution kernel's data movement: im2col, or the Winograd transforms.
+    ConvTransform,
 }
 
 const OPS: [Op; 9] = [
@@ -60,7 +64,12 @@ const OPS: [Op; 9] = [
     Op::Other,
 ];
 
-const PARTS: [Part; 2] = [Part::AttentionGemm, Part::AttentionSoftmax];
+const PARTS: [Part; 4] = [
+    Part::AttentionGemm,
+    Part::AttentionSoftmax,
+    Part::ConvGemm,
+    Part::ConvTransform,
+];
 
 impl Op {
     /// The row label in [`report`] (the same words as the PyTorch side of the benchmark).
@@ -188,28 +197,42 @@ pub struct Row {
     pub calls: u64,
 }
 
-/// The table, largest first. When the fused attention recorded its parts, its row is split into
-/// GEMM and softmax rows in proportion to their worker-thread times.
+/// The table, largest first. When the fused attention or the convolution kernel recorded their
+/// parts, the op's row is split into two rows in proportion to the parts' worker-thread times.
 pub fn rows() -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
-    let gemm = PART_NS[0].load(Ordering::Relaxed);
-    let softmax = PART_NS[1].load(Ordering::Relaxed);
+    let part = |p: usize| PART_NS[p].load(Ordering::Relaxed);
     for op in OPS {
         let ns = TOTAL_NS[op.index()].load(Ordering::Relaxed);
         let calls = CALLS[op.index()].load(Ordering::Relaxed);
         if calls == 0 {
             continue;
         }
-        if op == Op::Attention && gemm + softmax > 0 {
-            let soft_ns = (ns as f64 * softmax as f64 / (gemm + softmax) as f64) as u64;
+        let split = match op {
+            Op::Attention => Some((
+                part(0),
+                part(1),
+                "attention: q·kᵀ, p·v GEMMs",
+                "attention: softmax, rescale",
+            )),
+            Op::Conv2d => Some((
+                part(2),
+                part(3),
+                "conv2d: GEMMs",
+                "conv2d: im2col / Winograd transforms",
+            )),
+            _ => None,
+        };
+        if let Some((a, b, name_a, name_b)) = split.filter(|(a, b, ..)| a + b > 0) {
+            let b_ns = (ns as f64 * b as f64 / (a + b) as f64) as u64;
             rows.push(Row {
-                name: "attention: q·kᵀ, p·v GEMMs".into(),
-                time: Duration::from_nanos(ns - soft_ns),
+                name: name_a.into(),
+                time: Duration::from_nanos(ns - b_ns),
                 calls,
             });
             rows.push(Row {
-                name: "attention: softmax, rescale".into(),
-                time: Duration::from_nanos(soft_ns),
+                name: name_b.into(),
+                time: Duration::from_nanos(b_ns),
                 calls,
             });
         } else {

@@ -794,6 +794,37 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[test]
+    fn a_bf16_render_on_the_cpu_is_near_f32_and_cached_apart() {
+        let svc = Service::default();
+        let f32s = settings(&tiny());
+        let mut bf16 = settings(&tiny());
+        bf16.dtype = DType::BF16;
+        let a = svc
+            .render_frame(&f32s, photo(), &Synthetic, 0, &NoProgress)
+            .unwrap();
+        let b = svc
+            .render_frame(&bf16, photo(), &Synthetic, 0, &NoProgress)
+            .unwrap();
+        assert!(
+            b.network_calls > 0,
+            "bf16 windows are never read from f32's cache"
+        );
+        let diff: Vec<i32> = (a.rgb.iter().zip(&b.rgb))
+            .map(|(&x, &y)| (x as i32 - y as i32).abs())
+            .collect();
+        let mean = diff.iter().sum::<i32>() as f64 / diff.len() as f64;
+        let worst = diff.iter().copied().max().unwrap_or(0);
+        match crate::networks::gemm_bf16::available() {
+            None => assert_eq!(a.rgb, b.rgb, "without bf16 instructions bf16 runs as f32"),
+            Some(kernel) => {
+                eprintln!("bf16 ({kernel:?}) vs f32, 8-bit levels: mean {mean:.3}, max {worst}");
+                assert!(a.rgb != b.rgb, "the bf16 kernels ran");
+                assert!(mean < 2.0 && worst <= 32, "mean {mean}, max {worst}");
+            }
+        }
+    }
+
     /// Cancels once `after` batches are done.
     struct CancelAfter {
         after: usize,
@@ -871,10 +902,10 @@ mod tests {
             e.to_string(),
             "invalid input: overlap (2) must be smaller than window (2)"
         );
-        let mut bf16 = settings(&tiny());
-        bf16.dtype = DType::BF16;
+        let mut gpu = settings(&tiny());
+        gpu.device = crate::device::DeviceChoice::Cuda(99);
         let e = svc
-            .render_frame(&bf16, photo(), &Synthetic, 0, &NoProgress)
+            .render_frame(&gpu, photo(), &Synthetic, 0, &NoProgress)
             .err()
             .unwrap();
         assert!(

@@ -322,6 +322,7 @@ impl<'m> HeadInpainter<'m> {
         let m = self.model;
         let s = self.settings.size;
         let (mask_t, masked) = prepare_mask_and_masked_image(image, mask, s, &m.device)?;
+        let _bf16 = m.precision_scope();
         let f = m.vae.config().downsample_factor();
         let small = downsample_mask(&mask_t, s / f, s / f)?.to_dtype(m.dtype)?;
         let post = m.vae.encode(&masked.to_dtype(m.dtype)?)?;
@@ -358,6 +359,7 @@ impl<'m> HeadInpainter<'m> {
         let ml2 = Tensor::cat(&[&cond.masked_latents, &cond.masked_latents], 0)?;
         let g = self.settings.guidance;
         let mut x = self.noise.to_dtype(m.dtype)?.to_device(&m.device)?;
+        let _bf16 = m.precision_scope();
         for &t in self.scheduler.timesteps() {
             let x2 = Tensor::cat(&[&x, &x], 0)?;
             let res = m.controlnet.forward(
@@ -382,7 +384,10 @@ impl<'m> HeadInpainter<'m> {
 
     /// Step 5: latents to 8-bit RGB `size × size`, rounded as diffusers' `numpy_to_pil`.
     pub fn decode(&self, latents: &Tensor) -> Result<Vec<u8>> {
-        let x = self.model.vae.decode_scaled(latents)?;
+        let x = {
+            let _bf16 = self.model.precision_scope();
+            self.model.vae.decode_scaled(latents)?
+        };
         let x = ((x.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
         let data = x
             .squeeze(0)?

@@ -142,12 +142,16 @@ impl WindowNetworks for HeadWindows<'_> {
                 .unet
                 .forward(&unet_in, t, &ctx, Some(&res), Temporal::Window)
         };
-        BatchGate::run_opt(self.gate, || Ok((eps(uncond)?, eps(cond)?)))
+        BatchGate::run_opt(self.gate, || {
+            let _bf16 = model.precision_scope();
+            Ok((eps(uncond)?, eps(cond)?))
+        })
     }
 
     fn decode(&self, latent: &Tensor) -> Result<Tensor> {
         let model = self.pass.inpainter().model();
         BatchGate::run_opt(self.gate, || {
+            let _bf16 = model.precision_scope();
             let x = model.vae.decode_scaled(&latent.unsqueeze(0)?)?;
             let x = ((x.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
             Ok(x.squeeze(0)?)

@@ -461,7 +461,7 @@ fn check_memory(
             detail: format!(
                 "a window batch of {largest} frame(s) at {res}x{res} in {} needs about {} MiB \
                  (model weights {} MiB + working set {} MiB), but only {} MiB are available",
-                dtype_name(model.dtype),
+                dtype_name(model.precision),
                 memory::mib_ceil(need.total()),
                 memory::mib_ceil(need.weights),
                 memory::mib_ceil(need.working_set),

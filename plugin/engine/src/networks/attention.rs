@@ -12,8 +12,9 @@
 //!
 //! Both are exact up to float rounding (tested against an f64 reference). Setting the environment
 //! variable `MYA_ATTENTION_BLOCKED` forces the blocked path on the CPU too (for benchmarks).
+use super::linear::{self, Linear};
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 
 use super::attention_cpu;
 use crate::profile::{self, Op};
@@ -56,6 +57,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 /// kernel (candle-flash-attn) would go here behind its own cargo feature; none is compiled in,
 /// so CUDA takes the blocked path.
 pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    if let Some(out) = super::gemm_bf16::attention(q, k, v, scale)? {
+        return Ok(Some(out));
+    }
     if q.device().is_cpu() && std::env::var_os("MYA_ATTENTION_BLOCKED").is_none() {
         let dtype = q.dtype();
         let f32s = |t: &Tensor| t.to_dtype(DType::F32);
@@ -242,10 +246,10 @@ impl Attention {
     ) -> Result<Self> {
         let inner = heads * dim_head;
         Ok(Self {
-            to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
+            to_q: linear::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: linear::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: linear::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: linear::linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
             heads,
             dim_head,
         })

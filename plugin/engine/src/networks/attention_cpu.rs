@@ -111,6 +111,38 @@ unsafe fn exp_shifted_rows_avx2(
     exp_shifted_rows_generic(src, shifts, dst, cols, scale)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn softmax_rows_avx512(src: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
+    softmax_rows_generic(src, dst, cols, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn exp_shifted_rows_avx512(
+    src: &[f32],
+    shifts: &[f32],
+    dst: &mut [f32],
+    cols: usize,
+    scale: f32,
+) {
+    exp_shifted_rows_generic(src, shifts, dst, cols, scale)
+}
+
+/// AVX-512 doubles the vector width of the exponentials. The arithmetic is the same (Rust does
+/// not contract into FMAs, and the partial sums keep their fixed 8-lane order), so the result
+/// is bit-identical to the AVX2 and generic builds.
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2() && is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -124,6 +156,12 @@ fn has_avx2() -> bool {
 
 fn softmax_rows(src: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked at run time).
+        unsafe { softmax_rows_avx512(src, dst, cols, scale) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
         unsafe { softmax_rows_avx2(src, dst, cols, scale) };
@@ -133,6 +171,12 @@ fn softmax_rows(src: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
 }
 
 fn exp_shifted_rows(src: &[f32], shifts: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked at run time).
+        unsafe { exp_shifted_rows_avx512(src, shifts, dst, cols, scale) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
@@ -322,6 +366,20 @@ unsafe fn online_update_avx2(
     online_update_generic(s, cols, m, l, acc, dv, scale)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn online_update_avx512(
+    s: &mut [f32],
+    cols: usize,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+    dv: usize,
+    scale: f32,
+) {
+    online_update_generic(s, cols, m, l, acc, dv, scale)
+}
+
 fn online_update(
     s: &mut [f32],
     cols: usize,
@@ -331,6 +389,16 @@ fn online_update(
     dv: usize,
     scale: f32,
 ) {
+    // AVX-512: the fused step (2^x with vscalefps, lazy running maximum).
+    if super::online_softmax::step_f32(s, cols, m, l, acc, dv, scale) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked at run time).
+        unsafe { online_update_avx512(s, cols, m, l, acc, dv, scale) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
@@ -380,21 +448,25 @@ fn attend_tile(
         s.resize(rows * cols, 0.0);
         let kt = &k[start * d..(start + cols) * d];
         let vt = &v[start * dv..(start + cols) * dv];
+        // Both GEMMs are computed transposed (`sᵀ = kt·qᵀ`, `outᵀ += vtᵀ·sᵀ`): the row-major
+        // `s` and `out` are then column-major results with unit stride along `gemm`'s output
+        // rows, the layout its kernels write directly, and `qᵀ`, `vtᵀ`, `sᵀ` are read in place.
         // SAFETY: every pointer/stride pair addresses memory inside the slices: s is rows×cols
-        // (row-major), q rows×d, kt cols×d read as its transpose (d×cols), out rows×dv, vt cols×dv.
+        // (row-major) written as sᵀ (cols×rows, column stride cols), kt cols×d (row stride d),
+        // q rows×d read as qᵀ (d×rows, column stride d).
         unsafe {
             gemm::gemm(
-                rows,
                 cols,
+                rows,
                 d,
                 s.as_mut_ptr(),
-                1,
                 cols as isize,
+                1,
                 false,
-                q.as_ptr(),
+                kt.as_ptr(),
                 1,
                 d as isize,
-                kt.as_ptr(),
+                q.as_ptr(),
                 d as isize,
                 1,
                 0.0,
@@ -408,22 +480,24 @@ fn attend_tile(
         lap(&mut clock, &mut gemm_ns);
         online_update(s, cols, &mut m, &mut l, out, dv, scale);
         lap(&mut clock, &mut softmax_ns);
-        // SAFETY: as above.
+        // SAFETY: out rows×dv (row-major) written as outᵀ (dv×rows, column stride dv); vt
+        // cols×dv read as vtᵀ (dv×cols, column stride dv); s read as sᵀ (cols×rows, column
+        // stride cols).
         unsafe {
             gemm::gemm(
-                rows,
                 dv,
+                rows,
                 cols,
                 out.as_mut_ptr(),
-                1,
                 dv as isize,
+                1,
                 true,
-                s.as_ptr(),
-                1,
-                cols as isize,
                 vt.as_ptr(),
-                1,
                 dv as isize,
+                1,
+                s.as_ptr(),
+                cols as isize,
+                1,
                 1.0,
                 1.0,
                 false,
@@ -494,32 +568,23 @@ impl candle_core::CustomOp3 for FusedAttention {
             }
         }
         let threads = candle_core::utils::get_num_threads().clamp(1, items.len().max(1));
-        let queue = std::sync::Mutex::new(items.into_iter());
+        let slots: Vec<_> = items
+            .into_iter()
+            .map(|it| std::sync::Mutex::new(Some(it)))
+            .collect();
         let scale = self.scale;
-        let work = || {
-            let mut s = Vec::new();
-            loop {
-                let next = match queue.lock() {
-                    Ok(mut it) => it.next(),
-                    Err(_) => None,
-                };
-                let Some((b, q0, out_t)) = next else { break };
+        // The kernels' shared pool: the caller waits only for tiles a worker has started.
+        super::pool::for_each(slots.len(), threads, |i| {
+            let next = slots[i].lock().ok().and_then(|mut slot| slot.take());
+            let Some((b, q0, out_t)) = next else { return };
+            super::pool::with_scratch(|[s, _, _]| {
                 let rows = out_t.len() / dv;
                 let qt = &q[(b * lq + q0) * d..(b * lq + q0 + rows) * d];
                 let kb = &k[b * lk * d..(b + 1) * lk * d];
                 let vb = &v[b * lk * dv..(b + 1) * lk * dv];
-                attend_tile(qt, kb, vb, out_t, dims, scale, &mut s);
-            }
-        };
-        if threads == 1 {
-            work();
-        } else {
-            std::thread::scope(|scope| {
-                for _ in 0..threads {
-                    scope.spawn(work);
-                }
+                attend_tile(qt, kb, vb, out_t, dims, scale, s);
             });
-        }
+        });
         Ok((CpuStorage::F32(out), Shape::from_dims(&[n, lq, dv])))
     }
 }

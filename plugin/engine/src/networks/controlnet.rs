@@ -22,6 +22,7 @@ use super::unet::{
 };
 use super::unet_blocks::{DownBlock, DownBlockSpec, FrameLayout, MidBlock, ResnetCommon};
 use crate::error::{EngineError, Result};
+use crate::profile::{self, Op};
 
 pub use super::unet_blocks::Temporal;
 
@@ -214,9 +215,12 @@ impl ConditioningEmbedding {
 
 impl Module for ConditioningEmbedding {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = self.conv_in.forward(x)?.silu()?;
+        // The embedding runs at the working resolution on every frame: candle's one-thread
+        // scalar `silu` cost as much as its convolutions.
+        let silu = |t: &Tensor| profile::time(Op::Activation, || super::elementwise::silu(t));
+        let mut h = silu(&self.conv_in.forward(x)?)?;
         for block in &self.blocks {
-            h = block.forward(&h)?.silu()?;
+            h = silu(&block.forward(&h)?)?;
         }
         self.conv_out.forward(&h)
     }

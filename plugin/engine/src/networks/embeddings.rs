@@ -3,8 +3,9 @@
 //! As diffusers' `get_timestep_embedding`: `exp(-ln(1e4)·i/(half - freq_shift))`, output `[cos | sin]` when `flip_sin_to_cos`.
 //! The arithmetic is done in f32 in the same order as `get_timestep_embedding`, so the phases
 //! (up to ~1000 rad) round like the reference.
+use super::linear::{self, Linear};
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 
 /// Sinusoidal embedding of one timestep, shape `[dim]`, f32.
 pub fn timestep_sinusoid(
@@ -47,8 +48,8 @@ impl TimestepEmbedding {
     /// `in_channels` → `time_embed_dim` → `time_embed_dim`.
     pub fn new(in_channels: usize, time_embed_dim: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(in_channels, time_embed_dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(time_embed_dim, time_embed_dim, vb.pp("linear_2"))?,
+            linear_1: linear::linear(in_channels, time_embed_dim, vb.pp("linear_1"))?,
+            linear_2: linear::linear(time_embed_dim, time_embed_dim, vb.pp("linear_2"))?,
         })
     }
 

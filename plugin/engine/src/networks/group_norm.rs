@@ -386,27 +386,18 @@ impl CustomOp1 for GroupNormCpu {
         } else {
             candle_core::utils::get_num_threads().clamp(1, items.len())
         };
-        let queue = std::sync::Mutex::new(items.into_iter());
-        let work = || loop {
-            let next = match queue.lock() {
-                Ok(mut it) => it.next(),
-                Err(_) => None,
-            };
-            let Some((group, src, mut dst)) = next else {
-                break;
-            };
-            self.item(kernels, group, &src, &mut dst, hw);
-        };
-        if threads <= 1 {
-            work();
-        } else {
-            std::thread::scope(|scope| {
-                for _ in 1..threads {
-                    scope.spawn(work);
-                }
-                work();
-            });
-        }
+        // Items go through the kernels' shared pool: the caller waits only for the items a
+        // worker has started, never for a worker that the scheduler has not woken yet.
+        let slots: Vec<_> = items
+            .into_iter()
+            .map(|it| std::sync::Mutex::new(Some(it)))
+            .collect();
+        super::pool::for_each(slots.len(), threads, |i| {
+            let next = slots[i].lock().ok().and_then(|mut slot| slot.take());
+            if let Some((group, src, mut dst)) = next {
+                self.item(kernels, group, &src, &mut dst, hw);
+            }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }

@@ -3,8 +3,9 @@
 //! In a window the two GroupNorms of a ResNet block take statistics over all frames of the
 //! window; convolutions and resampling stay per frame.
 use super::conv::{Conv2d, Conv2dConfig};
+use super::linear::{self, Linear};
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 
 use super::group_norm::GroupNorm;
 use crate::profile::{self, Op};
@@ -63,7 +64,7 @@ impl ResnetBlock2D {
         Ok(Self {
             norm1: GroupNorm::new(groups, cin, eps, vb.pp("norm1"))?,
             conv1: conv(cin, cout, 3, 1, vb.pp("conv1"))?,
-            time_emb_proj: candle_nn::linear(temb_channels, cout, vb.pp("time_emb_proj"))?,
+            time_emb_proj: linear::linear(temb_channels, cout, vb.pp("time_emb_proj"))?,
             norm2: GroupNorm::new(groups, cout, eps, vb.pp("norm2"))?,
             conv2: conv(cout, cout, 3, 1, vb.pp("conv2"))?,
             conv_shortcut,
@@ -89,7 +90,7 @@ impl ResnetBlock2D {
             None => x.clone(),
         };
         let _p = profile::scope(Op::Elementwise);
-        let out = (skip + h)?;
+        let out = super::elementwise::add(&skip, &h)?;
         if self.output_scale_factor == 1.0 {
             Ok(out)
         } else {

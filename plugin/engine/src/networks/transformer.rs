@@ -5,8 +5,9 @@
 //! (`norm`, eps 1e-6), `attn2` (cross-attention to the appearance tokens), the FF and the
 //! projections stay per frame. GEGLU uses the exact erf GELU.
 use super::conv::{Conv2d, Conv2dConfig};
+use super::linear::{self, Linear};
 use candle_core::{Result, Tensor};
-use candle_nn::{LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use super::attention::Attention;
 use super::differentiable::layer_norm;
@@ -40,6 +41,9 @@ impl Module for Geglu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = profile::time(Op::Matmul, || self.proj.forward(x))?;
         let _p = profile::scope(Op::Activation);
+        if let Some(y) = super::elementwise::geglu(&h)? {
+            return Ok(y);
+        }
         let inner = h.dim(candle_core::D::Minus1)? / 2;
         let hidden = h.narrow(candle_core::D::Minus1, 0, inner)?;
         let gate = h.narrow(candle_core::D::Minus1, inner, inner)?;
@@ -61,23 +65,25 @@ impl FeedForward {
         let net = vb.pp("net");
         Ok(Self {
             geglu: Geglu {
-                proj: candle_nn::linear(dim, inner * 2, net.pp("0").pp("proj"))?,
+                proj: linear::linear(dim, inner * 2, net.pp("0").pp("proj"))?,
             },
-            out: candle_nn::linear(inner, dim, net.pp("2"))?,
+            out: linear::linear(inner, dim, net.pp("2"))?,
             inner,
         })
     }
 
-    /// `x: [B, N, C]`, processed in row chunks.
+    /// `x: [B, N, C]`, processed in row chunks. The rows are flattened to `[B·N, C]` first, so
+    /// each projection is one GEMM over all tokens rather than one per batch entry against a
+    /// broadcast weight (candle's batched matmul).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let rows = b * n;
         let chunk = (FF_CHUNK_ELEMENTS / (2 * self.inner).max(1)).max(1);
         let out = |t: &Tensor| profile::time(Op::Matmul, || self.out.forward(t));
-        if rows <= chunk {
-            return out(&self.geglu.forward(x)?);
-        }
         let flat = x.reshape((rows, c))?;
+        if rows <= chunk {
+            return out(&self.geglu.forward(&flat)?)?.reshape((b, n, c));
+        }
         let parts = (0..rows)
             .step_by(chunk)
             .map(|start| {
@@ -124,8 +130,17 @@ impl BasicTransformerBlock {
 
     /// `x: [B, N, C]`, `context: [B, M, C']`; `attn_frames` consecutive entries share `attn1`.
     pub fn forward(&self, x: &Tensor, context: &Tensor, attn_frames: usize) -> Result<Tensor> {
-        let ln = |n: &LayerNorm, t: &Tensor| profile::time(Op::LayerNorm, || layer_norm(n, t));
-        let add = |a: Tensor, b: &Tensor| profile::time(Op::Elementwise, || a + b);
+        let ln = |n: &LayerNorm, t: &Tensor| {
+            profile::time(Op::LayerNorm, || {
+                match super::elementwise::layer_norm(n, t)? {
+                    Some(y) => Ok(y),
+                    None => layer_norm(n, t),
+                }
+            })
+        };
+        let add = |a: Tensor, b: &Tensor| {
+            profile::time(Op::Elementwise, || super::elementwise::add(&a, b))
+        };
         let mut x = add(
             self.attn1
                 .forward(&ln(&self.norm1, x)?, None, attn_frames)?,
@@ -150,7 +165,7 @@ enum Projection {
 impl Projection {
     fn new(cin: usize, cout: usize, linear: bool, vb: VarBuilder) -> Result<Self> {
         Ok(if linear {
-            Self::Linear(candle_nn::linear(cin, cout, vb)?)
+            Self::Linear(linear::linear(cin, cout, vb)?)
         } else {
             Self::Conv(super::conv::conv2d(
                 cin,
@@ -242,6 +257,6 @@ impl Transformer2DModel {
             Projection::Conv(conv) => conv.forward(&image(&hs, inner)?)?,
             Projection::Linear(lin) => image(&linear(lin, &hs)?, c)?,
         };
-        profile::time(Op::Elementwise, || out + x)
+        profile::time(Op::Elementwise, || super::elementwise::add(&out, x))
     }
 }

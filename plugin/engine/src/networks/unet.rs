@@ -982,8 +982,10 @@ impl UNet2DConditionModel {
             };
             h = block.forward(&h, &these, &temb, &context, size, layout)?;
         }
-        let h = self.conv_norm_out.forward_frames(&h, layout.norm_frames)?;
-        let h = crate::profile::time(crate::profile::Op::Activation, || h.silu())?;
+        // GroupNorm and the SiLU after it in one pass, as in the ResNet blocks.
+        let h = self
+            .conv_norm_out
+            .forward_frames_silu(&h, layout.norm_frames)?;
         Ok(self.conv_out.forward(&h)?)
     }
 }

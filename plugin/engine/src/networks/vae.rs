@@ -13,11 +13,13 @@ use std::path::Path;
 
 use super::conv::{Conv2d, Conv2dConfig};
 use super::group_norm::GroupNorm;
+use super::linear::{self, Linear};
 use candle_core::{Module, Result as CResult, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
+use crate::profile::{self, Op};
 use crate::weights;
 
 /// diffusers `AutoencoderKL` `config.json`. Defaults are SD1.5's (`vae/config.json`).
@@ -208,7 +210,8 @@ impl Module for ResnetBlock2D {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        shortcut + h
+        let _p = profile::scope(Op::Elementwise);
+        super::elementwise::add(&shortcut, &h)
     }
 }
 
@@ -236,10 +239,10 @@ impl MidAttention {
         };
         Ok(Self {
             group_norm,
-            to_q: candle_nn::linear(c, c, vb.pp(q))?,
-            to_k: candle_nn::linear(c, c, vb.pp(k))?,
-            to_v: candle_nn::linear(c, c, vb.pp(v))?,
-            to_out: candle_nn::linear(c, c, vb.pp(o))?,
+            to_q: linear::linear(c, c, vb.pp(q))?,
+            to_k: linear::linear(c, c, vb.pp(k))?,
+            to_v: linear::linear(c, c, vb.pp(v))?,
+            to_out: linear::linear(c, c, vb.pp(o))?,
             scale: (c as f64).powf(-0.5),
         })
     }
@@ -247,9 +250,14 @@ impl MidAttention {
 
 impl Module for MidAttention {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let _p = profile::scope(Op::Attention);
         let (b, c, h, w) = x.dims4()?;
         let hs = self.group_norm.forward_frames(x, 1)?;
         let hs = hs.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
+        if let Some(out) = self.forward_fused(&hs)? {
+            let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;
+            return out + x;
+        }
         let q = self.to_q.forward(&hs)?;
         let k = self.to_k.forward(&hs)?;
         let v = self.to_v.forward(&hs)?;
@@ -263,6 +271,28 @@ impl Module for MidAttention {
         let out = self.to_out.forward(&out)?;
         let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;
         out + x
+    }
+}
+
+impl MidAttention {
+    /// f32 CPU inference: the projections through the threaded linear kernel and the attention
+    /// through the fused tiled kernel (no 4096 × 4096 score matrix), on tokens `[B, HW, C]`;
+    /// `None` where the kernels do not apply (other devices or dtypes, gradients, a bf16 scope).
+    fn forward_fused(&self, hs: &Tensor) -> CResult<Option<Tensor>> {
+        use super::elementwise::linear as fast;
+        if super::gemm_bf16::active().is_some() || !super::attention_cpu::applies(hs) {
+            return Ok(None);
+        }
+        let project = |l: &Linear| fast(hs, l.weight(), l.bias());
+        let (Some(q), Some(k), Some(v)) = (
+            project(&self.to_q)?,
+            project(&self.to_k)?,
+            project(&self.to_v)?,
+        ) else {
+            return Ok(None);
+        };
+        let out = super::attention_cpu::fused_attention(&q, &k, &v, self.scale)?;
+        fast(&out, self.to_out.weight(), self.to_out.bias())
     }
 }
 
@@ -338,7 +368,13 @@ impl Module for UpDecoderBlock2D {
         }
         if let Some(u) = &self.upsampler {
             let (_, _, hh, ww) = h.dims4()?;
-            h = h.upsample_nearest2d(hh * 2, ww * 2)?;
+            h = profile::time(
+                Op::Resample,
+                || match super::elementwise::upsample_nearest_2x(&h)? {
+                    Some(up) => Ok(up),
+                    None => h.upsample_nearest2d(hh * 2, ww * 2),
+                },
+            )?;
             h = u.forward(&h)?;
         }
         Ok(h)
