@@ -3,7 +3,7 @@
 //!
 //! Full-frame self-attention over a 16-frame window at 64² latents is 65,536 tokens:
 //! a naive score matrix per head would be 16 GiB. [`attention`] never builds it:
-//! - on the CPU, a fused tiled kernel (`attention_cpu`): 128 query rows × 512 key rows per tile,
+//! - on the CPU, a fused tiled kernel (`attention_cpu`): 256 query rows × 1024 key rows per tile,
 //!   two small GEMMs per tile and an online (running max / running sum) softmax, tiles spread over
 //!   threads; about 2× faster than the blocked path below because scores stay in cache;
 //! - elsewhere (CUDA), [`blocked_attention`]: query blocks of up to [`QUERY_BLOCK_ROWS`] rows against
@@ -52,7 +52,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 
 /// Fused attention where one is available; `None` sends the caller to the blocked GEMM path.
 ///
-/// On the CPU (f32) this is a tiled kernel ([`attention_cpu`]): 128 query rows × 512 key rows at
+/// On the CPU (f32) this is a tiled kernel ([`attention_cpu`]): 256 query rows × 1024 key rows at
 /// a time, scores kept in cache, the same online softmax as [`blocked_attention`]. A CUDA flash
 /// kernel (candle-flash-attn) would go here behind its own cargo feature; none is compiled in,
 /// so CUDA takes the blocked path.

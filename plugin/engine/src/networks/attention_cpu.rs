@@ -305,9 +305,11 @@ pub(crate) fn exp_shifted(s: &Tensor, m: &Tensor, scale: f32) -> Result<Tensor> 
 }
 
 /// Query rows per tile of the fused kernel.
-const FUSED_QUERY_TILE: usize = 128;
-/// Key rows per tile: the `[128, 512]` f32 score tile (256 KiB) stays in cache.
-const FUSED_KEY_TILE: usize = 512;
+const FUSED_QUERY_TILE: usize = 256;
+/// Key rows per tile: the `[256, 1024]` f32 score tile (1 MiB) stays in a core's 2 MiB L2, and
+/// each `gemm` call is large enough to amortise its packing (the `bf16_kernels` benchmark's f32
+/// attention shapes ran 10–15 % faster than with 128 × 512 tiles).
+const FUSED_KEY_TILE: usize = 1024;
 
 /// One query tile's online-softmax update after `s = q·kᵀ` for one key tile: turns `s` into
 /// `exp((s - m_new)·scale)` in place, rescales `acc` and `l`, and updates `m`.
