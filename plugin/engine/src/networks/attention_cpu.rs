@@ -216,7 +216,7 @@ fn parallel_rows(
     });
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
         _ => candle_core::bail!("{what}: f32 only"),
@@ -529,6 +529,28 @@ struct FusedAttention {
     scale: f32,
 }
 
+/// `(n, lq, d, lk, dv)` of an attention's `q: [n, lq, d]`, `k: [n, lk, d]`, `v: [n, lk, dv]`,
+/// or an error naming `what` when they do not agree (or a size is 0).
+pub(super) fn attention_dims(
+    l1: &Layout,
+    l2: &Layout,
+    l3: &Layout,
+    what: &str,
+) -> Result<(usize, usize, usize, usize, usize)> {
+    let (n, lq, d) = l1.shape().dims3()?;
+    let (nk, lk, dk) = l2.shape().dims3()?;
+    let (nv, lv, dv) = l3.shape().dims3()?;
+    if nk != n || nv != n || dk != d || lv != lk || lk == 0 || d == 0 || dv == 0 {
+        candle_core::bail!(
+            "{what}: q {:?}, k {:?}, v {:?} do not agree",
+            l1.dims(),
+            l2.dims(),
+            l3.dims()
+        );
+    }
+    Ok((n, lq, d, lk, dv))
+}
+
 impl candle_core::CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "mya-fused-attention"
@@ -548,18 +570,7 @@ impl candle_core::CustomOp3 for FusedAttention {
             contiguous_f32(s2, l2, self.name())?,
             contiguous_f32(s3, l3, self.name())?,
         );
-        let (n, lq, d) = l1.shape().dims3()?;
-        let (nk, lk, dk) = l2.shape().dims3()?;
-        let (nv, lv, dv) = l3.shape().dims3()?;
-        if nk != n || nv != n || dk != d || lv != lk || lk == 0 || d == 0 || dv == 0 {
-            candle_core::bail!(
-                "{}: q {:?}, k {:?}, v {:?} do not agree",
-                self.name(),
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            );
-        }
+        let (n, lq, d, lk, dv) = attention_dims(l1, l2, l3, self.name())?;
         let dims = Dims { lk, d, dv };
         let mut out = vec![0f32; n * lq * dv];
         // Work items: (batch entry, first query row, output rows), disjoint in `out`.

@@ -28,6 +28,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use super::attention_cpu::{attention_dims, contiguous_f32};
 use super::conv::ConvShape;
 
 /// The bf16 dot-product instructions a kernel uses.
@@ -611,12 +612,18 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// The contiguous f32 elements of a CPU storage.
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
-        _ => candle_core::bail!("{what}: expected a contiguous f32 CPU tensor"),
+/// The layer's packed weight: `cell`'s, or `make` of the f32 weight `w`, kept in `cell` (a layer
+/// packs once; two threads racing on the first call both pack, and one copy is kept).
+fn packed_once<'a>(
+    cell: &'a OnceLock<Packed>,
+    w: &Tensor,
+    make: impl FnOnce(&[f32]) -> Packed,
+) -> Result<&'a Packed> {
+    if let Some(p) = cell.get() {
+        return Ok(p);
     }
+    let wv = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(cell.get_or_init(|| make(&wv)))
 }
 
 /// True where a bf16 kernel may replace an f32 CPU product: bf16 scope, CPU, f32, no gradient.
@@ -650,17 +657,12 @@ pub fn linear(
         return Ok(None);
     };
     let (out_dim, in_dim) = w.dims2()?;
-    let weights = match packed.get() {
-        Some(p) => p,
-        None => {
-            let wv = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            let (kp, np) = (pad(in_dim, 32), pad(out_dim, 16));
-            let mut data = vec![0u16; kp / 2 * np * 2];
-            to_vnni_t(&wv, out_dim, in_dim, in_dim, &mut data, kp, np);
-            let _ = packed.set(Packed { n: np, kp, data });
-            packed.get().expect("set above")
-        }
-    };
+    let weights = packed_once(packed, w, |wv| {
+        let (kp, np) = (pad(in_dim, 32), pad(out_dim, 16));
+        let mut data = vec![0u16; kp / 2 * np * 2];
+        to_vnni_t(wv, out_dim, in_dim, in_dim, &mut data, kp, np);
+        Packed { n: np, kp, data }
+    })?;
     let bias = b.map(|b| b.to_vec1::<f32>()).transpose()?;
     let _p = crate::profile::scope(crate::profile::Op::Matmul);
     let op = LinearOp {
@@ -694,7 +696,7 @@ impl CustomOp1 for LinearOp<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32s(s, l, self.name())?;
+        let x = contiguous_f32(s, l, self.name())?;
         let (rows, in_dim) = l.shape().dims2()?;
         let y = self.run(x, rows, in_dim, candle_core::utils::get_num_threads());
         Ok((CpuStorage::F32(y), Shape::from((rows, self.out_dim))))
@@ -794,17 +796,12 @@ pub fn conv2d(
         return Ok(None);
     };
     let k = sh.c_in * sh.kh * sh.kw;
-    let weights = match packed.get() {
-        Some(p) => p,
-        None => {
-            let wv = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            let (mp, kp) = (pad(sh.c_out, 32), pad(k, 32));
-            let mut data = vec![0u16; mp * kp];
-            to_rows(&wv, sh.c_out, k, k, &mut data, mp, kp);
-            let _ = packed.set(Packed { n: mp, kp, data });
-            packed.get().expect("set above")
-        }
-    };
+    let weights = packed_once(packed, w, |wv| {
+        let (mp, kp) = (pad(sh.c_out, 32), pad(k, 32));
+        let mut data = vec![0u16; mp * kp];
+        to_rows(wv, sh.c_out, k, k, &mut data, mp, kp);
+        Packed { n: mp, kp, data }
+    })?;
     let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
     let op = ConvOp {
         kernel,
@@ -828,7 +825,7 @@ impl CustomOp1 for ConvOp<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32s(s, l, self.name())?;
+        let x = contiguous_f32(s, l, self.name())?;
         let (out, ho, wo) = self.run(x, candle_core::utils::get_num_threads())?;
         Ok((
             CpuStorage::F32(out),
@@ -976,22 +973,11 @@ impl CustomOp3 for AttentionOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (q, k, v) = (
-            f32s(s1, l1, self.name())?,
-            f32s(s2, l2, self.name())?,
-            f32s(s3, l3, self.name())?,
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+            contiguous_f32(s3, l3, self.name())?,
         );
-        let (n, lq, d) = l1.shape().dims3()?;
-        let (nk, lk, dk) = l2.shape().dims3()?;
-        let (nv, lv, dv) = l3.shape().dims3()?;
-        if nk != n || nv != n || dk != d || lv != lk || lk == 0 || d == 0 || dv == 0 {
-            candle_core::bail!(
-                "{}: q {:?}, k {:?}, v {:?} do not agree",
-                self.name(),
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            )
-        }
+        let (n, lq, d, lk, dv) = attention_dims(l1, l2, l3, self.name())?;
         let threads = candle_core::utils::get_num_threads();
         let (dp, lkp, dvp) = (pad(d, 32), pad(lk, 32), pad(dv, 16));
         // kᵀ (d × lk) and v (lk × dv) of every batch entry in VNNI, once. kᵀ is stored in
