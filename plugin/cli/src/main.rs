@@ -1111,6 +1111,10 @@ fn print_summary(
             .unwrap_or_else(|| "?".into()),
         start.elapsed().as_secs_f64()
     );
+    // `ANCHOR_PROFILE=1`: the per-operation table of the whole render, on stderr.
+    if anchor_engine::profile::enabled() {
+        eprint!("{}", anchor_engine::profile::report(start.elapsed()));
+    }
 }
 
 /// Body frame `f` from an earlier render in `dir` (named like the pose frame), which must be at

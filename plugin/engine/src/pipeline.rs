@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
 
 use super::model::{BodyModel, ModelLayout};
-use super::networks::controlnet::ControlNetOutput;
+use super::networks::controlnet::{ControlCondition, ControlNetOutput};
 use super::networks::unet::ControlResiduals;
 use super::networks::unet_blocks::Temporal;
 use super::resample::{resize_rgb8, Filter};
@@ -352,16 +352,20 @@ impl<'m> BodyNetworks<'m> {
         latents: &Tensor,
         t: f64,
         ctx: &Tensor,
-        control: &Tensor,
+        control: &ControlCondition,
         scale: f64,
     ) -> Result<Tensor> {
         let f = latents.dim(0)?;
         // The tokens are repeated per frame (`attention.py:98`).
         let ctx = ctx.repeat((f, 1, 1))?;
-        let res: ControlNetOutput =
-            self.model
-                .controlnet
-                .forward(latents, t, &ctx, control, scale, Temporal::Window)?;
+        let res: ControlNetOutput = self.model.controlnet.forward_condition(
+            latents,
+            t,
+            &ctx,
+            control,
+            scale,
+            Temporal::Window,
+        )?;
         self.model.unet.forward_controlled(
             latents,
             t,
@@ -382,9 +386,14 @@ impl WindowNetworks for BodyNetworks<'_> {
     ) -> Result<(Tensor, Tensor)> {
         let t = timestep as f64;
         let _bf16 = self.model.precision_scope();
-        // The CFG halves never mix in the reference: two window passes are exact.
-        let u = self.eps(latents, t, &self.uncond, control, scale)?;
-        let c = self.eps(latents, t, &self.cond, control, scale)?;
+        // The CFG halves never mix in the reference: two window passes are exact. Both see the
+        // same control frames, so they share one conditioning embedding.
+        let control = self
+            .model
+            .controlnet
+            .embed_condition(control, latents.dtype())?;
+        let u = self.eps(latents, t, &self.uncond, &control, scale)?;
+        let c = self.eps(latents, t, &self.cond, &control, scale)?;
         Ok((u, c))
     }
 

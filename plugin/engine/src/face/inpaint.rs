@@ -360,9 +360,11 @@ impl<'m> HeadInpainter<'m> {
         let g = self.settings.guidance;
         let mut x = self.noise.to_dtype(m.dtype)?.to_device(&m.device)?;
         let _bf16 = m.precision_scope();
+        // The control crop is the same at every step: its conditioning embedding is made once.
+        let ctrl2 = m.controlnet.embed_condition(&ctrl2, m.dtype)?;
         for &t in self.scheduler.timesteps() {
             let x2 = Tensor::cat(&[&x, &x], 0)?;
-            let res = m.controlnet.forward(
+            let res = m.controlnet.forward_condition(
                 &x2,
                 t as f64,
                 &ctx,

@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
 
 use crate::job::BatchGate;
+use crate::networks::controlnet::ControlCondition;
 use crate::networks::unet::Temporal;
 use crate::pipeline::DdimStep;
 use crate::temporal::{
@@ -128,13 +129,14 @@ impl WindowNetworks for HeadWindows<'_> {
         let t = timestep as f64;
         let unet_in = Tensor::cat(&[latents, &mask, &masked], 1)?;
         let (uncond, cond) = self.pass.inpainter().tokens();
-        let eps = |ctx: &Tensor| -> Result<Tensor> {
+        // Both CFG halves see the same control crops: one conditioning embedding.
+        let eps = |ctx: &Tensor, rgb: &ControlCondition| -> Result<Tensor> {
             let ctx = ctx.repeat((n, 1, 1))?;
-            let res = model.controlnet.forward(
+            let res = model.controlnet.forward_condition(
                 latents,
                 t,
                 &ctx,
-                &rgb,
+                rgb,
                 control_scale,
                 Temporal::Window,
             )?;
@@ -144,7 +146,8 @@ impl WindowNetworks for HeadWindows<'_> {
         };
         BatchGate::run_opt(self.gate, || {
             let _bf16 = model.precision_scope();
-            Ok((eps(uncond)?, eps(cond)?))
+            let rgb = model.controlnet.embed_condition(&rgb, latents.dtype())?;
+            Ok((eps(uncond, &rgb)?, eps(cond, &rgb)?))
         })
     }
 

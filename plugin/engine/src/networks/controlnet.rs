@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use super::conv::{Conv2d, Conv2dConfig};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -311,6 +311,58 @@ impl ControlNetModel {
         conditioning_scale: f64,
         mode: Temporal,
     ) -> Result<ControlNetOutput> {
+        let cond = self.embed_condition(controlnet_cond, sample.dtype())?;
+        self.forward_condition(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            &cond,
+            conditioning_scale,
+            mode,
+        )
+    }
+
+    /// The conditioning image `[B, cond_channels, H, W]` (RGB in [0, 1]) through the channel
+    /// order and `controlnet_cond_embedding`, in `dtype`. It depends on the image alone (neither
+    /// the timestep, the sample nor the prompt), so the two CFG halves of a window and the steps
+    /// of one face crop share it: [`Self::forward_condition`] takes it as made here. Computed at
+    /// the same batch size, it gives the same bits as inside [`Self::forward`].
+    pub fn embed_condition(
+        &self,
+        controlnet_cond: &Tensor,
+        dtype: DType,
+    ) -> Result<ControlCondition> {
+        let image_dims = controlnet_cond.dims().to_vec();
+        let c = self.arch.conditioning_channels;
+        if !matches!(image_dims.as_slice(), &[b, ch, h, w] if b > 0 && ch == c && h > 0 && w > 0) {
+            return Err(EngineError::Input(format!(
+                "ControlNet conditioning image has shape {image_dims:?}, expected [batch, {c}, \
+                 height, width]"
+            )));
+        }
+        let cond = controlnet_cond.to_dtype(dtype)?;
+        let cond = if self.arch.bgr {
+            let idx = Tensor::arange(0u32, c as u32, cond.device())?.flip(&[0])?;
+            cond.index_select(&idx, 1)?
+        } else {
+            cond
+        };
+        Ok(ControlCondition {
+            embedded: self.controlnet_cond_embedding.forward(&cond)?,
+            image_dims,
+        })
+    }
+
+    /// [`Self::forward`] with the conditioning image already through [`Self::embed_condition`].
+    pub fn forward_condition(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        cond: &ControlCondition,
+        conditioning_scale: f64,
+        mode: Temporal,
+    ) -> Result<ControlNetOutput> {
         let b = check_sample(sample, self.arch.in_channels, "ControlNet sample")?;
         let t_proj = self
             .arch
@@ -320,7 +372,7 @@ impl ControlNetModel {
             sample,
             &t_proj,
             encoder_hidden_states,
-            controlnet_cond,
+            cond,
             conditioning_scale,
             mode,
         )
@@ -347,23 +399,24 @@ impl ControlNetModel {
             self.arch
                 .time_proj
                 .forward_each(timesteps, sample.dtype(), sample.device())?;
+        let cond = self.embed_condition(controlnet_cond, sample.dtype())?;
         self.forward_embedded(
             sample,
             &t_proj,
             encoder_hidden_states,
-            controlnet_cond,
+            &cond,
             conditioning_scale,
             mode,
         )
     }
 
-    /// The network after the timestep sinusoid `t_proj: [B, C0]`.
+    /// The network after the timestep sinusoid `t_proj: [B, C0]` and the conditioning embedding.
     fn forward_embedded(
         &self,
         sample: &Tensor,
         t_proj: &Tensor,
         encoder_hidden_states: &Tensor,
-        controlnet_cond: &Tensor,
+        cond: &ControlCondition,
         conditioning_scale: f64,
         mode: Temporal,
     ) -> Result<ControlNetOutput> {
@@ -371,25 +424,16 @@ impl ControlNetModel {
         let (_, _, h, w) = sample.dims4()?;
         let s = self.arch.conditioning_downscale();
         let expected = [b, self.arch.conditioning_channels, h * s, w * s];
-        if controlnet_cond.dims() != expected {
+        if cond.image_dims != expected {
             return Err(EngineError::Input(format!(
                 "ControlNet conditioning image has shape {:?}, expected {expected:?}",
-                controlnet_cond.dims()
+                cond.image_dims
             )));
         }
         let context = context_for_batch(encoder_hidden_states, b, self.arch.cross_attention_dim())?;
         let layout = FrameLayout::new(mode, b, false)?;
         let temb = self.time_embedding.forward(t_proj)?;
-        let cond = controlnet_cond.to_dtype(sample.dtype())?;
-        let cond = if self.arch.bgr {
-            let c = self.arch.conditioning_channels;
-            let idx = Tensor::arange(0u32, c as u32, cond.device())?.flip(&[0])?;
-            cond.index_select(&idx, 1)?
-        } else {
-            cond
-        };
-        let mut h =
-            (self.conv_in.forward(sample)? + self.controlnet_cond_embedding.forward(&cond)?)?;
+        let mut h = (self.conv_in.forward(sample)? + &cond.embedded)?;
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
             let (out, states) = block.forward(&h, &temb, &context, layout)?;
@@ -410,12 +454,77 @@ impl ControlNetModel {
     }
 }
 
+/// A conditioning image after the ControlNet's `controlnet_cond_embedding`
+/// ([`ControlNetModel::embed_condition`]), with the image's shape for the checks.
+#[derive(Debug, Clone)]
+pub struct ControlCondition {
+    embedded: Tensor,
+    image_dims: Vec<usize>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::networks::unet::{PerBlock, UNet2DConditionConfig};
 
     type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    /// An embedding made once and shared (as the two CFG halves and a face crop's steps do)
+    /// gives the residuals of the plain forward bit for bit; a mismatched one is refused with
+    /// both shapes.
+    #[test]
+    fn a_shared_condition_embedding_gives_the_same_residuals() -> TestResult {
+        let dev = candle_core::Device::Cpu;
+        let tiny =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+        let model = crate::model::BodyModel::load(&tiny, DType::F32, &dev)?;
+        let net = &model.controlnet;
+        let sample = Tensor::randn(0f32, 1.0, (4, 4, 8, 8), &dev)?;
+        let image = Tensor::rand(0f32, 1.0, (4, 3, 64, 64), &dev)?;
+        let embedded = net.embed_condition(&image, DType::F32)?;
+        for (t, ctx_seed) in [(801.0, 0.5f32), (1.0, -1.0)] {
+            let ctx = (Tensor::randn(0f32, 1.0, (1, 7, 32), &dev)? * f64::from(ctx_seed))?;
+            let plain = net.forward(&sample, t, &ctx, &image, 1.5, Temporal::Window)?;
+            let shared =
+                net.forward_condition(&sample, t, &ctx, &embedded, 1.5, Temporal::Window)?;
+            let pairs = plain
+                .down_block_res_samples
+                .iter()
+                .zip(&shared.down_block_res_samples)
+                .chain([(&plain.mid_block_res_sample, &shared.mid_block_res_sample)]);
+            for (a, b) in pairs {
+                let (a, b) = (
+                    a.flatten_all()?.to_vec1::<f32>()?,
+                    b.flatten_all()?.to_vec1::<f32>()?,
+                );
+                assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
+        }
+        let small = net.embed_condition(&image.narrow(0, 0, 2)?, DType::F32)?;
+        let ctx = Tensor::zeros((1, 7, 32), DType::F32, &dev)?;
+        let msg = net
+            .forward_condition(&sample, 1.0, &ctx, &small, 1.0, Temporal::Window)
+            .err()
+            .ok_or("a 2-frame embedding accepted for 4 frames")?
+            .to_string();
+        assert!(
+            msg.contains("[2, 3, 64, 64], expected [4, 3, 64, 64]"),
+            "{msg}"
+        );
+        let msg = net
+            .embed_condition(
+                &Tensor::zeros((4, 1, 64, 64), DType::F32, &dev)?,
+                DType::F32,
+            )
+            .err()
+            .ok_or("a 1-channel image accepted")?
+            .to_string();
+        assert!(
+            msg.contains("[4, 1, 64, 64], expected [batch, 3, height, width]"),
+            "{msg}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn both_configs_read_the_shared_encoder_keys() -> TestResult {

@@ -9,6 +9,7 @@ pub mod differentiable;
 mod elementwise;
 pub mod embeddings;
 pub mod gemm_bf16;
+mod gemm_f32;
 pub mod group_norm;
 pub mod linear;
 mod online_softmax;
