@@ -22,6 +22,8 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use candle_nn::{Module, VarBuilder};
 
+use super::pool::SharedMut;
+
 pub use candle_nn::Conv2dConfig;
 
 /// `torch.nn.Conv2d` (keys `weight`, `bias`).
@@ -225,21 +227,6 @@ pub(super) fn im2col_band(x: &[f32], sh: &ConvShape, oy0: usize, oy1: usize, col
     }
 }
 
-/// The output buffer, shared by the threads; each work item writes a disjoint set of elements.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the pointer is only dereferenced by `gemm` and the bias fill for disjoint
-// (batch, output row band) items, each owned by exactly one thread.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The element `offset` past the start (a method, so closures capture the whole wrapper).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 /// `conv2d(x, w) + bias` for contiguous f32 NCHW `x` (`sh.batch × c_in × h × w`) and OIHW `w`
 /// (`c_out × c_in × kh × kw`), returning the contiguous NCHW output and its height and width.
 ///
@@ -315,7 +302,7 @@ pub fn conv2d_cpu_f32(
     let bands = ho.div_ceil(band);
     let items = sh.batch * bands;
     let threads = threads.min(items);
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
     let profiling = crate::profile::enabled();
     super::pool::for_each(items, threads, |item| {
         super::pool::with_scratch(|[col, _, _]| {
@@ -445,7 +432,7 @@ fn winograd_filters(w: &[f32], c_out: usize, c_in: usize, threads: usize) -> Vec
     // Blocks of 16 output channels through the kernels' pool (each block's values do not
     // depend on who computes them).
     let per = 16;
-    let u_ptr = OutPtr(u.as_mut_ptr());
+    let u_ptr = SharedMut(u.as_mut_ptr());
     super::pool::for_each(c_out.div_ceil(per), threads, |i| {
         let (co0, co1) = (i * per, ((i + 1) * per).min(c_out));
         // SAFETY: block i owns output channels co0..co1 of `u`.
@@ -574,7 +561,7 @@ unsafe fn winograd_outputs_impl(
     sh: &ConvShape,
     span: TileSpan,
     scratch: &mut Vec<f32>,
-    dst: OutPtr,
+    dst: SharedMut<f32>,
 ) {
     let (h, w) = (sh.h, sh.w);
     let tw = w.div_ceil(2);
@@ -636,7 +623,7 @@ unsafe fn winograd_outputs_impl(
 macro_rules! winograd_kernels {
     ($name:ident, $features:literal) => {
         mod $name {
-            use super::{ConvShape, OutPtr, TileSpan};
+            use super::{ConvShape, SharedMut, TileSpan};
 
             #[target_feature(enable = $features)]
             pub(super) unsafe fn inputs(
@@ -656,7 +643,7 @@ macro_rules! winograd_kernels {
                 sh: &ConvShape,
                 span: TileSpan,
                 scratch: &mut Vec<f32>,
-                dst: OutPtr,
+                dst: SharedMut<f32>,
             ) {
                 // SAFETY: forwarded contract.
                 unsafe { super::winograd_outputs_impl(m, bias, sh, span, scratch, dst) }
@@ -713,7 +700,7 @@ unsafe fn winograd_outputs(
     sh: &ConvShape,
     span: TileSpan,
     scratch: &mut Vec<f32>,
-    dst: OutPtr,
+    dst: SharedMut<f32>,
 ) {
     // SAFETY: the CPU supports these instructions (`winograd_isa`); the caller keeps the
     // output contract.
@@ -773,7 +760,7 @@ fn winograd_f2x3(
     let bands = th.div_ceil(band);
     let items = sh.batch.div_ceil(group) * bands;
     let threads = threads.min(items);
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
     super::pool::for_each(items, threads, |item| {
         super::pool::with_scratch(|[v, m, rows]| {
             let (b0, ty0) = ((item / bands) * group, (item % bands) * band);
@@ -829,7 +816,7 @@ fn winograd_f2x3(
             for b in b0..b1 {
                 // SAFETY: this item owns output rows 2·ty0..2·ty1 of images b0..b1.
                 unsafe {
-                    let dst = OutPtr(out_ptr.at(b * img_out));
+                    let dst = SharedMut(out_ptr.at(b * img_out));
                     winograd_outputs(isa, m, bias, sh, span(b), rows, dst)
                 };
             }
@@ -863,7 +850,7 @@ fn conv_small_images(
     let (img_in, img_out) = (sh.c_in * sh.h * sh.w, sh.c_out * p_img);
     let items = sh.batch.div_ceil(group);
     let threads = threads.min(items);
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
     super::pool::for_each(items, threads, |item| {
         super::pool::with_scratch(|[one, col, block]| {
             let (b0, b1) = (item * group, ((item + 1) * group).min(sh.batch));

@@ -17,6 +17,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use super::differentiable::needs_grad;
+use super::pool::SharedMut;
 
 /// Elements below which a kernel runs on the calling thread.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
@@ -169,20 +170,6 @@ fn layer_norm_rows(isa: u8, x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, o
     }
 }
 
-/// A pointer into an output buffer that work items write in disjoint parts.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only dereferenced for the disjoint parts of one output, one work item each.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The element `offset` past the start (a method, so closures capture the whole wrapper).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 /// Runs `f(input rows, output rows)` over `rows` rows (`in_w` and `out_w` floats each) on up to
 /// candle's thread count threads. The rows are cut into about 8 blocks per thread that the
 /// threads take in turn, so a core slowed by another process takes fewer blocks.
@@ -204,7 +191,7 @@ fn for_row_chunks(
         return;
     }
     let per = rows.div_ceil(8 * threads).max(1);
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
     let (in_len, out_len) = (input.len(), out.len());
     super::pool::for_each(rows.div_ceil(per), threads, |i| {
         let (r0, r1) = (i * per, ((i + 1) * per).min(rows));
@@ -347,7 +334,7 @@ fn linear_cpu(
     } else {
         threads.clamp(1, items.max(1))
     };
-    let out = SendPtr(y.as_mut_ptr());
+    let out = SharedMut(y.as_mut_ptr());
     super::pool::for_each(items, threads, |item| {
         let (t0, o0) = (
             (item / out_items) * LINEAR_TOKENS,
@@ -536,7 +523,7 @@ impl candle_core::CustomOp2 for AddCpu {
             }
         };
         let n = a.len();
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SharedMut(out.as_mut_ptr());
         super::pool::for_each(n.div_ceil(ADD_BLOCK), threads, |i| {
             let (s0, s1) = (i * ADD_BLOCK, ((i + 1) * ADD_BLOCK).min(n));
             // SAFETY: block i owns out[s0..s1].

@@ -30,6 +30,7 @@ use std::sync::OnceLock;
 
 use super::attention_cpu::{attention_dims, contiguous_f32};
 use super::conv::ConvShape;
+use super::pool::SharedMut;
 
 /// The bf16 dot-product instructions a kernel uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -592,24 +593,6 @@ struct Scratch {
 fn sized<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     buf.resize(len, T::default());
     &mut buf[..len]
-}
-
-/// A raw pointer shared by worker threads that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SharedMut<T>(*mut T);
-// SAFETY: every user writes a disjoint range per work item.
-unsafe impl<T> Send for SharedMut<T> {}
-unsafe impl<T> Sync for SharedMut<T> {}
-
-impl<T> SharedMut<T> {
-    /// `len` elements from `offset` (a method, so closures capture the whole wrapper).
-    ///
-    /// # Safety
-    /// The range is inside the buffer and no other thread uses it meanwhile.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(offset), len)
-    }
 }
 
 /// The layer's packed weight: `cell`'s, or `make` of the f32 weight `w`, kept in `cell` (a layer

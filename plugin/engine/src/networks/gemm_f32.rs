@@ -14,7 +14,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::pool;
+use super::pool::{self, SharedMut};
 
 /// Output features per packed panel (two AVX-512 registers).
 const NR: usize = 32;
@@ -41,19 +41,6 @@ pub(crate) fn available() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
-}
-
-/// A raw output pointer shared by the work items, which write disjoint parts.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: only dereferenced for the disjoint blocks of one buffer, one work item each.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 /// `y = x·wᵀ + b` for row-major `x: [tokens, d_in]`, `w: [d_out, d_in]` and `b: [d_out]`, on up
@@ -88,7 +75,7 @@ pub(crate) fn linear(
     }
     // wᵀ in panels: panel p holds features p·NR.. as `d_in` rows of NR.
     let mut packed: Vec<f32> = Vec::with_capacity(panels * d_in * NR);
-    let packed_ptr = Shared(packed.as_mut_ptr());
+    let packed_ptr = SharedMut(packed.as_mut_ptr());
     pool::for_each(panels, threads.min(panels), |p| {
         // SAFETY: panel p's `d_in·NR` floats of the allocation, written by this item alone.
         unsafe { pack_panel(w, d_in, d_out, p * NR, packed_ptr.at(p * d_in * NR)) };
@@ -104,7 +91,7 @@ pub(crate) fn linear(
     };
     let per_group = panels.div_ceil(groups);
     let groups = panels.div_ceil(per_group);
-    let out = Shared(y.as_mut_ptr());
+    let out = SharedMut(y.as_mut_ptr());
     let (packed, bias_padded) = (&packed[..], &bias_padded[..]);
     pool::for_each(row_blocks * groups, threads, |item| {
         let (r0, p0) = ((item / groups) * RB, (item % groups) * per_group);
