@@ -9,6 +9,7 @@ each, and the medians.
 
 Usage (after `cargo build --release -p anchor-cli --bin anchor`):
     python3 plugin/benches/mid_call.py --anchor /tmp/anchor-copy --pairs 3 [--mid-model /tmp/mya-mid]
+    python3 plugin/benches/mid_call.py --anchor /tmp/anchor-copy --pairs 3 --config tiny
 """
 
 import argparse
@@ -31,14 +32,18 @@ def main():
                     help="one binary, or several separated by commas (each runs in every pair)")
     ap.add_argument("--work", default="/tmp/mya-midcall")
     ap.add_argument("--mid-model", default="/tmp/mya-mid")
+    ap.add_argument("--config", default="mid", choices=sorted(tb.CONFIGS),
+                    help="the model and clip of temporal_bench.py's config (tiny: the committed "
+                         "fixture model, 64², 20 steps)")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--skip-pytorch", action="store_true")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     torch.set_num_threads(2)
-    model, res = args.mid_model, tb.CONFIGS["mid"]["res"]
-    L, W, O, S = tb.CONFIGS["mid"]["full"]
-    base = args.work
+    config = tb.CONFIGS[args.config]
+    model, res = config["model"] or args.mid_model, config["res"]
+    L, W, O, S = config["full"]
+    base = args.work if args.config == "mid" else f"{args.work}-{args.config}"
     os.makedirs(base, exist_ok=True)
     appearance = os.path.join(base, "appearance.png")
     tb.fixtures_temporal.draw_appearance().save(appearance)

@@ -311,6 +311,9 @@ impl ControlNetModel {
         conditioning_scale: f64,
         mode: Temporal,
     ) -> Result<ControlNetOutput> {
+        // The shapes are checked before the full-resolution embedding runs.
+        check_sample(sample, self.arch.in_channels, "ControlNet sample")?;
+        self.check_condition(sample, controlnet_cond.dims())?;
         let cond = self.embed_condition(controlnet_cond, sample.dtype())?;
         self.forward_condition(
             sample,
@@ -320,6 +323,20 @@ impl ControlNetModel {
             conditioning_scale,
             mode,
         )
+    }
+
+    /// The conditioning image must be `[B, cond_channels, h·s, w·s]` for a `[B, _, h, w]` sample
+    /// (`s` the embedding's downscale).
+    fn check_condition(&self, sample: &Tensor, image_dims: &[usize]) -> Result<()> {
+        let (b, _, h, w) = sample.dims4()?;
+        let s = self.arch.conditioning_downscale();
+        let expected = [b, self.arch.conditioning_channels, h * s, w * s];
+        if image_dims != expected {
+            return Err(EngineError::Input(format!(
+                "ControlNet conditioning image has shape {image_dims:?}, expected {expected:?}"
+            )));
+        }
+        Ok(())
     }
 
     /// The conditioning image `[B, cond_channels, H, W]` (RGB in [0, 1]) through the channel
@@ -421,13 +438,16 @@ impl ControlNetModel {
         mode: Temporal,
     ) -> Result<ControlNetOutput> {
         let b = sample.dim(0)?;
-        let (_, _, h, w) = sample.dims4()?;
-        let s = self.arch.conditioning_downscale();
-        let expected = [b, self.arch.conditioning_channels, h * s, w * s];
-        if cond.image_dims != expected {
+        self.check_condition(sample, &cond.image_dims)?;
+        let e = &cond.embedded;
+        if e.dtype() != sample.dtype() || !e.device().same_device(sample.device()) {
             return Err(EngineError::Input(format!(
-                "ControlNet conditioning image has shape {:?}, expected {expected:?}",
-                cond.image_dims
+                "the ControlNet conditioning was embedded as {:?} on {:?}, the sample is {:?} on \
+                 {:?}: embed it for the sample's dtype and device",
+                e.dtype(),
+                e.device().location(),
+                sample.dtype(),
+                sample.device().location()
             )));
         }
         let context = context_for_batch(encoder_hidden_states, b, self.arch.cross_attention_dim())?;
@@ -492,12 +512,20 @@ mod tests {
                 .iter()
                 .zip(&shared.down_block_res_samples)
                 .chain([(&plain.mid_block_res_sample, &shared.mid_block_res_sample)]);
-            for (a, b) in pairs {
+            assert_eq!(
+                plain.down_block_res_samples.len(),
+                shared.down_block_res_samples.len()
+            );
+            for (i, (a, b)) in pairs.enumerate() {
                 let (a, b) = (
                     a.flatten_all()?.to_vec1::<f32>()?,
                     b.flatten_all()?.to_vec1::<f32>()?,
                 );
-                assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+                assert_eq!(a.len(), b.len());
+                assert!(
+                    a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "residual {i} at t = {t} differs"
+                );
             }
         }
         let small = net.embed_condition(&image.narrow(0, 0, 2)?, DType::F32)?;
@@ -523,6 +551,16 @@ mod tests {
             msg.contains("[4, 1, 64, 64], expected [batch, 3, height, width]"),
             "{msg}"
         );
+        let f64_cond = ControlCondition {
+            embedded: embedded.embedded.to_dtype(DType::F64)?,
+            image_dims: embedded.image_dims.clone(),
+        };
+        let msg = net
+            .forward_condition(&sample, 1.0, &ctx, &f64_cond, 1.0, Temporal::Window)
+            .err()
+            .ok_or("an f64 embedding accepted for an f32 sample")?
+            .to_string();
+        assert!(msg.contains("embedded as F64"), "{msg}");
         Ok(())
     }
 

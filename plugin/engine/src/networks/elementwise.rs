@@ -322,6 +322,9 @@ fn linear_cpu(
     threads: usize,
 ) -> Vec<f32> {
     let mut y = vec![0f32; tokens * d_out];
+    if y.is_empty() {
+        return y;
+    }
     let token_items = tokens.div_ceil(LINEAR_TOKENS);
     let out_items = LINEAR_MIN_ITEMS
         .div_ceil(token_items)
@@ -401,10 +404,12 @@ impl candle_core::CustomOp2 for LinearCpu {
         let tokens = x.len() / self.d_in.max(1);
         let dims = (tokens, self.d_in, self.d_out);
         let threads = candle_core::utils::get_num_threads();
-        let y = if super::gemm_f32::available() {
-            super::gemm_f32::linear(x, w, self.bias.as_deref(), dims, threads)
-        } else {
-            linear_cpu(x, w, self.bias.as_deref(), dims, threads)
+        let y = match () {
+            #[cfg(target_arch = "x86_64")]
+            () if super::gemm_f32::available() => {
+                super::gemm_f32::linear(x, w, self.bias.as_deref(), dims, threads)
+            }
+            () => linear_cpu(x, w, self.bias.as_deref(), dims, threads),
         };
         let mut dims = l1.shape().dims().to_vec();
         if let Some(last) = dims.last_mut() {
@@ -415,8 +420,8 @@ impl candle_core::CustomOp2 for LinearCpu {
 }
 
 /// `torch.nn.Linear` over the last dimension of `x` with `weight: [out, in]` and an optional
-/// `bias: [out]` through one threaded GEMM (see [`linear_cpu`]), or `None` where it does not
-/// apply.
+/// `bias: [out]` through one threaded GEMM: the AVX-512 kernel of `gemm_f32` where the CPU has
+/// it, [`linear_cpu`] (the `gemm` crate) otherwise; or `None` where it does not apply.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
     let mut all = vec![x, weight];
     if let Some(b) = bias {
@@ -660,6 +665,9 @@ mod tests {
             let xs = x.flatten_all()?.to_vec1::<f32>()?;
             let ws = w.flatten_all()?.to_vec1::<f32>()?;
             let tokens = xs.len() / d_in;
+            // No tokens or no output features: an empty result (no work items to divide).
+            assert!(linear_cpu(&[], &ws, None, (0, d_in, d_out), 2).is_empty());
+            assert!(linear_cpu(&xs, &[], None, (tokens, d_in, 0), 2).is_empty());
             let one = linear_cpu(&xs, &ws, Some(&ws[..d_out]), (tokens, d_in, d_out), 1);
             let many = linear_cpu(&xs, &ws, Some(&ws[..d_out]), (tokens, d_in, d_out), 3);
             assert!(one == many, "thread count changed the result");
@@ -688,7 +696,7 @@ mod tests {
     }
 
     /// Micro-benchmark, not a test: candle's `Linear` against [`linear`] on the mid model's and
-    /// SD1.5's transformer shapes (best of 5). `cargo test --release -p make-your-anchor-engine
+    /// SD1.5's transformer shapes (best of 30). `cargo test --release -p make-your-anchor-engine
     /// --lib elementwise::tests::bench_linear -- --ignored --nocapture`.
     #[test]
     #[ignore = "benchmark: run explicitly"]

@@ -11,7 +11,9 @@
 //! fused multiply-add per input feature in order (a depth block continues from the stored partial
 //! sum, which is exact). So the result never depends on the thread count, the work items or
 //! the position of the row in its tile.
-#[cfg(target_arch = "x86_64")]
+//!
+//! x86-64 only (the module is not built elsewhere); other CPUs use the `gemm` crate's path.
+#![cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use super::pool::{self, SharedMut};
@@ -34,13 +36,8 @@ const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// Whether this CPU runs the kernel (AVX-512 F).
 pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
 }
 
 /// `y = x·wᵀ + b` for row-major `x: [tokens, d_in]`, `w: [d_out, d_in]` and `b: [d_out]`, on up
@@ -140,14 +137,13 @@ pub(crate) fn linear(
 /// uninitialised).
 ///
 /// # Safety
-/// `dst` is valid for `d_in·NR` writes; `j0 < d_out`; AVX-512 F on x86-64 (see [`available`]).
+/// `dst` is valid for `d_in·NR` writes; `j0 < d_out`; AVX-512 F (see [`available`]).
 unsafe fn pack_panel(w: &[f32], d_in: usize, d_out: usize, j0: usize, dst: *mut f32) {
     let full_k = d_in / 16 * 16;
     for jb in (0..NR).step_by(16) {
         let rows = 16.min(d_out.saturating_sub(j0 + jb));
         let at = |kk: usize, j: usize| dst.add(kk * NR + jb + j);
         if rows == 16 && full_k > 0 {
-            #[cfg(target_arch = "x86_64")]
             for k0 in (0..full_k).step_by(16) {
                 transpose16(w.as_ptr().add((j0 + jb) * d_in + k0), d_in, at(k0, 0), NR);
             }
@@ -173,7 +169,6 @@ unsafe fn pack_panel(w: &[f32], d_in: usize, d_out: usize, j0: usize, dst: *mut 
 
 /// Writes the transpose of the 16 × 16 block at `src` (row stride `lds`) to `dst` (row stride
 /// `ldd`): four rounds of in-register shuffles (pairs, quads, 128-bit lanes, halves).
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transpose16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
     let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * lds)));
@@ -256,12 +251,12 @@ unsafe fn tile(
             }
         };
     }
-    #[cfg(target_arch = "x86_64")]
     dispatch!(1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
-/// [`tile`] for `R` rows.
-#[cfg(target_arch = "x86_64")]
+/// [`tile`] for `R` rows. The second half of the tile's columns is addressed with `wrapping_add`:
+/// where it lies past the end of `y` (narrow last panel, last row) its mask is empty and nothing
+/// is accessed.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_rows<const R: usize>(
@@ -295,7 +290,7 @@ unsafe fn tile_rows<const R: usize>(
         Init::Accumulate => {
             for r in 0..R {
                 acc0[r] = _mm512_maskz_loadu_ps(m0, y.add(r * ldy));
-                acc1[r] = _mm512_maskz_loadu_ps(m1, y.add(r * ldy + 16));
+                acc1[r] = _mm512_maskz_loadu_ps(m1, y.wrapping_add(r * ldy + 16));
             }
         }
     }
@@ -310,7 +305,7 @@ unsafe fn tile_rows<const R: usize>(
     }
     for r in 0..R {
         _mm512_mask_storeu_ps(y.add(r * ldy), m0, acc0[r]);
-        _mm512_mask_storeu_ps(y.add(r * ldy + 16), m1, acc1[r]);
+        _mm512_mask_storeu_ps(y.wrapping_add(r * ldy + 16), m1, acc1[r]);
     }
 }
 
@@ -374,6 +369,7 @@ mod tests {
             (250, 600, 70, true),
             (37, 17, 5, false),
             (3, 0, 40, true),
+            (0, 8, 32, true),
         ] {
             let x = values(tokens * d_in, 1);
             let w = values(d_out * d_in, 2);

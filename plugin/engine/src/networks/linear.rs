@@ -1,7 +1,7 @@
 //! `Linear` for the networks: inside a CPU bf16 scope ([`super::gemm_bf16::scope`]) one bf16
 //! GEMM with f32 accumulation against a copy of the weight packed once, at its first use, for the
 //! processor's bf16 dot products; in f32 on the CPU the threaded GEMM of
-//! [`super::elementwise::linear`]; elsewhere (other devices and dtypes, training) candle's
+//! [`super::elementwise::linear`] (an AVX-512 kernel, or the `gemm` crate); elsewhere (other devices and dtypes, training) candle's
 //! module.
 use candle_core::{Result, Tensor};
 use candle_nn::{Module, VarBuilder};
