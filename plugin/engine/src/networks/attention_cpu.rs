@@ -4,6 +4,8 @@
 //! which dominated the full-frame attention on CPU.
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
+use super::cpu::contiguous_f32;
+
 /// Rows × columns below which threading is not worth it.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
@@ -133,25 +135,11 @@ unsafe fn exp_shifted_rows_avx512(
 /// not contract into FMAs, and the partial sums keep their fixed 8-lane order), so the result
 /// is bit-identical to the AVX2 and generic builds.
 fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        has_avx2() && is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::cpu::simd_level() >= 2
 }
 
 fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::cpu::simd_level() >= 1
 }
 
 fn softmax_rows(src: &[f32], dst: &mut [f32], cols: usize, scale: f32) {
@@ -214,17 +202,6 @@ fn parallel_rows(
             scope.spawn(move || f(i * per, s, d));
         }
     });
-}
-
-pub(super) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("{what}: f32 only"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
 }
 
 /// `softmax(scale · s)` over the last dimension (f32, contiguous, CPU; scale > 0).

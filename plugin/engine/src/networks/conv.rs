@@ -22,7 +22,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use candle_nn::{Module, VarBuilder};
 
-use super::pool::SharedMut;
+use super::cpu::{contiguous_f32, simd_level, SharedMut};
 
 pub use candle_nn::Conv2dConfig;
 
@@ -657,21 +657,6 @@ winograd_kernels!(winograd_avx2, "avx2,fma");
 #[cfg(target_arch = "x86_64")]
 winograd_kernels!(winograd_avx512, "avx512f,avx2,fma");
 
-/// Instruction set of the Winograd transforms: 0 generic, 1 AVX2, 2 AVX-512.
-fn winograd_isa() -> u8 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return if is_x86_feature_detected!("avx512f") {
-                2
-            } else {
-                1
-            };
-        }
-    }
-    0
-}
-
 fn winograd_inputs(
     isa: u8,
     img: &[f32],
@@ -681,7 +666,7 @@ fn winograd_inputs(
     v: &mut [f32],
 ) {
     match isa {
-        // SAFETY: the CPU supports these instructions (`winograd_isa`).
+        // SAFETY: the CPU supports these instructions (`simd_level`).
         #[cfg(target_arch = "x86_64")]
         2 => unsafe { winograd_avx512::inputs(img, sh, span, scratch, v) },
         #[cfg(target_arch = "x86_64")]
@@ -702,7 +687,7 @@ unsafe fn winograd_outputs(
     scratch: &mut Vec<f32>,
     dst: SharedMut<f32>,
 ) {
-    // SAFETY: the CPU supports these instructions (`winograd_isa`); the caller keeps the
+    // SAFETY: the CPU supports these instructions (`simd_level`); the caller keeps the
     // output contract.
     unsafe {
         match isa {
@@ -735,7 +720,7 @@ fn winograd_f2x3(
     let (img_in, img_out) = (c_in * h * wd, c_out * h * wd);
     let threads = threads.max(1);
     let profiling = crate::profile::enabled();
-    let isa = winograd_isa();
+    let isa = simd_level();
     let tf = profiling.then(std::time::Instant::now);
     let u = winograd_filters(w, c_out, c_in, threads);
     if let Some(tf) = tf {
@@ -915,15 +900,6 @@ struct InferConv {
     bias: Option<Vec<f32>>,
 }
 
-/// The contiguous f32 elements of a CPU storage.
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("conv2d: non-contiguous operand")
-    };
-    Ok(&data[start..end])
-}
-
 impl CustomOp2 for InferConv {
     fn name(&self) -> &'static str {
         "infer-conv2d"
@@ -936,7 +912,10 @@ impl CustomOp2 for InferConv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (x, w) = (
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+        );
         let threads = candle_core::utils::get_num_threads();
         let sh = &self.shape;
         let (out, ho, wo) = conv2d_cpu_f32(x, w, self.bias.as_deref(), sh, threads)?;
@@ -949,7 +928,11 @@ impl CustomOp2 for InferConv {
 
 /// A contiguous f32 CPU storage as a (graph-free) tensor.
 fn as_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
-    Tensor::from_slice(contiguous_f32(s, l)?, l.shape(), &candle_core::Device::Cpu)
+    Tensor::from_slice(
+        contiguous_f32(s, l, "conv2d backward")?,
+        l.shape(),
+        &candle_core::Device::Cpu,
+    )
 }
 
 /// `conv2d` (no bias, groups 1, dilation 1) with the GEMM-based backward pass.

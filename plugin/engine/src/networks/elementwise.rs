@@ -16,8 +16,8 @@
 //! dtypes, strided inputs, tensors that need a gradient.
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
+use super::cpu::{contiguous_f32, simd_level, SharedMut};
 use super::differentiable::needs_grad;
-use super::pool::SharedMut;
 
 /// Elements below which a kernel runs on the calling thread.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
@@ -124,21 +124,6 @@ row_kernels!(avx2, "avx2,fma");
 #[cfg(target_arch = "x86_64")]
 row_kernels!(avx512, "avx512f,avx2,fma");
 
-/// Instruction set of the row loops: 0 generic, 1 AVX2, 2 AVX-512.
-fn isa() -> u8 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return if is_x86_feature_detected!("avx512f") {
-                2
-            } else {
-                1
-            };
-        }
-    }
-    0
-}
-
 fn geglu_rows(isa: u8, h: &[f32], out: &mut [f32], inner: usize) {
     match isa {
         // SAFETY: the CPU supports these instructions (`isa`).
@@ -203,15 +188,6 @@ fn for_row_chunks(
     });
 }
 
-/// The contiguous f32 elements of a CPU storage.
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("fused kernel: non-contiguous operand")
-    };
-    Ok(&data[start..end])
-}
-
 fn applies(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
@@ -226,7 +202,7 @@ impl CustomOp1 for GegluCpu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let h = contiguous_f32(s, l)?;
+        let h = contiguous_f32(s, l, self.name())?;
         let mut dims = l.shape().dims().to_vec();
         let Some(last) = dims.last_mut() else {
             candle_core::bail!("geglu: scalar input")
@@ -235,7 +211,7 @@ impl CustomOp1 for GegluCpu {
         *last = inner;
         let rows = if inner == 0 { 0 } else { h.len() / (2 * inner) };
         let mut out = vec![0f32; rows * inner];
-        let isa = isa();
+        let isa = simd_level();
         for_row_chunks(h, &mut out, rows, 2 * inner, inner, |src, dst| {
             geglu_rows(isa, src, dst, inner)
         });
@@ -265,11 +241,11 @@ impl CustomOp1 for LayerNormCpu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
+        let x = contiguous_f32(s, l, self.name())?;
         let c = self.weight.len();
         let rows = x.len() / c.max(1);
         let mut out = vec![0f32; x.len()];
-        let isa = isa();
+        let isa = simd_level();
         let (w, b) = (&self.weight[..], self.bias.as_deref());
         for_row_chunks(x, &mut out, rows, c, c, |src, dst| {
             layer_norm_rows(isa, src, w, b, self.eps, dst)
@@ -400,7 +376,10 @@ impl candle_core::CustomOp2 for LinearCpu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (x, w) = (
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+        );
         let tokens = x.len() / self.d_in.max(1);
         let dims = (tokens, self.d_in, self.d_out);
         let threads = candle_core::utils::get_num_threads();
@@ -469,9 +448,9 @@ impl CustomOp1 for SiluCpu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
+        let x = contiguous_f32(s, l, self.name())?;
         let mut out = vec![0f32; x.len()];
-        let isa = isa();
+        let isa = simd_level();
         // Rows of 4096 elements: the blocks the threads take in turn.
         let rows = x.len().div_ceil(4096);
         for_row_chunks(x, &mut out, rows, 4096, 4096, |src, dst| match isa {
@@ -512,7 +491,10 @@ impl candle_core::CustomOp2 for AddCpu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (a, b) = (
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+        );
         if a.len() != b.len() {
             candle_core::bail!("add: {} and {} elements", a.len(), b.len())
         }
@@ -556,7 +538,7 @@ impl CustomOp1 for Upsample2x {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
+        let x = contiguous_f32(s, l, self.name())?;
         let (b, c, h, w) = l.shape().dims4()?;
         let mut out = vec![0f32; b * c * 4 * h * w];
         // One input row → two output rows of doubled pixels; rows are independent.

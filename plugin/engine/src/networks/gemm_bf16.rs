@@ -28,9 +28,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use super::attention_cpu::{attention_dims, contiguous_f32};
+use super::attention_cpu::attention_dims;
 use super::conv::ConvShape;
-use super::pool::SharedMut;
+use super::cpu::{contiguous_f32, SharedMut};
 
 /// The bf16 dot-product instructions a kernel uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

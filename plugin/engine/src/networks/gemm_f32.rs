@@ -16,7 +16,8 @@
 #![cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::pool::{self, SharedMut};
+use super::cpu::SharedMut;
+use super::pool;
 
 /// Output features per packed panel (two AVX-512 registers).
 const NR: usize = 32;
@@ -36,8 +37,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// Whether this CPU runs the kernel (AVX-512 F).
 pub(crate) fn available() -> bool {
-    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    super::cpu::simd_level() >= 2
 }
 
 /// `y = x·wᵀ + b` for row-major `x: [tokens, d_in]`, `w: [d_out, d_in]` and `b: [d_out]`, on up

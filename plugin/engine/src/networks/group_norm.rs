@@ -238,17 +238,13 @@ enum Kernels {
 
 impl Kernels {
     fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return if is_x86_feature_detected!("avx512f") {
-                    Kernels::Avx512
-                } else {
-                    Kernels::Avx2
-                };
-            }
+        match super::cpu::simd_level() {
+            #[cfg(target_arch = "x86_64")]
+            2 => Kernels::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            1 => Kernels::Avx2,
+            _ => Kernels::Generic,
         }
-        Kernels::Generic
     }
 
     fn sum(self, xs: &[f32]) -> f64 {

@@ -5,6 +5,7 @@ pub mod bisenet;
 pub mod clip;
 pub mod controlnet;
 pub mod conv;
+mod cpu;
 pub mod differentiable;
 mod elementwise;
 pub mod embeddings;

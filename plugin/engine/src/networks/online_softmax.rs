@@ -32,7 +32,7 @@ pub(crate) fn step_f32(
     let rows = m.len();
     assert!(s.len() >= rows * cols && l.len() >= rows && acc.len() >= rows * dv);
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
+    if super::cpu::simd_level() >= 2 {
         // SAFETY: AVX-512F is present (checked above); sizes checked above.
         unsafe { avx512::step_f32(s, cols, m, l, acc, dv, scale) };
         return true;

@@ -130,29 +130,6 @@ pub(crate) fn for_each(n: usize, threads: usize, f: impl Fn(usize) + Sync) {
     }
 }
 
-/// A raw pointer into one buffer whose disjoint parts the work items of a [`for_each`] write.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedMut<T>(pub(crate) *mut T);
-// SAFETY: every user dereferences it only for the part of the buffer that its work item owns.
-unsafe impl<T> Send for SharedMut<T> {}
-unsafe impl<T> Sync for SharedMut<T> {}
-
-impl<T> SharedMut<T> {
-    /// The element `offset` past the start (a method, so closures capture the whole wrapper).
-    pub(crate) fn at(self, offset: usize) -> *mut T {
-        self.0.wrapping_add(offset)
-    }
-
-    /// `len` elements from `offset`.
-    ///
-    /// # Safety
-    /// The range is inside the buffer and no other thread uses it meanwhile.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(offset), len)
-    }
-}
-
 thread_local! {
     /// Per-thread scratch buffers of the kernels (im2col bands, Winograd transforms), kept
     /// between calls so that a work item does not allocate and fault in fresh pages.
